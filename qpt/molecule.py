@@ -1,0 +1,191 @@
+"""A molecule: atomic numbers, positions in Bohr, total charge.
+
+Ångström appears only at this boundary (xyz files, `Molecule(symbols,
+positions_angstrom)`, `.positions_angstrom`); everything inside QPT works in
+Bohr. Validation happens here, once, so the rest of the code can trust its input:
+every problem is reported as a one-line `qpt.InputError` naming the atom or field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+from pyscf import gto
+from pyscf.data import elements
+from pyscf.data.nist import BOHR  # Å per Bohr
+
+from qpt.errors import InputError
+
+MIN_DISTANCE_ANGSTROM = 0.1  # closer than this is a typo, not chemistry
+_MAX_Z = 86  # H..Rn: elements with standard Gaussian basis sets
+
+
+def _atomic_number(symbol: str, where: str) -> int:
+  """'C', 'c', 'Cl', '6' → atomic number; anything else is an InputError."""
+  text = str(symbol).strip()
+  if text.isdigit():
+    z = int(text)
+  else:
+    z = elements.charge(text.capitalize()) if text.isalpha() else 0
+  if not 1 <= z <= _MAX_Z:
+    raise InputError(f"{where}: unknown element {symbol!r}")
+  return z
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Molecule:
+  """A closed-shell molecule.
+
+  Attributes:
+    atomic_numbers: (n_atoms,) int.
+    positions: (n_atoms, 3) Bohr.
+    charge: total charge in units of e.
+    name: optional label (file name or built-in name), used in messages.
+  """
+
+  atomic_numbers: np.ndarray
+  positions: np.ndarray
+  charge: int = 0
+  name: str = "molecule"
+
+  def __init__(self, symbols: Sequence[str | int], positions_angstrom, charge: int = 0,
+               name: str = "molecule"):
+    """Builds a molecule from element symbols (or atomic numbers) and positions in Å."""
+    z = np.array([_atomic_number(s, f"{name}: atom {i + 1}") for i, s in enumerate(symbols)],
+                 dtype=np.int64)
+    try:
+      xyz = np.asarray(positions_angstrom, dtype=np.float64)
+    except (TypeError, ValueError):
+      raise InputError(f"{name}: positions are not numbers") from None
+    object.__setattr__(self, "atomic_numbers", z)
+    object.__setattr__(self, "positions", xyz / BOHR)
+    object.__setattr__(self, "charge", int(charge))
+    object.__setattr__(self, "name", name)
+    self._validate(xyz)
+
+  def _validate(self, xyz_angstrom: np.ndarray) -> None:
+    n = len(self.atomic_numbers)
+    if n == 0:
+      raise InputError(f"{self.name}: no atoms")
+    if xyz_angstrom.shape != (n, 3):
+      raise InputError(f"{self.name}: positions have shape {xyz_angstrom.shape}, expected ({n}, 3)")
+    bad = np.flatnonzero(~np.isfinite(xyz_angstrom).all(axis=1))
+    if bad.size:
+      raise InputError(f"{self.name}: atom {bad[0] + 1} ({self.symbols[bad[0]]}) has a non-finite coordinate")
+    if n > 1:
+      dist = np.linalg.norm(xyz_angstrom[:, None] - xyz_angstrom[None], axis=-1)
+      dist[np.diag_indices(n)] = np.inf
+      i, j = np.unravel_index(np.argmin(dist), dist.shape)
+      if dist[i, j] < MIN_DISTANCE_ANGSTROM:
+        i, j = sorted((i, j))
+        raise InputError(
+            f"{self.name}: atoms {i + 1} ({self.symbols[i]}) and {j + 1} ({self.symbols[j]}) are "
+            f"{dist[i, j]:.3f} Å apart (minimum {MIN_DISTANCE_ANGSTROM} Å)")
+    if self.n_electrons <= 0:
+      raise InputError(f"{self.name}: charge {self.charge} leaves {self.n_electrons} electrons")
+    if self.n_electrons % 2:
+      raise InputError(
+          f"{self.name}: {self.n_electrons} electrons (charge {self.charge}) is an odd count; "
+          "only closed-shell restricted Kohn-Sham is supported")
+
+  # ---- other constructors -------------------------------------------------------------------
+
+  @classmethod
+  def from_bohr(cls, atomic_numbers, positions_bohr, charge: int = 0,
+                name: str = "molecule") -> Molecule:
+    """From atomic numbers and positions in Bohr (the internal unit)."""
+    return cls([int(z) for z in np.asarray(atomic_numbers)],
+               np.asarray(positions_bohr, dtype=np.float64) * BOHR, charge, name)
+
+  @classmethod
+  def from_xyz_text(cls, text: str, charge: int = 0, name: str = "xyz") -> Molecule:
+    """From the text of an xyz file: a count line, a comment line, then `El x y z` in Å."""
+    lines = text.strip("\n").splitlines()
+    if not lines or not lines[0].strip():
+      raise InputError(f"{name}: empty xyz")
+    try:
+      count = int(lines[0].split()[0])
+    except ValueError:
+      raise InputError(f"{name}: line 1 should be the atom count, got {lines[0].strip()!r}") from None
+    atom_lines = [l for l in lines[2:] if l.strip()]
+    if len(atom_lines) != count:
+      raise InputError(f"{name}: line 1 says {count} atoms but {len(atom_lines)} atom lines follow")
+    symbols, xyz = [], []
+    for k, line in enumerate(atom_lines):
+      fields = line.split()
+      if len(fields) < 4:
+        raise InputError(f"{name}: line {k + 3} should be 'element x y z', got {line.strip()!r}")
+      try:
+        xyz.append([float(f) for f in fields[1:4]])
+      except ValueError:
+        raise InputError(f"{name}: line {k + 3} has a bad number: {line.strip()!r}") from None
+      symbols.append(fields[0])
+    return cls(symbols, xyz, charge, name)
+
+  @classmethod
+  def from_xyz(cls, path: str | os.PathLike, charge: int = 0) -> Molecule:
+    """From an xyz file (Å)."""
+    name = os.path.basename(os.fspath(path))
+    try:
+      with open(path) as f:
+        text = f.read()
+    except OSError as e:
+      raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    return cls.from_xyz_text(text, charge, name)
+
+  @classmethod
+  def from_pyscf(cls, mole: gto.Mole) -> Molecule:
+    """From a `pyscf.gto.Mole` (its geometry and charge; the basis is chosen later)."""
+    if mole.spin != 0:
+      raise InputError(f"pyscf Mole has spin {mole.spin}; only closed-shell restricted Kohn-Sham "
+                       "is supported")
+    return cls.from_bohr(mole.atom_charges(), mole.atom_coords(unit="Bohr"), mole.charge,
+                         name="pyscf Mole")
+
+  # ---- derived quantities -------------------------------------------------------------------
+
+  @property
+  def symbols(self) -> list[str]:
+    return [elements.ELEMENTS[z] for z in self.atomic_numbers]
+
+  @property
+  def positions_angstrom(self) -> np.ndarray:
+    """(n_atoms, 3) Å."""
+    return self.positions * BOHR
+
+  @property
+  def n_atoms(self) -> int:
+    return len(self.atomic_numbers)
+
+  @property
+  def n_electrons(self) -> int:
+    return int(self.atomic_numbers.sum()) - self.charge
+
+  def with_positions(self, positions_bohr) -> Molecule:
+    """The same atoms at new positions (Bohr): a conformer."""
+    return Molecule.from_bohr(self.atomic_numbers, positions_bohr, self.charge, self.name)
+
+  def to_pyscf(self, basis: str) -> gto.Mole:
+    """A built `pyscf.gto.Mole` in Bohr, with a one-line error if `basis` lacks an element."""
+    for symbol in sorted(set(self.symbols)):
+      try:
+        gto.basis.load(basis, symbol)
+      except Exception:  # PySCF raises BasisNotFoundError, KeyError or RuntimeError by case
+        raise InputError(f"{self.name}: basis {basis!r} is not defined for element {symbol}") from None
+    atoms = [(s, tuple(p)) for s, p in zip(self.symbols, self.positions)]
+    return gto.M(atom=atoms, unit="Bohr", basis=basis, charge=self.charge, spin=0, verbose=0)
+
+  def xyz_text(self) -> str:
+    """The xyz file text of this molecule (Å)."""
+    rows = [f"{s:2s} {x:14.8f} {y:14.8f} {z:14.8f}"
+            for s, (x, y, z) in zip(self.symbols, self.positions_angstrom)]
+    return "\n".join([str(self.n_atoms), self.name, *rows]) + "\n"
+
+  def __repr__(self) -> str:
+    formula = "".join(f"{s}{self.symbols.count(s) if self.symbols.count(s) > 1 else ''}"
+                      for s in dict.fromkeys(self.symbols))
+    return f"Molecule({self.name}: {formula}, charge={self.charge})"
+

@@ -1,0 +1,88 @@
+"""Molecules: units at the boundary, built-in geometries, and one-line errors for bad input."""
+
+import numpy as np
+import pytest
+from pyscf import gto
+from pyscf.data.nist import BOHR
+
+import qpt
+
+WATER_XYZ = """3
+water
+O 0.0 0.0 0.0
+H 0.0 0.757 0.587
+H 0.0 -0.757 0.587
+"""
+
+
+def test_angstrom_in_bohr_inside():
+  mol = qpt.Molecule.from_xyz_text(WATER_XYZ)
+  np.testing.assert_array_equal(mol.atomic_numbers, [8, 1, 1])
+  np.testing.assert_allclose(mol.positions[1], np.array([0.0, 0.757, 0.587]) / BOHR, rtol=1e-15)
+  np.testing.assert_allclose(mol.positions_angstrom[1], [0.0, 0.757, 0.587], rtol=1e-15)
+  assert mol.n_electrons == 10
+
+
+def test_constructors_agree(tmp_path):
+  path = tmp_path / "water.xyz"
+  path.write_text(WATER_XYZ)
+  from_file = qpt.Molecule.from_xyz(path)
+  from_symbols = qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0.757, 0.587], [0, -0.757, 0.587]])
+  mole = gto.M(atom="O 0 0 0; H 0 0.757 0.587; H 0 -0.757 0.587", basis="sto-3g")
+  from_pyscf = qpt.Molecule.from_pyscf(mole)
+  for other in (from_symbols, from_pyscf):
+    np.testing.assert_array_equal(other.atomic_numbers, from_file.atomic_numbers)
+    np.testing.assert_allclose(other.positions, from_file.positions, atol=1e-12)
+  # And back: PySCF sees the same geometry and nuclear repulsion.
+  np.testing.assert_allclose(from_file.to_pyscf("sto-3g").energy_nuc(), mole.energy_nuc(), rtol=1e-14)
+
+
+def test_xyz_text_round_trip():
+  mol = qpt.molecules.get("uracil")
+  again = qpt.Molecule.from_xyz_text(mol.xyz_text())
+  np.testing.assert_allclose(again.positions, mol.positions, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", qpt.molecules.names())
+def test_builtin_geometries_are_sane(name):
+  mol = qpt.molecules.get(name)
+  assert mol.n_electrons % 2 == 0
+  # Bonded neighbours: every atom has another within 1.6 Å, none closer than 0.9 Å.
+  d = np.linalg.norm(mol.positions_angstrom[:, None] - mol.positions_angstrom[None], axis=-1)
+  np.fill_diagonal(d, np.inf)
+  assert 0.9 < d.min() and d.min(axis=1).max() < 1.6
+
+
+def test_md17_molecules_are_built_in():
+  for name in ["water", "ethanol", "malondialdehyde", "uracil", "aspirin", "benzene", "toluene",
+               "naphthalene", "salicylic_acid"]:
+    assert name in qpt.molecules.names()
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda: qpt.Molecule(["O", "Xx"], [[0, 0, 0], [0, 0, 1]]), "unknown element 'Xx'"),
+    (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, np.nan], [0, 1, 0]]),
+     "atom 2 (H) has a non-finite coordinate"),
+    (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 0.05], [0, 1, 0]]),
+     "atoms 1 (O) and 2 (H) are 0.050 Å apart"),
+    (lambda: qpt.Molecule(["O", "H"], [[0, 0, 0], [0, 0, 1]]), "odd count; only closed-shell"),
+    (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 1], [0, 1, 0]], charge=1),
+     "odd count"),
+    (lambda: qpt.Molecule.from_xyz_text("4\nc\nO 0 0 0\nH 0 0 1\nH 0 1 0\n"),
+     "line 1 says 4 atoms but 3 atom lines follow"),
+    (lambda: qpt.Molecule.from_xyz_text("3\nc\nO 0 0 0\nH 0 zero 1\nH 0 1 0\n"),
+     "line 4 has a bad number"),
+    (lambda: qpt.Molecule.from_xyz_text("three\nc\nO 0 0 0\n"), "line 1 should be the atom count"),
+    (lambda: qpt.Molecule.from_xyz("/nonexistent/water.xyz"), "cannot read"),
+    (lambda: qpt.molecules.get("caffeine"), "unknown built-in molecule 'caffeine'"),
+    (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("6-31g"),
+     "basis '6-31g' is not defined for element I"),
+    (lambda: qpt.Molecule.from_pyscf(gto.M(atom="O 0 0 0; H 0 0 1", spin=1)), "spin 1"),
+])
+def test_bad_input_is_one_line(make, fragment):
+  with pytest.raises(qpt.InputError) as info:
+    make()
+  message = str(info.value)
+  assert fragment in message
+  assert "\n" not in message
+  assert isinstance(info.value, ValueError)
