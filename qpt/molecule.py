@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -172,7 +173,9 @@ class Molecule:
     """A built `pyscf.gto.Mole` in Bohr, with a one-line error if `basis` lacks an element."""
     for symbol in sorted(set(self.symbols)):
       try:
-        gto.basis.load(basis, symbol)
+        with warnings.catch_warnings():  # PySCF's advice to install basis-set-exchange
+          warnings.simplefilter("ignore")
+          gto.basis.load(basis, symbol)
       except Exception:  # PySCF raises BasisNotFoundError, KeyError or RuntimeError by case
         raise InputError(f"{self.name}: basis {basis!r} is not defined for element {symbol}") from None
     atoms = [(s, tuple(p)) for s, p in zip(self.symbols, self.positions)]

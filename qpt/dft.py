@@ -1,0 +1,308 @@
+"""The restricted Kohn–Sham energy E[D(H)] on the device: differentiable and float32-stable.
+
+Data path:  H ──density_matrix──▶ D ──delta_energy──▶ ΔE = E[D] − E[D0]   (+ E_ref on the host)
+
+Float32 stabilisation (../shared/NUMERICS.md has the measurements behind each choice):
+  1. The device never forms a total energy. It evaluates ΔE(ΔD) for ΔD = D − D0, relative to the
+     MINAO reference density D0 whose energy E_ref = E_nuc + E[D0] (hundreds of Hartree) was computed
+     on the host in float64. ΔE is ~1 Ha, so float32's relative 6e-8 is ~0.1 µHa, not ~20 µHa.
+       ΔE = tr(ΔD·G0) + ½ tr(ΔD·J[ΔD]) − a/4 tr(ΔD·K[ΔD]) + Σ_g w_g (e(ρ0+Δρ) − e(ρ0))
+     with G0 = Hcore + J[D0] − a/2 K[D0] from the host. The Coulomb term of the naive formula is
+     where float32 lost most (−386 µHa on uracil): here it acts on the small ΔD only.
+  2. The XC difference is taken per grid point, e(ρ0+Δρ) − e(ρ0), with ρ0 from the host and both
+     terms evaluated by the same float32 code, so their rounding biases cancel before summation.
+  3. Reductions are two-level: per-chunk partial sums of the quadrature, then a sum of those,
+     so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
+  4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
+     this module reports to a user is a Python float.
+The Fock matrix is the gradient of the same ΔE, F = ∂E/∂D, so energy and Fock matrix can never
+disagree, and the SCF and the unrolled loss share one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qpt.problem import DFTProblem, build_problem, reference_energy  # noqa: F401  (public API)
+
+GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it stays ≤ 1/(2·GAP_GUARD)
+
+
+# ---- H → D -----------------------------------------------------------------------------------
+
+
+def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Solves H C = S C ε. Returns ε (n,) Hartree ascending and C (n, n), padded orbitals last.
+
+  H is symmetrised and its padded rows/columns are replaced by a diagonal above a Gershgorin bound
+  of the real block, so padded orbitals sort last, are never occupied, and H's padded entries get
+  zero gradient. (A fixed huge shift would cost float32 eigenvalue accuracy ∝ ‖H‖.)
+  """
+  h_orth = _orthonormal_hamiltonian(problem, h)
+  eps, u = jnp.linalg.eigh(h_orth)
+  return eps, problem.orthogonalizer @ u
+
+
+def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
+  """D = Σ_i occ_i C_i C_iᵀ (n, n) for the occupied eigenvectors of H C = S C ε."""
+  h_orth = _orthonormal_hamiltonian(problem, h)
+  x = problem.orthogonalizer
+  return x @ _occupied_projector(h_orth, problem.occupation) @ x.T
+
+
+def _orthonormal_hamiltonian(problem: DFTProblem, h: jax.Array) -> jax.Array:
+  mask = problem.ao_mask
+  x = problem.orthogonalizer
+  h = 0.5 * (h + h.T) * (mask[:, None] * mask[None, :])
+  h_orth = x.T @ h @ x
+  bound = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(h_orth), axis=1))) + 1.0
+  return h_orth + jnp.diag((1.0 - mask) * bound)
+
+
+@jax.custom_vjp
+def _occupied_projector(h_orth: jax.Array, occupation: jax.Array) -> jax.Array:
+  """P = U diag(occ) Uᵀ for the eigenvectors U of a symmetric h_orth (ascending eigenvalues)."""
+  return _projector_fwd(h_orth, occupation)[0]
+
+
+def _projector_fwd(h_orth, occupation):
+  eps, u = jnp.linalg.eigh(h_orth)
+  return (u * occupation) @ u.T, (eps, u, occupation)
+
+
+def _projector_bwd(residuals, p_bar):
+  """Daleckii–Krein: dP = U (Γ ∘ Uᵀ dH U) Uᵀ with Γ_ij = (f_i − f_j)/(ε_i − ε_j).
+
+  Γ vanishes unless one orbital is occupied and the other is not, so degenerate occupied (or
+  virtual) orbitals never divide by zero; the occupied–virtual denominator is broadened by
+  GAP_GUARD, bounding the gradient when HOMO and LUMO nearly touch.
+  """
+  eps, u, occ = residuals
+  d_eps = eps[:, None] - eps[None, :]
+  d_occ = occ[:, None] - occ[None, :]
+  gamma = d_occ * d_eps / (d_eps**2 + GAP_GUARD**2)
+  g = u.T @ (0.5 * (p_bar + p_bar.T)) @ u
+  return u @ (gamma * g) @ u.T, jnp.zeros_like(occ)
+
+
+_occupied_projector.defvjp(_projector_fwd, _projector_bwd)
+
+
+# ---- D → ΔE ----------------------------------------------------------------------------------
+
+
+def delta_energy(problem: DFTProblem, density: jax.Array) -> jax.Array:
+  """E[D] − E_ref in Hartree (device dtype). `density`: (n, n) electrons, padded."""
+  dd = density - problem.density_ref
+  b = problem.eri_factor
+  a = problem.functional.exact_exchange
+  fit = jnp.einsum("pij,ij->p", b, dd)
+  energy = _trace(dd, problem.fock_ref_nonxc) + 0.5 * jnp.sum(fit * fit)
+  if a:
+    bd = b @ dd  # (n_aux, n, n); tr(ΔD K[ΔD]) = Σ_P tr(B_P ΔD B_P ΔD)
+    energy -= 0.25 * a * jnp.sum(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
+  return energy + _xc_delta(problem, dd)
+
+
+def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
+  """tr(A B) for symmetric A, B, summed row by row (two-level, for float32)."""
+  return jnp.sum(jnp.sum(a * b, axis=1))
+
+
+def _xc_delta(problem: DFTProblem, dd: jax.Array) -> jax.Array:
+  """Σ_g w_g (e(ρ0 + Δρ) − e(ρ0)), in chunks of grid points.
+
+  A scan over chunks with rematerialisation: peak memory is one chunk's (c, chunk, n) intermediates,
+  forward and backward, whatever n_grid is.
+  """
+  functional = problem.functional
+  c, g, n = problem.ao.shape
+  chunks = g // problem.xc_chunk
+  ao = problem.ao.reshape(c, chunks, problem.xc_chunk, n).swapaxes(0, 1)
+  rho_ref = problem.rho_ref.reshape(c, chunks, problem.xc_chunk).swapaxes(0, 1)
+  weights = problem.weights.reshape(chunks, problem.xc_chunk)
+
+  def energy_density(rho):  # rho: (c, chunk) = ρ and, for GGA, ∇ρ
+    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
+    return functional.energy_density(rho[0], sigma)
+
+  @jax.checkpoint
+  def chunk_energy(_, inputs):
+    ao_k, rho_ref_k, w_k = inputs
+    ao_d = ao_k[0] @ dd  # (chunk, n)
+    d_rho = jnp.sum(ao_d * ao_k[0], axis=-1)[None]
+    if functional.is_gga:  # ∇ρ = 2 Σ_μν ∇φ_μ D_μν φ_ν  (D symmetric)
+      d_rho = jnp.concatenate([d_rho, 2.0 * jnp.einsum("xgi,gi->xg", ao_k[1:4], ao_d)])
+    e = energy_density(rho_ref_k + d_rho) - energy_density(rho_ref_k)
+    return None, jnp.sum(w_k * e)
+
+  _, partial = jax.lax.scan(chunk_energy, None, (ao, rho_ref, weights))
+  return jnp.sum(partial)
+
+
+def fock(problem: DFTProblem, density: jax.Array) -> jax.Array:
+  """Kohn–Sham Fock matrix F[D] = ∂E/∂D = Hcore + J − a/2 K + Vxc (n, n) Hartree, padded."""
+  return _energy_and_fock(problem, density)[1]
+
+
+def _energy_and_fock(problem: DFTProblem, density: jax.Array) -> tuple[jax.Array, jax.Array]:
+  e, g = jax.value_and_grad(delta_energy, argnums=1)(problem, density)
+  return e, 0.5 * (g + g.T)
+
+
+# ---- the QPT loss ------------------------------------------------------------------------------
+
+
+def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
+                      mixing: float | Sequence[float] = 0.0) -> jax.Array:
+  """E[D_k] − E_ref (Hartree, device dtype) after k unrolled SCF steps from D_0 = D(H).
+
+  Step i: D_i = (1 − m_i)·D(F[D_{i−1}]) + m_i·D_{i−1}. `mixing` is one m for every intermediate
+  step or a sequence of k values (the paper: k = 3, mixing (0, 0.5, 0)). The last step never mixes,
+  so D_k is idempotent and E[D_k] stays a variational upper bound of the SCF energy.
+  """
+  m = tuple(mixing) if isinstance(mixing, Sequence) else (float(mixing),) * iterations
+  if len(m) != iterations:
+    raise ValueError(f"mixing has {len(m)} values for {iterations} iterations")
+  d = density_matrix(problem, h)
+  for i in range(iterations):
+    d_new = density_matrix(problem, fock(problem, d))
+    d = d_new if i == iterations - 1 else (1.0 - m[i]) * d_new + m[i] * d
+  return delta_energy(problem, d)
+
+
+def loss_energy(problem: DFTProblem, h: jax.Array, iterations: int = 0,
+                mixing: float | Sequence[float] = 0.0) -> jax.Array:
+  """The QPT loss: E[D_k] in Hartree, a differentiable scalar in the device dtype.
+
+  In float32 the *total* is rounded to float32's spacing (3e-5 Ha at −284 Ha); gradients are not
+  affected. Report `reference_energy(problem) + loss_energy_delta(...)`, assembled in float64.
+  """
+  hi, lo = problem.energy_ref[0], problem.energy_ref[1]
+  return hi + (lo + loss_energy_delta(problem, h, iterations, mixing))
+
+
+# ---- the full SCF ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SCFResult:
+  """A converged (or not) SCF. Matrices are padded (n, n); orbital arrays cover real orbitals only.
+
+  energy: total energy, Hartree, float64 (assembled on the host).
+  fock, density: (n, n) at the last iteration; `fock` is F[density].
+  mo_energy: (n_real,) Hartree, eigenvalues of `fock`; mo_coeff: (n, n_real); mo_occ: (n_real,).
+  """
+
+  energy: float
+  fock: np.ndarray
+  density: np.ndarray
+  mo_energy: np.ndarray
+  mo_coeff: np.ndarray
+  mo_occ: np.ndarray
+  iterations: int
+  converged: bool
+
+  @property
+  def homo(self) -> float:
+    return float(self.mo_energy[np.flatnonzero(self.mo_occ > 0)[-1]])
+
+  @property
+  def lumo(self) -> float:
+    return float(self.mo_energy[np.flatnonzero(self.mo_occ == 0)[0]])
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+  """(|ΔE| Hartree, ‖FDS − SDF‖) at which the SCF stops: what the dtype can resolve."""
+  return (1e-10, 1e-6) if jnp.dtype(dtype) == jnp.float64 else (1e-7, 1e-4)
+
+
+def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None = None,
+        commutator_tol: float | None = None, diis_space: int = 8,
+        density0: jax.Array | None = None) -> SCFResult:
+  """Self-consistent field from the MINAO density (or `density0`), with Pulay DIIS.
+
+  Converged when the energy change of the last step is below `energy_tol` and the AO-basis
+  commutator ‖FDS − SDF‖_F is below `commutator_tol` (defaults: `default_tolerances`).
+
+  The energy test never asks for more than the dtype can resolve: rounding in the float32
+  eigenvectors leaves D's orbital norms off by ~1e-7, which moves E by Σ_i ε_i δn_i — up to
+  ~1e-5 Ha, dominated by the core orbitals. Energy changes below 8·ε_mach·|tr(F D)| (measured at
+  the start; |tr(F D)| = |Σ occ_i ε_i|) therefore count as converged. In float64 that floor is
+  ~1e-13 Ha and the requested tolerance rules.
+  
+  """
+  e_tol, c_tol = default_tolerances(problem.dtype)
+  e_tol = e_tol if energy_tol is None else energy_tol
+  c_tol = c_tol if commutator_tol is None else commutator_tol
+  d0 = problem.density_ref if density0 is None else jnp.asarray(density0, problem.dtype)
+  out = _scf_loop(problem, d0, jnp.asarray(e_tol, problem.dtype), jnp.asarray(c_tol, problem.dtype),
+                  jnp.asarray(max_iterations), diis_space)
+  e_delta, f, d, eps, c, iterations, converged = jax.device_get(out)
+  real = np.flatnonzero(np.asarray(problem.ao_mask) > 0)
+  occ = np.asarray(problem.occupation)[: len(real)]
+  return SCFResult(reference_energy(problem) + float(e_delta), f, d, eps[: len(real)],
+                   c[:, : len(real)], occ, int(iterations), bool(converged))
+
+
+@functools.partial(jax.jit, static_argnums=5)
+def _scf_loop(problem, d0, e_tol, c_tol, max_iterations, diis_space):
+  s = problem.overlap
+  n = s.shape[0]
+
+  def commutator(f, d):
+    fds = f @ d @ s
+    return fds - fds.T
+
+  def step(state):
+    d, e, f, f_hist, err_hist, it, _ = state
+    slot = it % diis_space
+    f_hist = f_hist.at[slot].set(f)
+    err_hist = err_hist.at[slot].set(commutator(f, d))
+    f_extrapolated = _diis(f_hist, err_hist, jnp.minimum(it + 1, diis_space), f)
+    d_new = density_matrix(problem, f_extrapolated)
+    e_new, f_new = _energy_and_fock(problem, d_new)
+    e_converged = jnp.abs(e_new - e) < e_tol
+    c_converged = jnp.linalg.norm(commutator(f_new, d_new)) < c_tol
+    return d_new, e_new, f_new, f_hist, err_hist, it + 1, e_converged & c_converged
+
+  def not_done(state):
+    return (~state[-1]) & (state[-2] < max_iterations)
+
+  e0, f0 = _energy_and_fock(problem, d0)
+  energy_noise = 8 * jnp.finfo(problem.dtype).eps * jnp.abs(_trace(f0, d0))
+  e_tol = jnp.maximum(e_tol, energy_noise)
+  hist = jnp.zeros((diis_space, n, n), problem.dtype)
+  state = (d0, e0, f0, hist, hist, jnp.asarray(0), jnp.asarray(False))
+  d, e, f, _, _, iterations, converged = jax.lax.while_loop(not_done, step, state)
+  eps, c = orbitals(problem, f)
+  return e, f, d, eps, c, iterations, converged
+
+
+def _diis(f_hist: jax.Array, err_hist: jax.Array, count: jax.Array,
+          fallback: jax.Array) -> jax.Array:
+  """Pulay's extrapolation Σ c_i F_i minimising ‖Σ c_i e_i‖ subject to Σ c_i = 1.
+
+  Works on a fixed-size history (static shapes); slots ≥ count are inert. The error matrix is
+  normalised by its largest diagonal so float32 can solve it near convergence; an unsolvable system
+  falls back to `fallback` (the newest Fock matrix).
+  """
+  m = f_hist.shape[0]
+  valid = jnp.arange(m) < count
+  b = jnp.einsum("iab,jab->ij", err_hist, err_hist)
+  both = valid[:, None] & valid[None, :]
+  scale = jnp.max(jnp.where(valid, jnp.diag(b), 0.0))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  b = jnp.where(both, b / scale, jnp.eye(m, dtype=b.dtype))
+  ones = valid.astype(b.dtype)
+  a = jnp.block([[b, -ones[:, None]], [-ones[None, :], jnp.zeros((1, 1), b.dtype)]])
+  rhs = jnp.concatenate([jnp.zeros(m, b.dtype), -jnp.ones(1, b.dtype)])
+  coeff = jnp.linalg.solve(a, rhs)[:m] * ones
+  extrapolated = jnp.einsum("i,iab->ab", coeff, f_hist)
+  return jnp.where(jnp.all(jnp.isfinite(coeff)), extrapolated, fallback)

@@ -1,0 +1,171 @@
+"""Host-side integrals: everything the device needs, computed once per conformer by PySCF in float64.
+
+The device never sees a basis set or a grid builder, only arrays:
+
+  molecule ──PySCF──▶ HostIntegrals (float64, unpadded) ──problem.py──▶ DFTProblem (padded, device dtype)
+
+Why each piece is here rather than on the device:
+  * S, Hcore, the ERI factor and AO values need libcint / PySCF's grids.
+  * The reference density D0 (MINAO, PySCF's default start) and the energy terms that depend only on
+    it — E_nuc + E[D0] and G0 = Hcore + J[D0] − a/2·K[D0] — are large numbers (hundreds of Hartree).
+    They are computed here in float64 so that the device only ever handles the *difference*
+    ΔD = D − D0, whose energy contribution is ~1 Ha: float32 then keeps µHa accuracy
+    (../shared/NUMERICS.md: 352 µHa naive vs 4 µHa this way, uracil/def2-SVP).
+
+Electron repulsion reaches the device as one 3-index factor B (n_aux, n_ao, n_ao) with
+(μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, so J and K are contracted the same way for both modes:
+  * eri="dense": pivoted Cholesky of the exact 4-index ERI matrix (from PySCF's 4-fold packed
+    integrals), stopped when the largest remaining diagonal is below CHOLESKY_TOL. Every integral
+    is then exact to that tolerance, and B is far smaller than the dense tensor
+    (uracil/def2-SVP: 1.2 GB float32 dense vs ~80 MB).
+  * eri="df": density fitting with PySCF's JK-fit auxiliary basis `pyscf.df.make_auxbasis(mol)`,
+    exactly the tensor `dft.RKS(mol).density_fit()` uses (J and, for hybrids, K).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyscf.df
+import scipy.linalg.lapack
+from pyscf import dft, gto, lib, scf
+
+from qpt import xc as xc_lib
+from qpt.errors import InputError
+from qpt.molecule import Molecule
+
+ERI_MODES = ("dense", "df")
+CHOLESKY_TOL = 1e-10  # Hartree; largest integral error of eri="dense" (energy effect ≪ 1 µHa)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostIntegrals:
+  """Float64 arrays for one conformer, unpadded. n = n_ao, g = n_grid, c = 1 (LDA) or 4 (GGA).
+
+  Attributes:
+    overlap: (n, n) S.
+    orthogonalizer: (n, n) X = L⁻ᵀ with S = L Lᵀ, so Xᵀ S X = 1.
+    eri_factor: (n_aux, n, n) B with (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, Hartree^½.
+    density_ref: (n, n) D0, the MINAO density (electrons; tr(D0 S) = n_electrons).
+    fock_ref_nonxc: (n, n) G0 = Hcore + J[D0] − a/2·K[D0], Hartree (a: exact-exchange fraction).
+    energy_ref: E_nuc + E[D0], Hartree: the total energy of the reference density.
+    ao: (c, g, n) AO values and, for GGA, their x, y, z derivatives (Bohr^-3/2, Bohr^-5/2).
+    weights: (g,) quadrature weights, Bohr^3.
+    rho_ref: (c, g) ρ0 and, for GGA, ∇ρ0 on the grid (electrons/Bohr^3, /Bohr^4).
+    occupation: (n,) 2 for the n_electrons/2 lowest orbitals, else 0.
+    energy_nuc: nuclear repulsion, Hartree.
+  """
+
+  overlap: np.ndarray
+  orthogonalizer: np.ndarray
+  eri_factor: np.ndarray
+  density_ref: np.ndarray
+  fock_ref_nonxc: np.ndarray
+  energy_ref: float
+  ao: np.ndarray
+  weights: np.ndarray
+  rho_ref: np.ndarray
+  occupation: np.ndarray
+  energy_nuc: float
+
+
+def compute(mol: gto.Mole, xc: str, grid_level: int = 3, eri: str = "dense") -> HostIntegrals:
+  """All host-side arrays for `mol` (a built PySCF Mole) at the given level of theory."""
+  functional = xc_lib.functional(xc)
+  if eri not in ERI_MODES:
+    raise InputError(f"eri={eri!r}: choose one of {', '.join(ERI_MODES)}")
+  if not 0 <= int(grid_level) <= 9:
+    raise InputError(f"grid_level={grid_level}: PySCF grid levels are 0..9")
+
+  overlap = mol.intor_symmetric("int1e_ovlp")
+  hcore = mol.intor_symmetric("int1e_kin") + mol.intor_symmetric("int1e_nuc")
+  orthogonalizer = np.linalg.inv(np.linalg.cholesky(overlap)).T
+  density_ref = scf.hf.init_guess_by_minao(mol)
+  n_occ = mol.nelectron // 2
+  occupation = np.zeros(mol.nao)
+  occupation[:n_occ] = 2.0
+
+  b = eri_factor(mol, eri)
+  j_ref, k_ref = coulomb_exchange(b, density_ref)
+  a = functional.exact_exchange
+  fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
+
+  ao, weights = quadrature(mol, xc, grid_level, density_ref, functional.is_gga)
+  rho_ref = rho_on_grid(ao, density_ref)
+  e_xc_ref = float(np.dot(weights, np.asarray(functional_energy_density_host(xc, rho_ref))))
+  energy_nuc = mol.energy_nuc()
+  energy_ref = (energy_nuc + np.vdot(density_ref, hcore) + 0.5 * np.vdot(density_ref, j_ref)
+                - 0.25 * a * np.vdot(density_ref, k_ref) + e_xc_ref)
+  return HostIntegrals(overlap, orthogonalizer, b, density_ref, fock_ref_nonxc, float(energy_ref),
+                       ao, weights, rho_ref, occupation, float(energy_nuc))
+
+
+# ---- electron repulsion ---------------------------------------------------------------------
+
+
+def eri_factor(mol: gto.Mole, eri: str) -> np.ndarray:
+  """B (n_aux, n, n): (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, by pivoted Cholesky ("dense") or DF ("df")."""
+  if eri == "df":
+    packed = pyscf.df.incore.cholesky_eri(mol, auxbasis=pyscf.df.make_auxbasis(mol))
+  else:
+    packed = pivoted_cholesky(mol.intor("int2e", aosym="s4"), CHOLESKY_TOL)
+  return lib.unpack_tril(packed)
+
+
+def pivoted_cholesky(matrix: np.ndarray, tol: float) -> np.ndarray:
+  """Rows L (rank, m) with matrix ≈ Lᵀ L, for a symmetric positive semi-definite (m, m) matrix.
+
+  LAPACK's blocked pivoted Cholesky (dpstrf), stopped when every remaining diagonal is below `tol`;
+  then every entry of the residual is below `tol` too (it is positive semi-definite, so
+  |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 1337 of 2628 in 0.15 s.
+  """
+  factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(np.asfortranarray(matrix), tol=tol,
+                                                          lower=1)
+  if info < 0:
+    raise RuntimeError(f"dpstrf: argument {-info} is invalid")
+  rows = np.empty((rank, matrix.shape[0]))
+  rows[:, pivots - 1] = np.tril(factor[:, :rank]).T  # PᵀAP = L Lᵀ, pivots 1-based
+  return rows
+
+
+def coulomb_exchange(b: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """J[D] and K[D] (n, n) from the factor b (n_aux, n, n), float64 host version."""
+  j = np.einsum("P,Pij->ij", np.einsum("Pkl,kl->P", b, density), b)
+  k = np.einsum("Pik,Pkj->ij", b @ density, b)
+  return j, k
+
+
+# ---- exchange-correlation quadrature ---------------------------------------------------------
+
+
+def quadrature(mol: gto.Mole, xc: str, grid_level: int, density_ref: np.ndarray,
+               is_gga: bool) -> tuple[np.ndarray, np.ndarray]:
+  """AO values (c, g, n) and weights (g,) on PySCF's grid, built exactly as `dft.RKS` builds it.
+
+  PySCF drops grid points where the initial density is negligible (`small_rho_cutoff`) when it first
+  builds the grid; we call the same routine with the same MINAO density so both codes integrate on
+  the very same points.
+  """
+  ks = dft.RKS(mol, xc=xc)
+  ks.grids.level = int(grid_level)
+  ks.initialize_grids(mol, density_ref)
+  ao = dft.numint.NumInt().eval_ao(mol, ks.grids.coords, deriv=1 if is_gga else 0)
+  ao = ao.reshape(-1, *ao.shape[-2:])  # LDA: (g, n) → (1, g, n)
+  return np.ascontiguousarray(ao), np.asarray(ks.grids.weights)
+
+
+def rho_on_grid(ao: np.ndarray, density: np.ndarray) -> np.ndarray:
+  """ρ (and ∇ρ for GGA) on the grid, (c, g), from AO values (c, g, n) and a density matrix."""
+  ao_d = ao[0] @ density
+  rho = np.einsum("gi,gi->g", ao_d, ao[0])[None]
+  if ao.shape[0] == 1:
+    return rho
+  grad = 2.0 * np.einsum("xgi,gi->xg", ao[1:4], ao_d)
+  return np.concatenate([rho, grad])
+
+
+def functional_energy_density_host(xc: str, rho: np.ndarray) -> np.ndarray:
+  """e = ρ·ε_xc per grid point (g,), float64, from PySCF's libxc: the host's reference values."""
+  exc = dft.libxc.eval_xc(xc, rho if rho.shape[0] > 1 else rho[0], spin=0, deriv=0)[0]
+  return rho[0] * exc

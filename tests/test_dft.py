@@ -1,0 +1,123 @@
+"""The JAX Kohn–Sham energy and SCF against PySCF in float64, and float32 against the same reference.
+
+The full grid (4 molecules × 3 basis sets × 3 functionals × 2 dtypes) is `tools/validate_pyscf.py`;
+here is a representative subset that covers every code path: LDA / GGA / hybrid, both VWN
+variants, dense and DF electron repulsion, float64 and float32.
+"""
+
+import numpy as np
+import pytest
+
+import qpt
+from tests import pyscf_reference as ref
+
+F64_CASES = [  # molecule, basis, xc, eri
+    ("water", "def2-svp", "lda,vwn", "dense"),
+    ("water", "def2-svp", "pbe", "dense"),
+    ("water", "def2-svp", "b3lyp5", "dense"),
+    ("water", "6-31g", "b3lyp", "dense"),
+    ("water", "def2-svp", "b3lyp5", "df"),
+    ("malondialdehyde", "sto-3g", "pbe", "dense"),
+]
+F32_CASES = [
+    ("water", "def2-svp", "b3lyp5", "dense"),
+    ("water", "def2-svp", "pbe", "df"),
+    ("malondialdehyde", "sto-3g", "b3lyp5", "dense"),
+]
+
+
+@pytest.mark.parametrize("molecule, basis, xc, eri", F64_CASES)
+def test_float64_scf_matches_pyscf(molecule, basis, xc, eri):
+  mf = ref.rks(molecule, basis, xc, eri)
+  result = qpt.dft.scf(ref.problem(molecule, basis, xc, eri, "float64"))
+  assert result.converged
+  assert abs(result.energy - mf.e_tot) < 1e-6
+  assert result.iterations <= mf.cycles + 3
+  homo, lumo = ref.homo_lumo(mf)
+  assert abs(result.homo - homo) < 1e-6 and abs(result.lumo - lumo) < 1e-6
+
+
+@pytest.mark.parametrize("molecule, basis, xc, eri", F32_CASES)
+def test_float32_scf_within_50_microhartree(molecule, basis, xc, eri):
+  mf = ref.rks(molecule, basis, xc, eri)
+  problem = ref.problem(molecule, basis, xc, eri, "float32")
+  assert problem.overlap.dtype == np.float32
+  result = qpt.dft.scf(problem)
+  assert result.converged
+  assert isinstance(result.energy, float)  # assembled on the host in float64
+  assert abs(result.energy - mf.e_tot) < 50e-6
+  homo, lumo = ref.homo_lumo(mf)
+  assert abs(result.homo - homo) < 50e-6 and abs(result.lumo - lumo) < 50e-6
+
+
+def test_energy_of_pyscf_density_matches_pyscf_energy():
+  """E[D] alone (no SCF), at PySCF's converged density: the functional itself is PySCF's."""
+  mf = ref.rks("water", "def2-svp", "b3lyp5")
+  problem = ref.problem("water", "def2-svp", "b3lyp5")
+  n = problem.shapes[0]
+  e = qpt.dft.reference_energy(problem) + float(
+      qpt.dft.delta_energy(problem, ref.padded(mf.make_rdm1(), n)))
+  assert abs(e - mf.e_tot) < 1e-8
+
+
+def test_fock_matrix_matches_pyscf():
+  mf = ref.rks("water", "def2-svp", "pbe")
+  problem = ref.problem("water", "def2-svp", "pbe")
+  n, nao = problem.shapes[0], mf.mol.nao
+  f = np.asarray(qpt.dft.fock(problem, ref.padded(mf.make_rdm1(), n)))
+  np.testing.assert_allclose(f[:nao, :nao], mf.get_fock(), atol=1e-8)
+  assert not f[nao:].any() and not f[:, nao:].any()
+
+
+def test_minao_start_is_pyscf_minao():
+  problem = ref.problem("water", "def2-svp", "b3lyp5")
+  mf = ref.rks("water", "def2-svp", "b3lyp5")
+  d0 = mf.get_init_guess(key="minao")
+  np.testing.assert_allclose(np.asarray(problem.density_ref)[: mf.mol.nao, : mf.mol.nao], d0,
+                             atol=1e-12)
+  assert abs(qpt.dft.reference_energy(problem) - mf.energy_tot(d0)) < 1e-8
+
+
+def test_scf_from_given_density_converges_at_once():
+  mf = ref.rks("water", "def2-svp", "b3lyp5")
+  problem = ref.problem("water", "def2-svp", "b3lyp5")
+  result = qpt.dft.scf(problem, density0=ref.padded(mf.make_rdm1(), problem.shapes[0]))
+  assert result.converged and result.iterations <= 2
+  assert abs(result.energy - mf.e_tot) < 1e-6
+
+
+def test_padded_orbitals_are_never_occupied_or_reported():
+  problem = ref.problem("water", "sto-3g", "lda,vwn", "dense", "float64")
+  n, nao = problem.shapes[0], 7
+  assert n > nao
+  result = qpt.dft.scf(problem)
+  assert result.mo_energy.shape == (nao,) and result.mo_coeff.shape == (n, nao)
+  assert not result.mo_coeff[nao:].any()
+  assert result.fock.shape == (n, n) and result.density.shape == (n, n)
+  mf = ref.rks("water", "sto-3g", "lda,vwn")
+  np.testing.assert_allclose(result.mo_energy, mf.mo_energy, atol=1e-6)
+  assert result.mo_occ.sum() == 10
+
+
+def test_basis_missing_for_element_is_an_input_error():
+  iodine = qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]])
+  with pytest.raises(qpt.InputError, match="not defined for element I"):
+    qpt.dft.build_problem(iodine, basis="6-31g")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(xc="m06"), "unknown XC functional"),
+    (dict(eri="cd"), "eri='cd'"),
+    (dict(dtype="float16"), "dtype='float16'"),
+    (dict(grid_level=12), "grid_level=12"),
+])
+def test_bad_options_are_input_errors(kwargs, fragment):
+  with pytest.raises(qpt.InputError, match=fragment):
+    qpt.dft.build_problem(qpt.molecules.get("water"), basis="sto-3g", **kwargs)
+
+
+def test_pyscf_mole_is_accepted():
+  mole = qpt.molecules.get("water").to_pyscf("sto-3g")
+  problem = qpt.dft.build_problem(mole, xc="lda,vwn", dtype="float64")
+  mf = ref.rks("water", "sto-3g", "lda,vwn")
+  assert abs(qpt.dft.scf(problem).energy - mf.e_tot) < 1e-6

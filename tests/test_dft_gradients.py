@@ -1,0 +1,166 @@
+"""∂E/∂H of the QPT loss: finite differences, stationarity, degeneracy, padding, invariances."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qpt
+from tests import pyscf_reference as ref
+
+PAPER_MIXING = (0.0, 0.5, 0.0)  # k = 3 with mixing in the second step, as in the paper
+
+
+def benzene_d6h() -> qpt.Molecule:
+  """Exactly hexagonal benzene: its occupied e1g / e2g orbitals are exactly degenerate."""
+  angles = np.arange(6) * np.pi / 3
+  ring = np.stack([np.cos(angles), np.sin(angles), np.zeros(6)], axis=1)
+  return qpt.Molecule(["C"] * 6 + ["H"] * 6, np.concatenate([1.397 * ring, 2.481 * ring]),
+                      name="benzene-D6h")
+
+
+@functools.cache
+def benzene_problem(dtype):
+  return qpt.dft.build_problem(benzene_d6h(), basis="sto-3g", xc="b3lyp5", grid_level=1,
+                               dtype=dtype)
+
+
+def random_symmetric(problem, seed):
+  """A random symmetric direction on the real (unpadded) block, unit max-norm."""
+  n = problem.shapes[0]
+  v = np.random.default_rng(seed).standard_normal((n, n))
+  mask = np.outer(problem.ao_mask, problem.ao_mask)
+  v = (v + v.T) * mask
+  return v / np.abs(v).max()
+
+
+def directional_check(problem, h, iterations, mixing, seeds=(0, 1), step=1e-4):
+  """Directional derivatives of the loss: autodiff vs Richardson-extrapolated central differences.
+
+  Each direction is half along the gradient, half random: a purely random direction can be nearly
+  orthogonal to a small gradient (after k SCF steps), and then float64 rounding in the loss
+  (~1e-13 Ha) decides the finite difference rather than the derivative.
+  """
+  loss = lambda h: qpt.dft.loss_energy_delta(problem, h, iterations, mixing)
+  grad = np.asarray(jax.jit(jax.grad(loss))(h))
+  loss = jax.jit(loss)
+  for seed in seeds:
+    v = grad / np.abs(grad).max() + random_symmetric(problem, seed)
+    analytic = np.vdot(grad, v)
+    central = lambda t: (float(loss(h + t * v)) - float(loss(h - t * v))) / (2 * t)
+    # Richardson: cancels the O(step²) error of central differences, which after k SCF steps
+    # from a far-from-converged H is larger than 1e-6 relative.
+    numeric = (4 * central(step / 2) - central(step)) / 3
+    assert abs(analytic - numeric) <= 1e-6 * abs(analytic), (analytic, numeric)
+  return grad
+
+
+@pytest.mark.parametrize("iterations, mixing", [(0, 0.0), (3, PAPER_MIXING)])
+def test_gradient_matches_finite_differences(iterations, mixing):
+  problem = ref.problem("water", "sto-3g", "b3lyp5", grid_level=1)
+  h = np.asarray(qpt.dft.fock(problem, problem.density_ref))  # the MINAO Fock matrix
+  h = h + 0.02 * random_symmetric(problem, 7)  # a generic H, not a special point
+  directional_check(problem, h, iterations, mixing)
+
+
+@pytest.mark.parametrize("iterations, mixing", [(0, 0.0), (3, PAPER_MIXING)])
+def test_gradient_with_degenerate_occupied_orbitals(iterations, mixing):
+  problem = benzene_problem("float64")
+  # Hcore + J[D0] − a/2 K[D0]: exact integrals of a D6h density, so exactly D6h itself.
+  h = np.asarray(problem.fock_ref_nonxc)
+  eps = np.asarray(qpt.dft.orbitals(problem, h)[0])[:21]
+  assert np.min(np.diff(eps)) < 1e-10  # really degenerate, among the occupied orbitals
+  grad = directional_check(problem, h, iterations, mixing, seeds=(3,))
+  assert np.isfinite(grad).all()
+  # float32 too: finite and close to the float64 gradient.
+  problem32 = benzene_problem("float32")
+  grad32 = jax.jit(jax.grad(
+      lambda h: qpt.dft.loss_energy_delta(problem32, h, iterations, mixing)))(h.astype(np.float32))
+  assert np.isfinite(grad32).all()
+  # Near self-consistency (k = 3) the gradient is ~1e-3 and float32 rounding of the Fock matrices
+  # (~1e-6 Ha) leaves ~4e-6 of noise in it: compare at 1e-5.
+  np.testing.assert_allclose(grad32, grad, atol=1e-5)
+
+
+def test_gradient_vanishes_at_the_converged_fock_matrix():
+  mf = ref.rks("water", "def2-svp", "b3lyp5")
+  problem = ref.problem("water", "def2-svp", "b3lyp5")
+  n = problem.shapes[0]
+  grad = jax.jit(jax.grad(qpt.dft.loss_energy_delta, argnums=1))
+  at_scf = np.abs(np.asarray(grad(problem, ref.padded(mf.get_fock(), n)))).max()
+  at_minao = np.abs(np.asarray(grad(problem, qpt.dft.fock(problem, problem.density_ref)))).max()
+  assert at_minao > 1e-2
+  assert at_scf < 1e-6
+
+
+def test_padding_has_no_effect_and_gets_no_gradient():
+  mol = qpt.molecules.get("water")
+  small = qpt.dft.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64")
+  n, g, n_aux = small.shapes
+  big = qpt.dft.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64",
+                              pad_to=(n + 5, g + small.xc_chunk, n_aux + 3))
+  h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
+  rng = np.random.default_rng(0)
+  h_big = rng.standard_normal((n + 5, n + 5)) * 10  # garbage in the padding
+  h_big[:n, :n] = h_small
+  e_small = float(qpt.dft.loss_energy_delta(small, h_small, 1))
+  e_big = float(qpt.dft.loss_energy_delta(big, h_big, 1))
+  assert abs(e_small - e_big) < 1e-10
+  grad = np.asarray(jax.grad(qpt.dft.loss_energy_delta, argnums=1)(big, h_big, 1))
+  assert not grad[7:].any() and not grad[:, 7:].any()
+  assert abs(qpt.dft.scf(small).energy - qpt.dft.scf(big).energy) < 1e-8
+
+
+def test_loss_energy_total_is_reference_plus_delta():
+  problem = ref.problem("water", "sto-3g", "b3lyp5", grid_level=1)
+  h = qpt.dft.fock(problem, problem.density_ref)
+  total = float(qpt.dft.loss_energy(problem, h))
+  delta = float(qpt.dft.loss_energy_delta(problem, h))
+  assert abs(total - (qpt.dft.reference_energy(problem) + delta)) < 1e-10
+  # k steps from the MINAO Fock matrix lower the energy toward the SCF minimum, never below it.
+  e_scf = qpt.dft.scf(problem).energy
+  e3 = qpt.dft.reference_energy(problem) + float(qpt.dft.loss_energy_delta(problem, h, 3, 0.3))
+  assert e_scf - 1e-9 <= e3 < qpt.dft.reference_energy(problem) + delta
+
+
+def rotation(seed):
+  q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))
+  q = q * np.sign(np.diag(r))
+  return q if np.linalg.det(q) > 0 else -q
+
+
+@pytest.mark.parametrize("transform, tolerance", [
+    (lambda x: x + np.array([1.3, -0.7, 2.1]), 1e-8),  # PySCF's grid moves with the atoms
+    (lambda x: x @ rotation(5).T, 1e-5),  # the Lebedev grid does not rotate: ~1e-6 Ha at level 3
+])
+def test_energy_invariance(transform, tolerance):
+  mol = qpt.molecules.get("water")
+  moved = mol.with_positions(transform(mol.positions))
+  energies = [qpt.dft.scf(qpt.dft.build_problem(m, basis="def2-svp", xc="b3lyp5",
+                                                dtype="float64")).energy for m in (mol, moved)]
+  assert abs(energies[0] - energies[1]) < tolerance
+
+
+def test_xc_chunk_size_does_not_change_the_energy():
+  mol = qpt.molecules.get("water")
+  energies = []
+  for chunk in (1024, 4096):
+    problem = qpt.dft.build_problem(mol, basis="sto-3g", xc="b3lyp5", grid_level=1,
+                                    dtype="float64", xc_chunk=chunk)
+    h = qpt.dft.fock(problem, problem.density_ref)
+    energies.append(float(qpt.dft.loss_energy_delta(problem, h)))
+  assert abs(energies[0] - energies[1]) < 1e-12
+
+
+def test_float32_loss_and_gradient_track_float64():
+  p64 = ref.problem("water", "def2-svp", "b3lyp5")
+  p32 = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
+  h = np.asarray(qpt.dft.fock(p64, p64.density_ref))
+  vg = lambda p, h: jax.jit(jax.value_and_grad(
+      lambda h: qpt.dft.loss_energy_delta(p, h, 3, PAPER_MIXING)))(h)
+  e64, g64 = vg(p64, h)
+  e32, g32 = vg(p32, h.astype(np.float32))
+  assert abs(float(e32) - float(e64)) < 20e-6
+  np.testing.assert_allclose(g32, g64, atol=1e-3 * float(jnp.abs(g64).max()))

@@ -1,0 +1,75 @@
+"""Host-side integrals against PySCF's own: ERI factors, grid, densities, reference energy."""
+
+import numpy as np
+import pyscf.df
+from pyscf import dft, lib
+
+import qpt
+from qpt import integrals
+from tests import pyscf_reference as ref
+
+
+def water(basis="def2-svp"):
+  return qpt.molecules.get("water").to_pyscf(basis)
+
+
+def test_dense_cholesky_factor_reproduces_every_integral():
+  mol = water()
+  b = integrals.eri_factor(mol, "dense")
+  eri = mol.intor("int2e").reshape(mol.nao**2, -1)
+  b2 = b.reshape(len(b), -1)
+  assert np.abs(b2.T @ b2 - eri).max() <= integrals.CHOLESKY_TOL
+  assert len(b) < mol.nao**2 // 2  # and it is much smaller than the 4-index tensor
+
+
+def test_pivoted_cholesky_of_a_low_rank_matrix():
+  a = np.random.default_rng(0).standard_normal((5, 40))
+  rows = integrals.pivoted_cholesky(a.T @ a, 1e-12)
+  assert rows.shape == (5, 40)
+  np.testing.assert_allclose(rows.T @ rows, a.T @ a, atol=1e-11)
+
+
+def test_df_factor_is_pyscfs_density_fitting():
+  mol = water()
+  mf = dft.RKS(mol, xc="b3lyp5").density_fit(auxbasis=pyscf.df.make_auxbasis(mol))
+  mf.with_df.build()
+  dm = mf.get_init_guess(key="minao")
+  j_ref, k_ref = mf.with_df.get_jk(dm)
+  j, k = integrals.coulomb_exchange(integrals.eri_factor(mol, "df"), dm)
+  np.testing.assert_allclose(j, j_ref, atol=1e-10)
+  np.testing.assert_allclose(k, k_ref, atol=1e-10)
+
+
+def test_grid_and_density_are_pyscfs():
+  mf = ref.rks("water", "def2-svp", "pbe")
+  host = integrals.compute(mf.mol, "pbe", grid_level=3)
+  # Same pruned grid as the SCF PySCF ran (it prunes with the same MINAO density).
+  np.testing.assert_array_equal(host.weights, mf.grids.weights)
+  ao = mf._numint.eval_ao(mf.mol, mf.grids.coords, deriv=1)
+  np.testing.assert_allclose(host.ao, ao, atol=1e-14)
+  rho = mf._numint.eval_rho(mf.mol, ao, host.density_ref, xctype="GGA")
+  np.testing.assert_allclose(host.rho_ref, rho, atol=1e-12)
+  lda = integrals.compute(mf.mol, "lda,vwn", grid_level=3)
+  assert lda.ao.shape == (1, *ao.shape[1:]) and lda.rho_ref.shape == (1, ao.shape[1])
+
+
+def test_reference_terms_are_pyscfs():
+  mf = ref.rks("water", "def2-svp", "b3lyp5")
+  host = integrals.compute(mf.mol, "b3lyp5", grid_level=3)
+  d0 = mf.get_init_guess(key="minao")
+  np.testing.assert_allclose(host.density_ref, d0, atol=1e-14)
+  assert abs(host.energy_ref - mf.energy_tot(d0)) < 1e-8
+  # G0 + Vxc[D0] is PySCF's Fock matrix of the MINAO density.
+  vxc = mf._numint.nr_rks(mf.mol, mf.grids, "b3lyp5", d0)[2]
+  np.testing.assert_allclose(host.fock_ref_nonxc + vxc, mf.get_fock(dm=d0), atol=1e-8)
+  # X orthonormalises the AO basis.
+  x = host.orthogonalizer
+  np.testing.assert_allclose(x.T @ host.overlap @ x, np.eye(mf.mol.nao), atol=1e-12)
+  assert host.occupation.sum() == mf.mol.nelectron
+  assert host.energy_nuc == mf.mol.energy_nuc()
+
+
+def test_unpacked_factors_are_symmetric():
+  b = integrals.eri_factor(water("sto-3g"), "df")
+  np.testing.assert_array_equal(b, b.transpose(0, 2, 1))
+  assert np.array_equal(lib.unpack_tril(lib.pack_tril(b)), b)
