@@ -31,15 +31,22 @@ Thresholds, float64 (mirrors libxc 7 exactly; verified against PySCF):
     the potential is the derivative at the floored point, so the floor is
     applied "straight through" (value clamped, derivative passed unchanged).
 
-Thresholds, float32: every component uses max(thr, 1e-7). The QPT loss with
-k >= 1 unrolled SCF steps differentiates the Fock matrix, i.e. takes *second*
-derivatives of e; for a GGA d2e/dsigma2 ~ rho**-4, which at rho = 1e-10 is
-1e40 and overflows float32 (seen: NaN gradients for pbe and b3lyp5 at k = 1).
-At 1e-7 it is 1e28, leaving ten orders of magnitude for the cotangents it meets.
-What is cut away is small: Σ w·e over points with rho < 1e-7 at the converged
-def2-SVP density is 0.06 µHa (water, PBE) to 1.8 µHa (uracil, B3LYP5) — far
-inside the float32 budget. The squared reduced gradient x2 = sigma / rho**(8/3)
-is also capped at 1e16 (s ~ 1e7) so that no square of it overflows.
+Thresholds, float32: every component uses max(thr, 1e-10). At rho = 1e-10,
+rho**(8/3) = 2e-27 is still a normal float32, and the largest intermediate of
+the backward pass, rho**(-8/3) = 5e26, stays far from float32's 3e38. What is
+cut away is negligible: e ~ rho**(4/3) < 5e-14 Hartree/Bohr^3 there. (A higher
+cut is *not* harmless: the potential in the density tails sets the energies
+of diffuse orbitals; cutting at 1e-7 moved water/def2-SVP's LUMO by 94 µHa.)
+The squared reduced gradient x2 = sigma / rho**(8/3) is capped at 1e16.
+
+Second derivatives, float32: the QPT loss with k >= 1 unrolled SCF steps
+differentiates the Fock matrix, i.e. takes second derivatives of e; for a GGA
+d2e/dsigma2 ~ rho**-4, which is 1e40 at rho = 1e-10 and overflows float32
+(seen: NaN gradients for pbe and b3lyp5 at k = 1). Below rho = 1e-7 the
+float32 energy density is therefore replaced by its first-order expansion
+around the (stop-gradient) point itself: same value, same potential, zero
+curvature. Only the XC kernel in the far tails is dropped from gradients of
+k >= 1 losses; energies, Fock matrices and orbital energies are untouched.
 
 All masking uses the "double where" pattern: masked points are evaluated at a
 harmless stand-in (rho = 1) and then discarded, so their (zero) cotangents
@@ -62,7 +69,8 @@ _SLATER = -0.75 * (3 / _PI)**(1 / 3)  # e_x = _SLATER * rho**(4/3)
 _X2S = 1 / (2 * (6 * _PI**2)**(1 / 3))  # s = _X2S * x_sigma
 _TWO_23 = 2**(2 / 3)  # x_sigma**2 = 2**(2/3) * x_total**2 at zeta = 0
 
-_F32_DENS_THRESHOLD = 1e-7
+_F32_DENS_THRESHOLD = 1e-10
+_F32_CURVATURE_THRESHOLD = 1e-7  # below: value and potential exact, second derivatives 0
 _F32_X2_CAP = 1e16
 _F32_SIGMA_FLOOR = 1e-30  # smallest sigma in float32: well inside the normal range
 _F64_X2_CAP = 1e100  # only so absurd float64 inputs cannot overflow
@@ -262,32 +270,12 @@ class Functional:
   exact_exchange: float
   components: tuple = dataclasses.field(repr=False)
 
-  def energy_density(self, rho, sigma=None):
-    """e(r) = rho * eps_xc(rho, sigma) in Hartree / Bohr^3, same shape as rho.
-
-    Differentiable: jax.grad of sum(w * e) gives w * vrho and w * vsigma with
-    libxc's meaning, and stays finite for any rho >= 0 (including 0).
-
-    Args:
-      rho: (...,) total electron density, electrons / Bohr^3.
-      sigma: (...,) |grad rho|^2, electrons^2 / Bohr^8. Ignored for LDA (may
-        be None); required for GGAs.
-
-    Returns:
-      (...,) energy density; dtype follows the inputs (float32 or float64).
-    """
-    rho = jnp.asarray(rho)
+  def _energy_density(self, rho, sigma):
+    """energy_density with libxc's screening; safe to first order (see energy_density)."""
+    dtype = _float_dtype(rho, sigma)
+    rho = jnp.asarray(rho, dtype)
     if self.is_gga:
-      if sigma is None:
-        raise errors.InputError(f'functional {self.name!r} is a GGA and needs '
-                                'sigma = |grad rho|^2')
-      dtype = jnp.result_type(rho, sigma)
       sigma = jnp.asarray(sigma, dtype)
-    else:
-      dtype = jnp.result_type(rho)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      dtype = jnp.result_type(float)
-    rho = rho.astype(dtype)
     single = jnp.finfo(dtype).bits < 64
 
     # Every component's mask lies inside this one, so one safe stand-in
@@ -309,6 +297,49 @@ class Functional:
       total = total + weight * _screened_energy(comp, rho_safe, r13, rho43,
                                                 inv43, sigma_safe, single)
     return jnp.where(live, total, 0.0)
+
+  def energy_density(self, rho, sigma=None):
+    """e(r) = rho * eps_xc(rho, sigma) in Hartree / Bohr^3, same shape as rho.
+
+    Differentiable: jax.grad of sum(w * e) gives w * vrho and w * vsigma with
+    libxc's meaning, and stays finite for any rho >= 0 (including 0); so do
+    second derivatives (float32: zero below rho = 1e-7, see module docstring).
+
+    Args:
+      rho: (...,) total electron density, electrons / Bohr^3.
+      sigma: (...,) |grad rho|^2, electrons^2 / Bohr^8. Ignored for LDA (may
+        be None); required for GGAs.
+
+    Returns:
+      (...,) energy density; dtype follows the inputs (float32 or float64).
+    """
+    if self.is_gga and sigma is None:
+      raise errors.InputError(f'functional {self.name!r} is a GGA and needs '
+                              'sigma = |grad rho|^2')
+    dtype = _float_dtype(rho, sigma if self.is_gga else None)
+    if jnp.finfo(dtype).bits == 64:
+      return self._energy_density(rho, sigma)
+    rho = jnp.asarray(rho, dtype)
+    sigma = jnp.asarray(sigma, dtype) if self.is_gga else jnp.zeros_like(rho)
+    return _flat_curvature_below(self._energy_density, rho, sigma, _F32_CURVATURE_THRESHOLD)
+
+
+def _float_dtype(rho, sigma):
+  """The floating dtype the inputs ask for (integers promote to the default float)."""
+  dtype = jnp.result_type(rho) if sigma is None else jnp.result_type(rho, sigma)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _flat_curvature_below(f, rho, sigma, threshold):
+  """f(rho, sigma) with exact value and first derivatives, and zero second derivatives where
+  rho < threshold: there f is evaluated as its linearisation around stop_gradient(rho, sigma)."""
+  high = rho >= threshold
+  exact = f(jnp.where(high, rho, 1.0), jnp.where(high, sigma, 0.0))  # double where: safe inputs
+  rho0, sigma0 = jax.lax.stop_gradient(rho), jax.lax.stop_gradient(sigma)
+  e0, vjp = jax.vjp(f, rho0, sigma0)
+  v_rho, v_sigma = vjp(jnp.ones_like(e0))
+  linear = e0 + v_rho * (rho - rho0) + v_sigma * (sigma - sigma0)
+  return jnp.where(high, exact, linear)
 
 
 def functional(xc: str) -> Functional:

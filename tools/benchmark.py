@@ -1,0 +1,313 @@
+"""Benchmarks QPT against PySCF, side by side in one process: one sub-command per question.
+
+  energy   The QPT loss and its gradient, E[D_k(H)] − E_ref and ∂/∂H (float32, jitted), for
+           k = 0 and k = 3 unrolled SCF steps (mixing (0, 0.5, 0)), against what PySCF spends on
+           one SCF iteration (`get_veff` + `energy_tot`) for the same molecule, basis, functional
+           and grid; and `build_problem` against PySCF's own setup (grids, MINAO guess, ERIs or
+           DF tensors).
+
+  .venv/bin/python tools/benchmark.py energy
+  .venv/bin/python tools/benchmark.py energy --molecules water,ethanol --basis sto-3g,def2-svp
+  .venv/bin/python tools/benchmark.py energy --eri df --xc pbe --repeats 9 --json
+
+Every sub-command prints a table (or, with --json, a JSON list of row dicts) and writes that list to
+benchmarks/results/<sub-command>.json. Times are medians of --repeats runs after a warm-up, so
+neither side pays one-time costs in the per-iteration numbers:
+  * qpt_seconds: one call of the compiled program, to `block_until_ready`; H = MINAO Fock matrix.
+  * compile_seconds: trace + XLA compile of that program, as it happened in this process. Programs
+    are kept in the persistent cache .jax_cache, so a second run pays only the trace (reported
+    alone as trace_seconds: Python-side, no cache can skip it) and a short cache load.
+  * pyscf_iteration_seconds: `mf.get_veff(mol, dm)` + `mf.energy_tot(dm, h1e, vhf)` at dm = MINAO,
+    with grids, h1e and the 4-index ERIs (dense) or DF tensors (df) built beforehand.
+  * build_seconds: `qpt.dft.build_problem`; pyscf_setup_seconds: the same pieces PySCF builds
+    before its first iteration (MINAO guess, pruned grids, h1e, ERIs or DF tensors).
+Ratios are qpt / PySCF: below 1 means QPT is faster.
+
+Threads: both codes use every core by default (2 on the reference machine): PySCF through OpenMP
+(OMP_NUM_THREADS unset → all cores; `pyscf_threads` in the machine record), XLA's CPU client
+through its own thread pool. Set OMP_NUM_THREADS only if you also restrict XLA, or the comparison
+is no longer like for like. On a shared 2-core machine expect ±2× run-to-run noise
+(../shared/NUMERICS.md).
+
+Reference (2-core AMD EPYC, b3lyp5, level-3 grid, def2-SVP; ../shared/NUMERICS.md): a naive dense
+float32 E+∇ took 0.02 s (water), 0.26 s (ethanol), 1.2 s (uracil), ratios 0.2–0.8 to one PySCF
+iteration; the first uracil compile took ~1 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable
+
+import jax
+import pyscf.df
+from pyscf import dft, lib
+
+import qpt
+from qpt import xc as xc_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+JAX_CACHE = os.path.join(ROOT, ".jax_cache")
+
+
+# ---- shared plumbing ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """A benchmark sub-command.
+
+  Attributes:
+    help: one line for `benchmark.py --help`.
+    add_arguments: adds the sub-command's own options to its argparse sub-parser.
+    run: args → list of row dicts (JSON-serialisable).
+    columns: ((header, row key, format spec), ...) for the table.
+  """
+
+  help: str
+  add_arguments: Callable[[argparse.ArgumentParser], None]
+  run: Callable[[argparse.Namespace], list[dict]]
+  columns: tuple[tuple[str, str, str], ...]
+
+
+COMMANDS: dict[str, Command] = {}  # name → Command; each section below registers one
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (sub-parsers inherit the class)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def machine() -> dict:
+  """Where the numbers were measured: they mean little without it."""
+  return dict(platform=platform.platform(), processor=_processor_name(), cores=os.cpu_count(),
+              pyscf_threads=lib.num_threads(), jax=jax.__version__, pyscf=pyscf.__version__)
+
+
+def _processor_name() -> str:
+  # platform.processor() is often just "x86_64" on Linux; the CPU model is in /proc/cpuinfo.
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+  """Median wall time of `repeats` calls of fn (which must block until its work is done)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+  """(fn(), wall seconds) for a single call."""
+  start = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - start
+
+
+def comma_list(text: str) -> list[str]:
+  items = [s.strip().lower() for s in text.split(",") if s.strip()]
+  if not items:
+    raise qpt.InputError(f"empty list {text!r}")
+  return list(dict.fromkeys(items))
+
+
+def print_table(columns, rows: list[dict]):
+  widths = [max([len(h)] + [len(format(r[k], f)) for r in rows]) for h, k, f in columns]
+  print("  ".join(f"{h:>{w}}" for (h, _, _), w in zip(columns, widths)))
+  for r in rows:
+    print("  ".join(f"{format(r[k], f):>{w}}" for (_, k, f), w in zip(columns, widths)))
+
+
+def write_results(name: str, rows: list[dict]) -> str:
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  path = os.path.join(RESULTS_DIR, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(rows, f, indent=1)
+  return path
+
+
+# ---- energy: loss + gradient vs one PySCF iteration -----------------------------------------
+
+ENERGY_STEPS = ((0, 0.0), (3, (0.0, 0.5, 0.0)))  # (k, mixing): the paper's unrolled loss and k = 0
+
+
+def energy_arguments(parser: argparse.ArgumentParser):
+  parser.add_argument("--molecules", default="water,ethanol,malondialdehyde,uracil",
+                      help="comma list of built-in molecules")
+  parser.add_argument("--basis", default="sto-3g,def2-svp", help="comma list of basis sets")
+  parser.add_argument("--xc", default="b3lyp5", help="functional, PySCF's name (default b3lyp5)")
+  parser.add_argument("--eri", default="dense", choices=("dense", "df"))
+  parser.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default 3)")
+  parser.add_argument("--repeats", type=int, default=5, help="timed runs per number (median)")
+
+
+def energy_run(args: argparse.Namespace) -> list[dict]:
+  """Rows for every molecule × basis × k, measured in that order."""
+  if args.repeats < 1:
+    raise qpt.InputError(f"--repeats {args.repeats}: need at least 1")
+  if not 0 <= args.grid_level <= 9:  # checked here: PySCF's setup runs before build_problem
+    raise qpt.InputError(f"--grid-level {args.grid_level}: PySCF grid levels are 0..9")
+  xc = xc_lib.functional(args.xc).name
+  molecules = [qpt.molecules.get(m) for m in comma_list(args.molecules)]
+  bases = comma_list(args.basis)
+  for m in molecules:  # a missing basis fails now, not after an hour of timings
+    for b in bases:
+      m.to_pyscf(b)
+  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  stamp = dict(machine=machine(), date=date)
+  rows = []
+  for molecule in molecules:
+    for basis in bases:
+      for row in energy_case(molecule, basis, xc, args.eri, args.grid_level, args.repeats):
+        rows.append(dict(row, **stamp))
+        print(f"# {row['molecule']} {row['basis']} k={row['k']}: {row['qpt_seconds']:.4f} s",
+              file=sys.stderr, flush=True)  # progress; stdout stays the table or the JSON
+  return rows
+
+
+def energy_case(molecule: qpt.Molecule, basis: str, xc: str, eri: str, grid_level: int,
+                repeats: int) -> list[dict]:
+  """Both codes on one molecule/basis: one row per k."""
+  mol = molecule.to_pyscf(basis)
+  pyscf_setup, pyscf_seconds, n_grid = pyscf_iteration(mol, xc, eri, grid_level, repeats)
+  problem, build_seconds = timed(functools.partial(
+      qpt.dft.build_problem, molecule, basis=basis, xc=xc, grid_level=grid_level, eri=eri,
+      dtype="float32"))
+  problem = jax.device_put(problem)  # once, so timed calls do not copy host arrays each time
+  h = jax.block_until_ready(jax.jit(qpt.dft.fock)(problem, problem.density_ref))
+  rows = []
+  for k, mixing in ENERGY_STEPS:
+    trace_seconds, compile_seconds, qpt_seconds = loss_and_gradient(problem, h, k, mixing, repeats)
+    rows.append(dict(
+        molecule=molecule.name, basis=basis, k=k, n_ao=mol.nao, n_grid=n_grid,
+        qpt_seconds=qpt_seconds, pyscf_iteration_seconds=pyscf_seconds,
+        ratio=qpt_seconds / pyscf_seconds, compile_seconds=compile_seconds,
+        trace_seconds=trace_seconds,
+        build_seconds=build_seconds, pyscf_setup_seconds=pyscf_setup,
+        build_ratio=build_seconds / pyscf_setup))
+  return rows
+
+
+def loss_and_gradient(problem, h, k: int, mixing, repeats: int) -> tuple[float, float, float]:
+  """(trace seconds, trace + compile seconds, median seconds of one call) for the loss and ∂/∂H.
+
+  Tracing is reported on its own because the persistent cache cannot skip it: with a warm cache it
+  is most of `compile_seconds`.
+  """
+  loss = functools.partial(qpt.dft.loss_energy_delta, iterations=k, mixing=mixing)
+  step = jax.jit(jax.value_and_grad(loss, argnums=1))
+  lowered, trace_seconds = timed(lambda: step.lower(problem, h))
+  compiled, xla_seconds = timed(lowered.compile)
+  call = lambda: jax.block_until_ready(compiled(problem, h))
+  call()  # warm-up: first-touch allocations and thread-pool start are not the iteration's cost
+  return trace_seconds, trace_seconds + xla_seconds, median_seconds(call, repeats)
+
+
+def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
+                    repeats: int) -> tuple[float, float, int]:
+  """(setup seconds, median seconds of one SCF iteration, grid points) for PySCF's RKS.
+
+  Setup is what PySCF builds before its first iteration and never again: the MINAO guess, the
+  grid (pruned with that guess, as `kernel` does), h1e, and the ERIs — the in-core 8-fold tensor
+  `get_jk` would create on first use, or the DF tensors with the JK-fit basis QPT uses.
+  """
+  def setup():
+    mf = dft.RKS(mol, xc=xc)
+    if eri == "df":
+      mf = mf.density_fit(auxbasis=pyscf.df.make_auxbasis(mol))
+    mf.grids.level = grid_level
+    mf.verbose = 0
+    dm = mf.get_init_guess(mol, "minao")
+    mf.initialize_grids(mol, dm)
+    h1e = mf.get_hcore(mol)
+    if eri == "df":
+      mf.with_df.build()
+    else:
+      mf._eri = mol.intor("int2e", aosym="s8")
+    return mf, dm, h1e
+
+  (mf, dm, h1e), setup_seconds = timed(setup)
+
+  def iteration():
+    vhf = mf.get_veff(mol, dm)
+    return mf.energy_tot(dm, h1e, vhf)
+
+  iteration()  # warm-up, as for QPT
+  return setup_seconds, median_seconds(iteration, repeats), int(mf.grids.weights.size)
+
+
+COMMANDS["energy"] = Command(
+    help="loss + gradient (k = 0, 3) vs one PySCF SCF iteration; build vs PySCF setup",
+    add_arguments=energy_arguments,
+    run=energy_run,
+    columns=(("molecule", "molecule", "s"), ("basis", "basis", "s"), ("k", "k", "d"),
+             ("n_ao", "n_ao", "d"), ("grid", "n_grid", "d"), ("qpt s", "qpt_seconds", ".4f"),
+             ("pyscf iter s", "pyscf_iteration_seconds", ".4f"), ("ratio", "ratio", ".2f"),
+             ("compile s", "compile_seconds", ".2f"), ("trace s", "trace_seconds", ".2f"),
+             ("build s", "build_seconds", ".3f"), ("pyscf setup s", "pyscf_setup_seconds", ".3f"),
+             ("build ratio", "build_ratio", ".2f")),
+)
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = _Parser(prog="benchmark.py", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for name, command in COMMANDS.items():
+    p = sub.add_parser(name, help=command.help, description=command.help)
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows, no table")
+    command.add_arguments(p)
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  # Compiled programs persist between runs; 0.5 s as in the tests, so small programs are kept too.
+  jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  warnings.filterwarnings("ignore", message="Basis may be available")  # our error is enough
+  command = COMMANDS[args.command]
+  try:
+    rows = command.run(args)
+  except qpt.InputError as e:
+    print(f"benchmark.py {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  path = write_results(args.command, rows)
+  if args.json:
+    print(json.dumps(rows, indent=1))
+  else:
+    if rows:
+      m = rows[0]["machine"]
+      print(f"# {m['processor']}, {m['cores']} cores, PySCF threads {m['pyscf_threads']}, "
+            f"jax {m['jax']}, pyscf {m['pyscf']}, {rows[0]['date']}")
+    print_table(command.columns, rows)
+    print(f"# rows written to {os.path.relpath(path)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run one Kohn–Sham SCF with QPT's JAX DFT and print the result.
+
+  python tools/scf.py --xyz water.xyz --basis def2-svp --xc b3lyp5 --grid-level 3 \
+      --dtype float32 --eri dense --json
+  python tools/scf.py --molecule uracil --basis sto-3g          # a built-in geometry
+
+Prints one JSON object (`--json`) or a short summary: energy (Hartree, float64 even in float32 mode),
+converged, iterations, homo, lumo (Hartree), nao (real AOs), seconds (wall time: host build + SCF,
+compilation included). Bad input: one line on stderr and exit code 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import qpt
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """argparse, but a usage error is one line on stderr (and, as before, exit code 2)."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv):
+  parser = OneLineParser(description=__doc__.splitlines()[0])
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--xyz", help="xyz file (Å)")
+  source.add_argument("--molecule", help=f"built-in geometry: {', '.join(qpt.molecules.names())}")
+  parser.add_argument("--charge", type=int, default=0)
+  parser.add_argument("--basis", default="def2-svp")
+  parser.add_argument("--xc", default="b3lyp5")
+  parser.add_argument("--grid-level", type=int, default=3)
+  parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+  parser.add_argument("--eri", choices=["dense", "df"], default="dense")
+  parser.add_argument("--max-iterations", type=int, default=50)
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  return parser.parse_args(argv)
+
+
+def run(args) -> dict:
+  start = time.perf_counter()
+  if args.xyz:
+    mol = qpt.Molecule.from_xyz(args.xyz, charge=args.charge)
+  else:
+    mol = qpt.molecules.get(args.molecule)
+  problem = qpt.dft.build_problem(mol, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
+                                  eri=args.eri, dtype=args.dtype)
+  result = qpt.dft.scf(problem, max_iterations=args.max_iterations)
+  return dict(molecule=mol.name, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
+              dtype=args.dtype, eri=args.eri, energy=result.energy, converged=result.converged,
+              iterations=result.iterations, homo=result.homo, lumo=result.lumo,
+              nao=int(np.sum(problem.ao_mask)), seconds=time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    out = run(args)
+  except qpt.InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.json:
+    print(json.dumps(out))
+  else:
+    state = "converged" if out["converged"] else "NOT converged"
+    print(f"{out['molecule']} {out['basis']} {out['xc']} ({out['dtype']}, eri={out['eri']}): "
+          f"E = {out['energy']:.10f} Ha, {state} in {out['iterations']} iterations, "
+          f"HOMO {out['homo']:.6f} Ha, LUMO {out['lumo']:.6f} Ha, {out['nao']} AOs, "
+          f"{out['seconds']:.1f} s")
+  return 0 if out["converged"] else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
