@@ -55,6 +55,10 @@ class HostIntegrals:
     rho_ref: (c, g) ρ0 and, for GGA, ∇ρ0 on the grid (electrons/Bohr^3, /Bohr^4).
     occupation: (n,) 2 for the n_electrons/2 lowest orbitals, else 0.
     energy_nuc: nuclear repulsion, Hartree.
+    hcore: (n, n) kinetic + nuclear attraction, Hartree.
+    orbital_labels: (n, 4) int per AO: atom index, shell index among the atom's shells of the same
+      l (1s → 0, 2s → 1, 2p → 0), l, and m as PySCF orders it (0..2l; p: x, y, z).
+    atomic_numbers: (n_atoms,) int; positions: (n_atoms, 3) Bohr.
   """
 
   overlap: np.ndarray
@@ -68,6 +72,10 @@ class HostIntegrals:
   rho_ref: np.ndarray
   occupation: np.ndarray
   energy_nuc: float
+  hcore: np.ndarray
+  orbital_labels: np.ndarray
+  atomic_numbers: np.ndarray
+  positions: np.ndarray
 
 
 def compute(mol: gto.Mole, xc: str, grid_level: int = 3, eri: str = "dense") -> HostIntegrals:
@@ -98,7 +106,21 @@ def compute(mol: gto.Mole, xc: str, grid_level: int = 3, eri: str = "dense") -> 
   energy_ref = (energy_nuc + np.vdot(density_ref, hcore) + 0.5 * np.vdot(density_ref, j_ref)
                 - 0.25 * a * np.vdot(density_ref, k_ref) + e_xc_ref)
   return HostIntegrals(overlap, orthogonalizer, b, density_ref, fock_ref_nonxc, float(energy_ref),
-                       ao, weights, rho_ref, occupation, float(energy_nuc))
+                       ao, weights, rho_ref, occupation, float(energy_nuc), hcore,
+                       orbital_labels(mol), mol.atom_charges(), mol.atom_coords(unit="Bohr"))
+
+
+def orbital_labels(mol: gto.Mole) -> np.ndarray:
+  """(n_ao, 4) int: atom, shell index among the atom's shells of that l, l, m — per AO."""
+  labels = []
+  seen = {}  # (atom, l) → shells so far
+  for shell in range(mol.nbas):
+    atom, l = mol.bas_atom(shell), mol.bas_angular(shell)
+    for _ in range(mol.bas_nctr(shell)):  # a general contraction holds several shells
+      index = seen.get((atom, l), 0)
+      seen[(atom, l)] = index + 1
+      labels += [(atom, index, l, m) for m in range(2 * l + 1)]
+  return np.array(labels, dtype=np.int64).reshape(-1, 4)
 
 
 # ---- electron repulsion ---------------------------------------------------------------------

@@ -38,6 +38,9 @@ class DFTProblem:
     occupation (n,), ao_mask (n,) 1 for real AOs, 0 for padding,
     energy_ref (2,): E_nuc + E[D0] in Hartree split as hi + lo so float32 carries it to ~1e-13
       relative; `reference_energy` adds them in float64 on the host.
+  What a model reads besides (a = n_atoms, padded):
+    hcore (n, n) Hartree; orbital_labels (n, 4) int32 (atom, shell, l, m; padding −1);
+    atomic_numbers (a,) int32 (padding 0); positions (a, 3) Bohr.
   Static fields (part of the compiled program's identity):
     xc: functional name, as `xc.functional` normalises it.
     xc_chunk: grid points per chunk of the XC quadrature.
@@ -54,6 +57,10 @@ class DFTProblem:
   occupation: jax.Array
   ao_mask: jax.Array
   energy_ref: jax.Array
+  hcore: jax.Array
+  orbital_labels: jax.Array
+  atomic_numbers: jax.Array
+  positions: jax.Array
   xc: str = dataclasses.field(metadata=dict(static=True), default="b3lyp5")
   xc_chunk: int = dataclasses.field(metadata=dict(static=True), default=DEFAULT_XC_CHUNK)
 
@@ -66,9 +73,10 @@ class DFTProblem:
     return self.overlap.dtype
 
   @property
-  def shapes(self) -> tuple[int, int, int]:
-    """(n_ao, n_grid, n_aux), padded: the program's static shape."""
-    return self.overlap.shape[-1], self.weights.shape[-1], self.eri_factor.shape[-3]
+  def shapes(self) -> tuple[int, int, int, int]:
+    """(n_ao, n_grid, n_aux, n_atoms), padded: the program's static shape."""
+    return (self.overlap.shape[-1], self.weights.shape[-1], self.eri_factor.shape[-3],
+            self.positions.shape[-2])
 
 
 def reference_energy(problem: DFTProblem) -> float | np.ndarray:
@@ -94,7 +102,7 @@ def bucket(n: int, multiple: int = 1) -> int:
 def build_problem(molecule: Molecule | gto.Mole, basis: str | None = None, xc: str = "b3lyp5",
                   grid_level: int = 3, eri: str = "dense", dtype: str = "float32", *,
                   xc_chunk: int = DEFAULT_XC_CHUNK,
-                  pad_to: tuple[int, int, int] | None = None) -> DFTProblem:
+                  pad_to: tuple[int, int, int, int] | None = None) -> DFTProblem:
   """The padded DFT problem for one conformer.
 
   Args:
@@ -106,7 +114,8 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | None = None, xc: s
     dtype: device precision. "float64" switches on `jax_enable_x64` (otherwise JAX would silently
       compute in float32).
     xc_chunk: grid points per XC chunk (bounds device memory).
-    pad_to: exact padded (n_ao, n_grid, n_aux) — e.g. the largest in a batch; default: `bucket`s.
+    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms) — e.g. the largest in a batch; default:
+      `bucket`s.
   """
   if dtype not in DTYPES:
     raise InputError(f"dtype={dtype!r}: choose float32 or float64")
@@ -121,18 +130,20 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | None = None, xc: s
 
 
 def pad(host: integrals.HostIntegrals, xc: str, dtype: str, xc_chunk: int,
-        pad_to: tuple[int, int, int] | None = None) -> DFTProblem:
+        pad_to: tuple[int, int, int, int] | None = None) -> DFTProblem:
   """Pads host integrals to static shapes and casts them to the device dtype."""
-  n, g, n_aux = host.overlap.shape[0], host.weights.shape[0], host.eri_factor.shape[0]
+  sizes = (host.overlap.shape[0], host.weights.shape[0], host.eri_factor.shape[0],
+           len(host.atomic_numbers))
   if pad_to is None:
-    pad_to = (bucket(n, 4), bucket(g, xc_chunk), bucket(n_aux, 16))
-  n_pad, g_pad, aux_pad = pad_to
-  if n_pad < n or g_pad < g or aux_pad < n_aux or g_pad % xc_chunk:
-    raise InputError(f"pad_to={tuple(pad_to)} is smaller than the problem ({n}, {g}, {n_aux}) or "
-                     f"n_grid is not a multiple of xc_chunk={xc_chunk}")
+    pad_to = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
+  if any(p < s for p, s in zip(pad_to, sizes)) or pad_to[1] % xc_chunk:
+    raise InputError(f"pad_to={tuple(pad_to)} is smaller than the problem {sizes} or n_grid is "
+                     f"not a multiple of xc_chunk={xc_chunk}")
+  n, g = sizes[:2]
+  n_pad, g_pad, aux_pad, atoms_pad = pad_to
 
-  def padded(a: np.ndarray, shape, identity: bool = False) -> np.ndarray:
-    out = np.zeros(shape)
+  def padded(a: np.ndarray, shape, identity: bool = False, fill=0) -> np.ndarray:
+    out = np.full(shape, fill, dtype=a.dtype if fill else np.float64)
     out[tuple(slice(0, s) for s in a.shape)] = a
     if identity:  # padded AOs: orthonormal, decoupled functions
       idx = np.arange(a.shape[-1], shape[-1])
@@ -156,4 +167,10 @@ def pad(host: integrals.HostIntegrals, xc: str, dtype: str, xc_chunk: int,
       energy_ref=energy_ref,
   )
   arrays = {k: np.asarray(v, dtype=dtype) for k, v in arrays.items()}
+  arrays.update(
+      hcore=padded(host.hcore, (n_pad, n_pad)).astype(dtype),
+      orbital_labels=padded(host.orbital_labels, (n_pad, 4), fill=-1).astype(np.int32),
+      atomic_numbers=padded(host.atomic_numbers, (atoms_pad,)).astype(np.int32),
+      positions=padded(host.positions, (atoms_pad, 3)).astype(dtype),
+  )
   return DFTProblem(**arrays, xc=xc, xc_chunk=xc_chunk)

@@ -98,9 +98,9 @@ def test_gradient_vanishes_at_the_converged_fock_matrix():
 def test_padding_has_no_effect_and_gets_no_gradient():
   mol = qpt.molecules.get("water")
   small = qpt.dft.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64")
-  n, g, n_aux = small.shapes
+  n, g, n_aux, n_atoms = small.shapes
   big = qpt.dft.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64",
-                              pad_to=(n + 5, g + small.xc_chunk, n_aux + 3))
+                              pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2))
   h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
   rng = np.random.default_rng(0)
   h_big = rng.standard_normal((n + 5, n + 5)) * 10  # garbage in the padding

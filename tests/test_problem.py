@@ -51,4 +51,22 @@ def test_reference_energy_survives_float32():
 
 def test_pad_to_smaller_than_problem_is_an_error():
   with pytest.raises(qpt.InputError, match="smaller than the problem"):
-    qpt.dft.build_problem(qpt.molecules.get("water"), basis="sto-3g", pad_to=(4, 4096, 16))
+    qpt.dft.build_problem(qpt.molecules.get("water"), basis="sto-3g", pad_to=(4, 4096, 16, 4))
+
+
+def test_orbital_labels_are_pyscfs():
+  mol = qpt.molecules.get("water").to_pyscf("def2-svp")
+  p = problem_lib.pad(integrals.compute(mol, "pbe", grid_level=1), "pbe", "float32", 1024)
+  n = mol.nao
+  labels = np.asarray(p.orbital_labels)
+  # PySCF's labels: '0 O 2px', '1 H 1s', ...; ours count shells per (atom, l) from 0.
+  for (atom, shell, l, m), text in zip(labels[:n], mol.ao_labels()):
+    fields = text.split()
+    assert int(fields[0]) == atom
+    assert "spdfg"[l] in fields[2]
+  assert (labels[n:] == -1).all()
+  assert [tuple(x) for x in labels[3:9]] == [(0, 0, 1, 0), (0, 0, 1, 1), (0, 0, 1, 2),
+                                            (0, 1, 1, 0), (0, 1, 1, 1), (0, 1, 1, 2)]
+  np.testing.assert_array_equal(np.asarray(p.atomic_numbers)[:3], [8, 1, 1])
+  assert not np.asarray(p.atomic_numbers)[3:].any()
+  np.testing.assert_allclose(np.asarray(p.positions)[:3], mol.atom_coords(), rtol=1e-6)
