@@ -51,39 +51,72 @@ def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
   """D = Σ_i occ_i C_i C_iᵀ (n, n) for the occupied eigenvectors of H C = S C ε."""
+  return _density_and_norm_energy(problem, h)[0]
+
+
+def _density_and_norm_energy(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """D(H) and the first-order energy its eigenvectors' norm errors add, Σ_i occ_i ε_i δn_i.
+
+  Why: a float32 eigenvector u_i is normalised only to ~1e-7, and once rounded to float32 no
+  rescaling can do better. A norm error δn_i moves E[D] by ε_i·δn_i to first order; for core
+  orbitals (ε ≈ −20 Ha) that was ±10–60 µHa (malondialdehyde/STO-3G). Subtracting the term, with
+  δn_i = ‖u_i‖² − 1 computed without cancellation and ε_i the eigenvalue of H (equal to F's
+  at self-consistency), left ≲ 7 µHa. It carries no gradient: it is a rounding correction.
+  """
   h_orth = _orthonormal_hamiltonian(problem, h)
   x = problem.orthogonalizer
-  return x @ _occupied_projector(h_orth, problem.occupation) @ x.T
+  projector, norm_energy = _occupied_projector(h_orth, problem.occupation)
+  return x @ projector @ x.T, norm_energy
 
 
 def _orthonormal_hamiltonian(problem: DFTProblem, h: jax.Array) -> jax.Array:
   mask = problem.ao_mask
   x = problem.orthogonalizer
-  h = 0.5 * (h + h.T) * (mask[:, None] * mask[None, :])
+  real = (mask[:, None] * mask[None, :]) > 0
+  h = jnp.where(real, 0.5 * (h + h.T), 0.0)  # where, not ×0: garbage (NaN) in padding stays out
   h_orth = x.T @ h @ x
   bound = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(h_orth), axis=1))) + 1.0
   return h_orth + jnp.diag((1.0 - mask) * bound)
 
 
 @jax.custom_vjp
-def _occupied_projector(h_orth: jax.Array, occupation: jax.Array) -> jax.Array:
-  """P = U diag(occ) Uᵀ for the eigenvectors U of a symmetric h_orth (ascending eigenvalues)."""
+def _occupied_projector(h_orth: jax.Array, occupation: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """P = U diag(occ) Uᵀ for the eigenvectors U of a symmetric h_orth (ascending eigenvalues),
+  and Σ_i occ_i ε_i (‖u_i‖² − 1), the energy of U's norm errors (see _density_and_norm_energy)."""
   return _projector_fwd(h_orth, occupation)[0]
 
 
 def _projector_fwd(h_orth, occupation):
   eps, u = jnp.linalg.eigh(h_orth)
-  return (u * occupation) @ u.T, (eps, u, occupation)
+  norm_energy = jnp.sum(occupation * eps * _norm_deviation(u))
+  return ((u * occupation) @ u.T, norm_energy), (eps, u, occupation)
 
 
-def _projector_bwd(residuals, p_bar):
+def _norm_deviation(u: jax.Array) -> jax.Array:
+  """‖u_i‖² − 1 per column, without float32 cancellation.
+
+  Σ_k u_k² − 1 summed directly cannot resolve below ~1e-7 (the sum is ≈ 1). Instead the largest
+  component is taken out exactly, (|u_m| − 1)(|u_m| + 1), and only the rest, Σ_{k≠m} u_k², is
+  summed: the error is then ε_mach·(1 − u_m²), tiny for the core orbitals where it matters.
+  """
+  squares = u * u
+  largest = jnp.argmax(squares, axis=0)
+  dominant = jnp.abs(jnp.take_along_axis(u, largest[None, :], axis=0)[0])
+  rest = jnp.sum(jnp.where(jnp.arange(u.shape[0])[:, None] == largest[None, :], 0.0, squares),
+                 axis=0)
+  return (dominant - 1.0) * (dominant + 1.0) + rest
+
+
+def _projector_bwd(residuals, cotangents):
   """Daleckii–Krein: dP = U (Γ ∘ Uᵀ dH U) Uᵀ with Γ_ij = (f_i − f_j)/(ε_i − ε_j).
 
   Γ vanishes unless one orbital is occupied and the other is not, so degenerate occupied (or
   virtual) orbitals never divide by zero; the occupied–virtual denominator is broadened by
-  GAP_GUARD, bounding the gradient when HOMO and LUMO nearly touch.
+  GAP_GUARD, bounding the gradient when HOMO and LUMO nearly touch. The norm-error energy gets
+  no gradient.
   """
   eps, u, occ = residuals
+  p_bar = cotangents[0]
   d_eps = eps[:, None] - eps[None, :]
   d_occ = occ[:, None] - occ[None, :]
   gamma = d_occ * d_eps / (d_eps**2 + GAP_GUARD**2)
@@ -170,11 +203,11 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   m = tuple(mixing) if isinstance(mixing, Sequence) else (float(mixing),) * iterations
   if len(m) != iterations:
     raise ValueError(f"mixing has {len(m)} values for {iterations} iterations")
-  d = density_matrix(problem, h)
+  d, norm_energy = _density_and_norm_energy(problem, h)
   for i in range(iterations):
-    d_new = density_matrix(problem, fock(problem, d))
+    d_new, norm_energy = _density_and_norm_energy(problem, fock(problem, d))
     d = d_new if i == iterations - 1 else (1.0 - m[i]) * d_new + m[i] * d
-  return delta_energy(problem, d)
+  return delta_energy(problem, d) - norm_energy
 
 
 def loss_energy(problem: DFTProblem, h: jax.Array, iterations: int = 0,
@@ -266,8 +299,9 @@ def _scf_loop(problem, d0, e_tol, c_tol, max_iterations, diis_space):
     f_hist = f_hist.at[slot].set(f)
     err_hist = err_hist.at[slot].set(commutator(f, d))
     f_extrapolated = _diis(f_hist, err_hist, jnp.minimum(it + 1, diis_space), f)
-    d_new = density_matrix(problem, f_extrapolated)
+    d_new, norm_energy = _density_and_norm_energy(problem, f_extrapolated)
     e_new, f_new = _energy_and_fock(problem, d_new)
+    e_new = e_new - norm_energy
     e_converged = jnp.abs(e_new - e) < e_tol
     c_converged = jnp.linalg.norm(commutator(f_new, d_new)) < c_tol
     return d_new, e_new, f_new, f_hist, err_hist, it + 1, e_converged & c_converged
