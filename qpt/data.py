@@ -1,0 +1,338 @@
+"""The input pipeline: conformers → batches of padded DFT problems, built in the background.
+
+  conformer source (seed, i) ──▶ worker processes (PySCF, 1 thread) ──▶ Batch (stacked DFTProblem)
+
+Everything the stream yields is a pure function of the conformer source, the level of theory and the
+stream position, never of how it was computed:
+  * global batch k holds conformers [k·B, (k+1)·B); process p of P builds the slice
+    [k·B + p·B/P, k·B + (p+1)·B/P) of it, so processes need no communication;
+  * workers run PySCF single-threaded (OMP/OpenBLAS/MKL threads = 1, set in their environment before
+    numpy loads), because threaded sums may round differently from run to run;
+  * workers are started with "spawn": forking a process that runs JAX's threads can deadlock;
+  * results are put back in stream order whichever worker finishes first;
+  * the padded shape is a running maximum, part of the saved `state`, so a resumed stream pads
+    exactly as the uninterrupted one would.
+
+Workers return problems already padded (to their own buckets, at least the running shape when the
+conformer was queued); `grow` copies one only when the running shape has grown since. Inline
+building (n_workers=0) also runs PySCF on one thread, so it yields the workers' bits.
+
+Host cost is hidden two ways: `prefetch` batches are built ahead while the device trains, and with
+`mol_repeats` = r each batch is yielded for r consecutive steps (the paper's trick; its conformers
+count once). Build cost per conformer on one worker thread, b3lyp5, grid level 3, dense ERI
+(2-core machine, shared): water/def2-SVP 0.2 s, ethanol/def2-SVP 6–8 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+from pyscf import lib
+
+from qpt import integrals, problem as problem_lib, xc as xc_lib
+from qpt.errors import InputError
+from qpt.molecule import Molecule
+from qpt.problem import DFTProblem
+
+Shape = tuple[int, int, int, int]  # (n_ao, n_grid, n_aux, n_atoms), as `DFTProblem.shapes`
+_SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+  """Level of theory and device layout of every problem; sent to the workers.
+
+  Attributes mean what they mean in `qpt.dft.build_problem`.
+  """
+
+  basis: str = "def2-svp"
+  xc: str = "b3lyp5"
+  grid_level: int = 3
+  eri: str = "dense"
+  dtype: str = "float32"
+  xc_chunk: int = problem_lib.DEFAULT_XC_CHUNK
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+  """One training step's input on this process. b = batch_size / process_count.
+
+  Attributes:
+    problem: DFTProblem whose arrays have a leading (b,) axis, all padded to one shape.
+    indices: (b,) int64 global conformer indices.
+    repeat: 0 the first time these conformers are yielded, up to mol_repeats − 1.
+    wait_seconds: wall time the caller spent in the stream for this batch: waiting for workers
+      (or building, inline), padding and stacking; 0 for repeats. Summed over steps and divided
+      by the run time: the host-wait fraction.
+    build_seconds: worker time spent on these conformers (0 for repeats).
+  """
+
+  problem: DFTProblem
+  indices: np.ndarray
+  repeat: int
+  wait_seconds: float
+  build_seconds: float
+
+  @property
+  def new_conformers(self) -> int:
+    """Conformers seen for the first time in this step."""
+    return 0 if self.repeat else len(self.indices)
+
+
+# ---- building one problem (runs in a worker) ----------------------------------------------------
+
+
+def build(molecule: Molecule, level: Level, transform: Callable[[Molecule], Molecule] | None = None,
+          min_shape: Shape = (0, 0, 0, 0)) -> tuple[DFTProblem, Shape, float]:
+  """One conformer's problem, padded to at least `min_shape`.
+
+  Returns:
+    (problem, its own bucketed shape, seconds spent).
+  """
+  start = time.perf_counter()
+  if transform is not None:
+    molecule = transform(molecule)
+  host = integrals.compute(molecule.to_pyscf(level.basis), level.xc, level.grid_level, level.eri)
+  own = bucketed_shape(host, level.xc_chunk)
+  problem = problem_lib.pad(host, xc_lib.functional(level.xc).name, level.dtype, level.xc_chunk,
+                            _max_shape(own, min_shape))
+  return problem, own, time.perf_counter() - start
+
+
+def bucketed_shape(host: integrals.HostIntegrals, xc_chunk: int) -> Shape:
+  """The shape `problem.pad` gives `host` by default (same size buckets)."""
+  sizes = (host.overlap.shape[0], host.weights.shape[0], host.eri_factor.shape[0],
+           len(host.atomic_numbers))
+  return tuple(problem_lib.bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
+
+
+def _max_shape(*shapes: Shape) -> Shape:
+  return tuple(int(max(s)) for s in zip(*shapes))
+
+
+# Which axes of each DFTProblem field are sized by which of (n_ao, n_grid, n_aux, n_atoms), and what
+# fills new entries. Must follow `problem.pad`; tests check grow(pad(h, s1), s2) == pad(h, s2).
+_AO, _GRID, _AUX, _ATOM = range(4)
+_LAYOUT = dict(
+    overlap=((_AO, _AO), "identity"), orthogonalizer=((_AO, _AO), "identity"),
+    eri_factor=((_AUX, _AO, _AO), 0), density_ref=((_AO, _AO), 0), fock_ref_nonxc=((_AO, _AO), 0),
+    ao=((None, _GRID, _AO), 0), weights=((_GRID,), 0), rho_ref=((None, _GRID), 0),
+    occupation=((_AO,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0), hcore=((_AO, _AO), 0),
+    orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0), positions=((_ATOM, None), 0))
+
+
+def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
+  """`problem` padded further to `shape` (each entry ≥ the current one), bitwise as `pad` would."""
+  fields = {f.name for f in dataclasses.fields(problem) if not f.metadata.get("static")}
+  if fields != set(_LAYOUT):
+    raise RuntimeError(f"data._LAYOUT is out of date with DFTProblem: "
+                       f"{sorted(fields ^ set(_LAYOUT))}")
+  if problem.shapes == tuple(shape):
+    return problem
+  out = {}
+  for name, (axes, fill) in _LAYOUT.items():
+    a = np.asarray(getattr(problem, name))
+    target = tuple(n if axis is None else shape[axis] for n, axis in zip(a.shape, axes))
+    new = np.full(target, 0 if fill == "identity" else fill, dtype=a.dtype)
+    new[tuple(slice(0, n) for n in a.shape)] = a
+    if fill == "identity":  # new padded AOs: orthonormal and decoupled, as in `pad`
+      idx = np.arange(a.shape[-1], target[-1])
+      new[idx, idx] = 1
+    out[name] = new
+  return dataclasses.replace(problem, **out)
+
+
+def _init_worker() -> None:
+  # The environment already limits threads; this also covers a worker the pool restarts later.
+  lib.num_threads(1)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+@contextlib.contextmanager
+def _single_threaded_env():
+  with _ENV_LOCK:
+    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
+    os.environ.update(_SINGLE_THREAD)
+    try:
+      yield
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
+
+
+# ---- the stream ---------------------------------------------------------------------------------
+
+
+class ProblemStream:
+  """An endless iterator of `Batch`es from a conformer source; a context manager (or `close()`).
+
+  With process_count > 1, each process keeps its own running padded shape; pass `pad_to` large
+  enough for every conformer (or agree on one across processes) when the device program needs
+  identical shapes on all processes.
+  """
+
+  def __init__(self, conformers: Callable[[int], Molecule], batch_size: int, level: Level = Level(),
+               *, n_workers: int = 0, prefetch: int = 2, mol_repeats: int = 1,
+               transform: Callable[[Molecule], Molecule] | None = None, process_index: int = 0,
+               process_count: int = 1, pad_to: Shape | None = None,
+               state: Mapping | None = None):
+    """Sets the stream up; workers start at the first `next`.
+
+    Args:
+      conformers: index → Molecule, a pure function (e.g. `conformers.ThermalSampler`). Called in
+        this process (it is cheap); only the molecules travel to the workers.
+      batch_size: conformers per global batch (all processes together).
+      level: level of theory and padding.
+      n_workers: background worker processes; 0 builds inline in this process (tests, debugging).
+      prefetch: global batches built ahead of the one being yielded. Finished problems wait in
+        this process's memory (ethanol/def2-SVP, float32: 154 MB each).
+      mol_repeats: steps each batch is yielded for (≥ 1).
+      transform: Molecule → Molecule applied to each conformer before building (e.g. a canonical
+        frame). Must be picklable for workers: a module-level function, not a lambda.
+      process_index, process_count: this process's slice of each global batch.
+      pad_to: smallest padded (n_ao, n_grid, n_aux, n_atoms) to use.
+      state: a `state` saved from a stream with the same arguments, to resume from.
+    """
+    if batch_size < 1 or process_count < 1 or batch_size % process_count:
+      raise InputError(f"batch_size={batch_size} must be a positive multiple of "
+                       f"process_count={process_count}")
+    if not 0 <= process_index < process_count:
+      raise InputError(f"process_index={process_index} is not in 0..{process_count - 1}")
+    if n_workers < 0 or prefetch < 0 or mol_repeats < 1:
+      raise InputError(f"n_workers={n_workers}, prefetch={prefetch} must be ≥ 0 and "
+                       f"mol_repeats={mol_repeats} ≥ 1")
+    xc_lib.functional(level.xc)  # unknown names fail here, not in a worker
+    if level.eri not in integrals.ERI_MODES or level.dtype not in problem_lib.DTYPES:
+      raise InputError(f"eri={level.eri!r} or dtype={level.dtype!r} is not supported")
+    if n_workers and transform is not None:
+      try:
+        pickle.dumps(transform)
+      except Exception:
+        raise InputError(f"transform {transform!r} cannot be sent to worker processes; use a "
+                         "module-level function") from None
+    if level.dtype == "float64":
+      jax.config.update("jax_enable_x64", True)  # as build_problem: else JAX computes in float32
+    self.conformers, self.level, self.transform = conformers, level, transform
+    self.batch_size, self.n_workers, self.prefetch = batch_size, n_workers, prefetch
+    self.mol_repeats = mol_repeats
+    self.local_size = batch_size // process_count
+    self._offset = process_index * self.local_size
+    self.stream_position, self.repeat = 0, 0  # next global conformer index; uses of it so far
+    self.pad_to: Shape = tuple(pad_to) if pad_to is not None else (0, 0, 0, 0)
+    self._current: Batch | None = None  # the batch being repeated
+    self._pending: dict = {}  # global conformer index → AsyncResult
+    self._pool = None
+    if state is not None:
+      self.restore(state)
+
+  # ---- checkpointing --------------------------------------------------------------------------
+
+  @property
+  def state(self) -> dict:
+    """Where the stream is: save this with the checkpoint and pass it back as `state=`."""
+    return {"stream_position": self.stream_position, "repeat": self.repeat,
+            "pad_to": list(self.pad_to)}
+
+  def restore(self, state: Mapping) -> None:
+    """Continues from a saved `state`: the next batch is the one the saved stream would yield."""
+    try:
+      position, repeat = int(state["stream_position"]), int(state["repeat"])
+      pad_to = tuple(int(s) for s in state["pad_to"])
+    except (KeyError, TypeError, ValueError):
+      raise InputError(f"stream state {state!r} lacks stream_position, repeat or pad_to") from None
+    if len(pad_to) != 4 or position < 0 or position % self.batch_size or not 0 <= repeat < self.mol_repeats:
+      raise InputError(f"stream state {dict(state)} does not fit batch_size={self.batch_size}, "
+                       f"mol_repeats={self.mol_repeats}")
+    self.stream_position, self.repeat = position, repeat
+    self.pad_to = _max_shape(self.pad_to, pad_to)
+    self._current = None
+    self._pending = {}  # results in flight belong to the old position; the pool's are dropped
+
+  # ---- iteration ------------------------------------------------------------------------------
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    reused = self._current is not None
+    if not reused:
+      self._current = self._assemble(self.stream_position)
+    batch = self._current
+    if self.repeat:  # the same arrays again; host time is only charged to the step that waited
+      batch = dataclasses.replace(batch, repeat=self.repeat,
+                                  **(dict(wait_seconds=0.0, build_seconds=0.0) if reused else {}))
+    self.repeat += 1
+    if self.repeat == self.mol_repeats:
+      self.stream_position += self.batch_size
+      self.repeat, self._current = 0, None
+    return batch
+
+  def local_indices(self, position: int) -> np.ndarray:
+    """(b,) global indices of this process's conformers in the global batch at `position`."""
+    start = position + self._offset
+    return np.arange(start, start + self.local_size, dtype=np.int64)
+
+  def _assemble(self, position: int) -> Batch:
+    indices = self.local_indices(position)
+    start = time.perf_counter()
+    if self.n_workers == 0:
+      # PySCF's OpenMP loops on one thread, as in the workers. (numpy's BLAS keeps its threads:
+      # they cannot change after import; the tests check that the bits still agree.)
+      with lib.with_omp_threads(1):
+        results = [build(self.conformers(int(i)), self.level, self.transform, self.pad_to)
+                   for i in indices]
+    else:
+      self._submit_through(position + (self.prefetch + 1) * self.batch_size)
+      results = [self._pending.pop(int(i)).get() for i in indices]
+    self.pad_to = _max_shape(self.pad_to, *(own for _, own, _ in results))
+    members = [grow(p, self.pad_to) for p, _, _ in results]
+    stacked = jax.tree.map(lambda *a: np.stack(a), *members)
+    wait = time.perf_counter() - start
+    return Batch(stacked, indices, 0, wait, float(sum(t for _, _, t in results)))
+
+  def _submit_through(self, end: int) -> None:
+    """Queues this process's conformers of every global batch starting before `end`."""
+    if self._pool is None:
+      context = multiprocessing.get_context("spawn")
+      with _single_threaded_env():  # inherited by the spawned workers before they import numpy
+        self._pool = context.Pool(self.n_workers, initializer=_init_worker)
+    for position in range(self.stream_position, end, self.batch_size):
+      for i in self.local_indices(position):
+        if int(i) not in self._pending:
+          # The current padded shape as a hint: workers pad to it, so `grow` rarely has to copy.
+          self._pending[int(i)] = self._pool.apply_async(
+              build, (self.conformers(int(i)), self.level, self.transform, self.pad_to))
+
+  def close(self) -> None:
+    """Stops the workers (pending results are dropped)."""
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool.join()
+      self._pool = None
+    self._pending = {}
+
+  def __enter__(self) -> ProblemStream:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # at interpreter exit the pool may be half torn down already
+      pass
