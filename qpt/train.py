@@ -1,0 +1,113 @@
+"""Label-free training: the DFT energy of the predicted Hamiltonian is the loss.
+
+  conformer stream ──▶ batch of DFTProblems ──▶ H_θ = H_init + W_θ ──▶ E[D_k(H_θ)] ──▶ ∇θ ──▶ AdamW
+
+One jitted step (params, optimizer state, batch → new state, metrics) donates its state. A step
+whose loss or gradient is not finite leaves the state unchanged and is counted; after
+`train.max_bad_steps` in a row training stops with a message — a checkpoint never holds a NaN.
+Every energy written to metrics.jsonl is assembled on the host in float64 (reference + ΔE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from qpt import dft, model as model_lib
+from qpt.errors import InputError
+from qpt.problem import DFTProblem
+
+LOSSES = ("energy", "self_consistency")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Everything a step changes. `step` counts attempted steps (skipped ones included)."""
+
+  params: hk.Params
+  opt_state: optax.OptState
+  step: jax.Array
+
+
+def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Global-norm clip → AdamW with linear warm-up and cosine decay to 1% of the peak."""
+  steps = max(int(train_config.steps), int(train_config.warmup_steps) + 1)
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_config.learning_rate,
+      warmup_steps=train_config.warmup_steps, decay_steps=steps,
+      end_value=0.01 * train_config.learning_rate)
+  tx = optax.chain(optax.clip_by_global_norm(train_config.clip_norm),
+                   optax.adamw(schedule, weight_decay=train_config.weight_decay))
+  return tx, schedule
+
+
+def conformer_loss(loss: str, iterations: int, mixing) -> Callable:
+  """(model, params, problem) → scalar loss for one conformer, in the problem's dtype.
+
+  energy:           E[D_k(H_θ)] − E_ref (Hartree): the QPT loss (label-free).
+  self_consistency: ‖H_θ − F[D(H_θ)]‖² / n_ao (Hartree²): label-free, as in Zhang et al. 2024.
+  """
+  if loss not in LOSSES:
+    raise InputError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
+  mixing = tuple(mixing) if isinstance(mixing, (tuple, list)) else mixing
+
+  def fn(model, params, problem: DFTProblem) -> jax.Array:
+    h = model_lib.hamiltonian(model, params, problem)
+    if loss == "energy":
+      return dft.loss_energy_delta(problem, h, iterations, mixing)
+    residual = h - dft.fock(problem, dft.density_matrix(problem, h))
+    mask = problem.ao_mask[:, None] * problem.ao_mask[None, :]
+    return jnp.sum((residual * mask) ** 2) / jnp.sum(problem.ao_mask)
+
+  return fn
+
+
+def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
+                    loss_fn: Callable, schedule: optax.Schedule) -> Callable:
+  """The jitted step: (state, batch) → (state, metrics); batch is a stacked DFTProblem."""
+
+  def step(state: TrainState, batch: DFTProblem):
+    def batch_loss(params):
+      per_conformer = jax.vmap(lambda p: loss_fn(model, params, p))(batch)
+      return jnp.mean(per_conformer), per_conformer
+
+    (loss, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite gradient must not reach the optimizer's moments: feed zeros, then keep the old
+    # state whole (params and moments) by selecting, so a bad step is a no-op.
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
+                           state.step + 1)
+    metrics = dict(per_conformer=per_conformer, grad_norm=grad_norm, finite=finite,
+                   lr=schedule(state.step))
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def init_state(model: hk.Transformed, tx: optax.GradientTransformation, seed: int,
+               example: DFTProblem, params: hk.Params | None = None) -> TrainState:
+  """Fresh parameters (or the given ones, for fine-tuning) and a fresh optimizer state."""
+  if params is None:
+    single = jax.tree.map(lambda a: a[0], example)
+    params = jax.jit(model.init)(jax.random.key(seed), single)
+  return TrainState(params, tx.init(params), jnp.asarray(0, jnp.int32))
+
+
+def batch_energies(batch: DFTProblem, per_conformer: Any) -> np.ndarray:
+  """Per-conformer total energies (Hartree, float64): host reference + device ΔE."""
+  from qpt.problem import reference_energy
+  return np.atleast_1d(reference_energy(batch)) + np.asarray(per_conformer, np.float64)
+

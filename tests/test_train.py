@@ -1,0 +1,97 @@
+"""The train step: the energy loss falls, a non-finite step is a no-op, energies are float64."""
+
+import functools
+
+import jax
+import numpy as np
+import ml_collections
+import pytest
+
+import qpt
+from qpt import model as model_lib, train
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def train_config(**overrides):
+  c = ml_collections.ConfigDict(dict(steps=20, learning_rate=3e-3, warmup_steps=2,
+                                     weight_decay=0.0, clip_norm=1.0))
+  c.update(overrides)
+  return c
+
+
+@functools.cache
+def water_batch():
+  """Two water conformers (STO-3G, coarse grid), padded alike and stacked: a training batch."""
+  mol = qpt.molecules.get("water")
+  conformers = [mol, mol.with_positions(mol.positions * 1.02)]
+  problems = [qpt.dft.build_problem(m, basis="sto-3g", xc="b3lyp5", grid_level=1) for m in conformers]
+  assert problems[0].shapes == problems[1].shapes
+  return jax.tree.map(lambda *a: np.stack(a), *problems)
+
+
+@functools.cache
+def tiny_model():
+  return model_lib.make_model(model_lib.model_config("tiny", d_model=32, n_layers=1, n_heads=2))
+
+
+@functools.cache
+def compiled_step(loss="energy", iterations=1):
+  """One compiled train step per loss, shared by the tests (compiling dominates their time)."""
+  tx, schedule = train.make_optimizer(train_config())
+  step = train.make_train_step(tiny_model(), tx, train.conformer_loss(loss, iterations, 0.0),
+                               schedule)
+  return tx, step
+
+
+@pytest.mark.parametrize("loss", ["energy", "self_consistency"])
+def test_loss_falls(loss):
+  tx, step = compiled_step(loss)
+  state = train.init_state(tiny_model(), tx, 0, water_batch())
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, water_batch())
+    assert bool(metrics["finite"])
+    losses.append(float(np.mean(metrics["per_conformer"])))
+  assert losses[-1] < losses[0]
+  assert int(state.step) == 8
+
+
+def test_non_finite_step_leaves_state_unchanged():
+  tx, step = compiled_step()
+  state = train.init_state(tiny_model(), tx, 0, water_batch())
+  state, _ = step(state, water_batch())
+  before = jax.tree.map(np.array, (state.params, state.opt_state))
+  poisoned = water_batch()
+  poisoned = poisoned.__class__(**{**{f: getattr(poisoned, f) for f in poisoned.__dataclass_fields__},
+                                   "fock_ref_nonxc": poisoned.fock_ref_nonxc * np.nan})
+  state, metrics = step(state, poisoned)
+  assert not bool(metrics["finite"])
+  after = jax.tree.map(np.array, (state.params, state.opt_state))
+  assert all(np.array_equal(a, b, equal_nan=True)
+             for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  assert int(state.step) == 2  # counted, though skipped
+
+
+def test_batch_energies_are_float64_totals():
+  batch = water_batch()
+  model = tiny_model()
+  params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(lambda a: a[0], batch))
+  deltas = [float(train.conformer_loss("energy", 0, 0.0)(model, params,
+                                                          jax.tree.map(lambda a: a[i], batch)))
+            for i in range(2)]
+  energies = train.batch_energies(batch, np.array(deltas, np.float32))
+  assert energies.dtype == np.float64
+  # At init H ≈ H_init: the energy is close to E[D(H_init)], within the first SCF step's reach.
+  assert np.all(np.abs(energies - (-75.3)) < 0.2)
+
+
+def test_warmup_then_decay():
+  _, schedule = train.make_optimizer(train_config(steps=100, warmup_steps=10))
+  assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(3e-3)
+  assert float(schedule(100)) == pytest.approx(3e-5)
+
+
+def test_unknown_loss_is_an_input_error():
+  with pytest.raises(qpt.InputError, match="loss='mse'"):
+    train.conformer_loss("mse", 0, 0.0)
