@@ -44,7 +44,7 @@ from qpt.errors import InputError
 from qpt.molecule import Molecule
 from qpt.problem import DFTProblem
 
-Shape = tuple[int, int, int, int]  # (n_ao, n_grid, n_aux, n_atoms), as `DFTProblem.shapes`
+Shape = problem_lib.Shape  # (n_ao, n_grid, n_aux, n_atoms), as `DFTProblem.shapes`
 _SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
 
@@ -114,43 +114,11 @@ def bucketed_shape(host: integrals.HostIntegrals, xc_chunk: int) -> Shape:
   """The shape `problem.pad` gives `host` by default (same size buckets)."""
   sizes = (host.overlap.shape[0], host.weights.shape[0], host.eri_factor.shape[0],
            len(host.atomic_numbers))
-  return tuple(problem_lib.bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
+  return problem_lib.default_shape(sizes, xc_chunk)
 
 
 def _max_shape(*shapes: Shape) -> Shape:
   return tuple(int(max(s)) for s in zip(*shapes))
-
-
-# Which axes of each DFTProblem field are sized by which of (n_ao, n_grid, n_aux, n_atoms), and what
-# fills new entries. Must follow `problem.pad`; tests check grow(pad(h, s1), s2) == pad(h, s2).
-_AO, _GRID, _AUX, _ATOM = range(4)
-_LAYOUT = dict(
-    overlap=((_AO, _AO), "identity"), orthogonalizer=((_AO, _AO), "identity"),
-    eri_factor=((_AUX, _AO, _AO), 0), density_ref=((_AO, _AO), 0), fock_ref_nonxc=((_AO, _AO), 0),
-    ao=((None, _GRID, _AO), 0), weights=((_GRID,), 0), rho_ref=((None, _GRID), 0),
-    occupation=((_AO,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0), hcore=((_AO, _AO), 0),
-    orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0), positions=((_ATOM, None), 0))
-
-
-def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
-  """`problem` padded further to `shape` (each entry ≥ the current one), bitwise as `pad` would."""
-  fields = {f.name for f in dataclasses.fields(problem) if not f.metadata.get("static")}
-  if fields != set(_LAYOUT):
-    raise RuntimeError(f"data._LAYOUT is out of date with DFTProblem: "
-                       f"{sorted(fields ^ set(_LAYOUT))}")
-  if problem.shapes == tuple(shape):
-    return problem
-  out = {}
-  for name, (axes, fill) in _LAYOUT.items():
-    a = np.asarray(getattr(problem, name))
-    target = tuple(n if axis is None else shape[axis] for n, axis in zip(a.shape, axes))
-    new = np.full(target, 0 if fill == "identity" else fill, dtype=a.dtype)
-    new[tuple(slice(0, n) for n in a.shape)] = a
-    if fill == "identity":  # new padded AOs: orthonormal and decoupled, as in `pad`
-      idx = np.arange(a.shape[-1], target[-1])
-      new[idx, idx] = 1
-    out[name] = new
-  return dataclasses.replace(problem, **out)
 
 
 def _init_worker() -> None:
@@ -299,7 +267,7 @@ class ProblemStream:
       self._submit_through(position + (self.prefetch + 1) * self.batch_size)
       results = [self._pending.pop(int(i)).get() for i in indices]
     self.pad_to = _max_shape(self.pad_to, *(own for _, own, _ in results))
-    members = [grow(p, self.pad_to) for p, _, _ in results]
+    members = [problem_lib.grow(p, self.pad_to) for p, _, _ in results]
     stacked = jax.tree.map(lambda *a: np.stack(a), *members)
     wait = time.perf_counter() - start
     return Batch(stacked, indices, 0, wait, float(sum(t for _, _, t in results)))

@@ -1,6 +1,10 @@
 """The restricted Kohn–Sham energy E[D(H)] on the device: differentiable and float32-stable.
 
-Data path:  H ──density_matrix──▶ D ──delta_energy──▶ ΔE = E[D] − E[D0]   (+ E_ref on the host)
+Data path:  H ──Xᵀ·X──▶ H' ──eigh──▶ P ──▶ ΔE = E[P] − E[P0]   (+ E_ref on the host)
+
+Inside, everything lives in the orthonormal basis φ' = φ X prepared by `problem.py`: the density is
+the projector P = U diag(occ) Uᵀ of H' = Xᵀ H X, never a float32 product X P Xᵀ. The public
+functions speak the AO basis (H, D, F as PySCF has them) and convert at the edge.
 
 Float32 stabilisation (../shared/NUMERICS.md has the measurements behind each choice):
   1. The device never forms a total energy. It evaluates ΔE(ΔD) for ΔD = D − D0, relative to the
@@ -15,7 +19,10 @@ Float32 stabilisation (../shared/NUMERICS.md has the measurements behind each ch
      so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
   4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
      this module reports to a user is a Python float.
-The Fock matrix is the gradient of the same ΔE, F = ∂E/∂D, so energy and Fock matrix can never
+  5. The density's first-order errors are kept out of E: P is formed in the orthonormal basis (no
+     ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), and the energy of the
+     eigenvectors' residual norm errors, Σ_i occ_i ε_i δn_i, is subtracted (`_projector`).
+The Fock matrix is the gradient of the same ΔE, F = ∂E/∂P, so energy and Fock matrix can never
 disagree, and the SCF and the unrolled loss share one code path.
 """
 
@@ -44,37 +51,39 @@ def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
   of the real block, so padded orbitals sort last, are never occupied, and H's padded entries get
   zero gradient. (A fixed huge shift would cost float32 eigenvalue accuracy ∝ ‖H‖.)
   """
-  h_orth = _orthonormal_hamiltonian(problem, h)
-  eps, u = jnp.linalg.eigh(h_orth)
+  eps, u = jnp.linalg.eigh(_masked(problem, _to_orthonormal(problem, h)))
   return eps, problem.orthogonalizer @ u
 
 
 def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
-  """D = Σ_i occ_i C_i C_iᵀ (n, n) for the occupied eigenvectors of H C = S C ε."""
-  return _density_and_norm_energy(problem, h)[0]
+  """D = Σ_i occ_i C_i C_iᵀ (n, n), AO basis, for the occupied eigenvectors of H C = S C ε."""
+  x = problem.orthogonalizer
+  return x @ _projector(problem, _to_orthonormal(problem, h))[0] @ x.T
 
 
-def _density_and_norm_energy(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """D(H) and the first-order energy its eigenvectors' norm errors add, Σ_i occ_i ε_i δn_i.
+def _to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
+  """H' = Xᵀ H X. Rounding here only perturbs the Hamiltonian: energies change at second order."""
+  x = problem.orthogonalizer
+  return x.T @ h @ x
 
-  Why: a float32 eigenvector u_i is normalised only to ~1e-7, and once rounded to float32 no
-  rescaling can do better. A norm error δn_i moves E[D] by ε_i·δn_i to first order; for core
-  orbitals (ε ≈ −20 Ha) that was ±10–60 µHa (malondialdehyde/STO-3G). Subtracting the term, with
-  δn_i = ‖u_i‖² − 1 computed without cancellation and ε_i the eigenvalue of H (equal to F's
-  at self-consistency), left ≲ 7 µHa. It carries no gradient: it is a rounding correction.
+
+def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """P (n, n) for an orthonormal-basis H', and the first-order energy of P's norm errors.
+
+  Why the second output: a float32 eigenvector u_i is normalised only to ~1e-7, and once rounded to
+  float32 no rescaling can do better. A norm error δn_i moves E by ε_i·δn_i to first order; for
+  core orbitals (ε ≈ −20 Ha) that was ±10–60 µHa (malondialdehyde/STO-3G). Subtracting
+  Σ_i occ_i ε_i δn_i, with δn_i = ‖u_i‖² − 1 computed without cancellation and ε_i the eigenvalue
+  of H' (equal to F's at self-consistency), removes it. It carries no gradient: it is a rounding
+  correction.
   """
-  h_orth = _orthonormal_hamiltonian(problem, h)
-  x = problem.orthogonalizer
-  projector, norm_energy = _occupied_projector(h_orth, problem.occupation)
-  return x @ projector @ x.T, norm_energy
+  return _occupied_projector(_masked(problem, h_orth), problem.occupation)
 
 
-def _orthonormal_hamiltonian(problem: DFTProblem, h: jax.Array) -> jax.Array:
+def _masked(problem: DFTProblem, h_orth: jax.Array) -> jax.Array:
   mask = problem.ao_mask
-  x = problem.orthogonalizer
   real = (mask[:, None] * mask[None, :]) > 0
-  h = jnp.where(real, 0.5 * (h + h.T), 0.0)  # where, not ×0: garbage (NaN) in padding stays out
-  h_orth = x.T @ h @ x
+  h_orth = jnp.where(real, 0.5 * (h_orth + h_orth.T), 0.0)  # where, not ×0: NaN in padding stays out
   bound = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(h_orth), axis=1))) + 1.0
   return h_orth + jnp.diag((1.0 - mask) * bound)
 
@@ -82,7 +91,7 @@ def _orthonormal_hamiltonian(problem: DFTProblem, h: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def _occupied_projector(h_orth: jax.Array, occupation: jax.Array) -> tuple[jax.Array, jax.Array]:
   """P = U diag(occ) Uᵀ for the eigenvectors U of a symmetric h_orth (ascending eigenvalues),
-  and Σ_i occ_i ε_i (‖u_i‖² − 1), the energy of U's norm errors (see _density_and_norm_energy)."""
+  and Σ_i occ_i ε_i (‖u_i‖² − 1), the energy of U's norm errors (see `_projector`)."""
   return _projector_fwd(h_orth, occupation)[0]
 
 
@@ -131,16 +140,26 @@ _occupied_projector.defvjp(_projector_fwd, _projector_bwd)
 
 
 def delta_energy(problem: DFTProblem, density: jax.Array) -> jax.Array:
-  """E[D] − E_ref in Hartree (device dtype). `density`: (n, n) electrons, padded."""
-  dd = density - problem.density_ref
-  b = problem.eri_factor
+  """E[D] − E_ref in Hartree (device dtype). `density`: (n, n) AO basis, electrons, padded.
+
+  Converts D to the orthonormal basis in the device dtype; in float32 that costs first-order
+  accuracy on ill-conditioned bases — the SCF and the loss never take this path.
+  """
+  x_inv = problem.orthogonalizer_inv
+  return _delta_energy(problem, x_inv @ density @ x_inv.T)
+
+
+def _delta_energy(problem: DFTProblem, p: jax.Array) -> jax.Array:
+  """E[P] − E_ref for an orthonormal-basis density P (n, n)."""
+  dp = p - problem.density_ref_orth
+  b = problem.eri_orth
   a = problem.functional.exact_exchange
-  fit = jnp.einsum("pij,ij->p", b, dd)
-  energy = _trace(dd, problem.fock_ref_nonxc) + 0.5 * jnp.sum(fit * fit)
+  fit = jnp.einsum("pij,ij->p", b, dp)
+  energy = _trace(dp, problem.fock_ref_nonxc_orth) + 0.5 * jnp.sum(fit * fit)
   if a:
-    bd = b @ dd  # (n_aux, n, n); tr(ΔD K[ΔD]) = Σ_P tr(B_P ΔD B_P ΔD)
+    bd = b @ dp  # (n_aux, n, n); tr(ΔP K[ΔP]) = Σ_Q tr(B_Q ΔP B_Q ΔP)
     energy -= 0.25 * a * jnp.sum(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
-  return energy + _xc_delta(problem, dd)
+  return energy + _xc_delta(problem, dp)
 
 
 def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -155,9 +174,9 @@ def _xc_delta(problem: DFTProblem, dd: jax.Array) -> jax.Array:
   forward and backward, whatever n_grid is.
   """
   functional = problem.functional
-  c, g, n = problem.ao.shape
+  c, g, n = problem.ao_orth.shape
   chunks = g // problem.xc_chunk
-  ao = problem.ao.reshape(c, chunks, problem.xc_chunk, n).swapaxes(0, 1)
+  ao = problem.ao_orth.reshape(c, chunks, problem.xc_chunk, n).swapaxes(0, 1)
   rho_ref = problem.rho_ref.reshape(c, chunks, problem.xc_chunk).swapaxes(0, 1)
   weights = problem.weights.reshape(chunks, problem.xc_chunk)
 
@@ -170,7 +189,7 @@ def _xc_delta(problem: DFTProblem, dd: jax.Array) -> jax.Array:
     ao_k, rho_ref_k, w_k = inputs
     ao_d = ao_k[0] @ dd  # (chunk, n)
     d_rho = jnp.sum(ao_d * ao_k[0], axis=-1)[None]
-    if functional.is_gga:  # ∇ρ = 2 Σ_μν ∇φ_μ D_μν φ_ν  (D symmetric)
+    if functional.is_gga:  # ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν  (P symmetric)
       d_rho = jnp.concatenate([d_rho, 2.0 * jnp.einsum("xgi,gi->xg", ao_k[1:4], ao_d)])
     e = energy_density(rho_ref_k + d_rho) - energy_density(rho_ref_k)
     return None, jnp.sum(w_k * e)
@@ -180,12 +199,24 @@ def _xc_delta(problem: DFTProblem, dd: jax.Array) -> jax.Array:
 
 
 def fock(problem: DFTProblem, density: jax.Array) -> jax.Array:
-  """Kohn–Sham Fock matrix F[D] = ∂E/∂D = Hcore + J − a/2 K + Vxc (n, n) Hartree, padded."""
-  return _energy_and_fock(problem, density)[1]
+  """Kohn–Sham Fock matrix F[D] = ∂E/∂D = Hcore + J − a/2 K + Vxc (n, n) Hartree, AO basis, padded.
+
+  `density` is an AO-basis D (n, n). F = X⁻ᵀ F' X⁻¹ for the orthonormal-basis F' = ∂E/∂P.
+  """
+  x_inv = problem.orthogonalizer_inv
+  f_orth = _energy_and_fock(problem, x_inv @ density @ x_inv.T)[1]
+  return x_inv.T @ f_orth @ x_inv
 
 
-def _energy_and_fock(problem: DFTProblem, density: jax.Array) -> tuple[jax.Array, jax.Array]:
-  e, g = jax.value_and_grad(delta_energy, argnums=1)(problem, density)
+def initial_fock(problem: DFTProblem) -> jax.Array:
+  """H_init = F[D0] (n, n), AO basis: the Fock matrix of the MINAO density, a model's baseline."""
+  x_inv = problem.orthogonalizer_inv
+  return x_inv.T @ _energy_and_fock(problem, problem.density_ref_orth)[1] @ x_inv
+
+
+def _energy_and_fock(problem: DFTProblem, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(E[P] − E_ref, F' = ∂E/∂P) for an orthonormal-basis density P."""
+  e, g = jax.value_and_grad(_delta_energy, argnums=1)(problem, p)
   return e, 0.5 * (g + g.T)
 
 
@@ -200,14 +231,27 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   step or a sequence of k values (the paper: k = 3, mixing (0, 0.5, 0)). The last step never mixes,
   so D_k is idempotent and E[D_k] stays a variational upper bound of the SCF energy.
   """
+  p, norm_energy = _unrolled(problem, h, iterations, mixing)
+  return _delta_energy(problem, p) - norm_energy
+
+
+def unrolled_density(problem: DFTProblem, h: jax.Array, iterations: int = 0,
+                     mixing: float | Sequence[float] = 0.0) -> jax.Array:
+  """D_k (n, n), AO basis: the density whose energy `loss_energy_delta` returns."""
+  x = problem.orthogonalizer
+  return x @ _unrolled(problem, h, iterations, mixing)[0] @ x.T
+
+
+def _unrolled(problem, h, iterations, mixing) -> tuple[jax.Array, jax.Array]:
+  """(P_k, the norm-error energy of its last diagonalisation), orthonormal basis."""
   m = tuple(mixing) if isinstance(mixing, Sequence) else (float(mixing),) * iterations
   if len(m) != iterations:
     raise ValueError(f"mixing has {len(m)} values for {iterations} iterations")
-  d, norm_energy = _density_and_norm_energy(problem, h)
+  p, norm_energy = _projector(problem, _to_orthonormal(problem, h))
   for i in range(iterations):
-    d_new, norm_energy = _density_and_norm_energy(problem, fock(problem, d))
-    d = d_new if i == iterations - 1 else (1.0 - m[i]) * d_new + m[i] * d
-  return delta_energy(problem, d) - norm_energy
+    p_new, norm_energy = _projector(problem, _energy_and_fock(problem, p)[1])
+    p = p_new if i == iterations - 1 else (1.0 - m[i]) * p_new + m[i] * p
+  return p, norm_energy
 
 
 def loss_energy(problem: DFTProblem, h: jax.Array, iterations: int = 0,
@@ -259,64 +303,72 @@ def default_tolerances(dtype) -> tuple[float, float]:
 def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None = None,
         commutator_tol: float | None = None, diis_space: int = 8,
         density0: jax.Array | None = None) -> SCFResult:
-  """Self-consistent field from the MINAO density (or `density0`), with Pulay DIIS.
+  """Self-consistent field from the MINAO density (or an AO-basis `density0`), with Pulay DIIS.
 
   Converged when the energy change of the last step is below `energy_tol` and the AO-basis
-  commutator ‖FDS − SDF‖_F is below `commutator_tol` (defaults: `default_tolerances`).
+  commutator ‖FDS − SDF‖_F is below `commutator_tol` (defaults: `default_tolerances`). DIIS itself
+  works in the orthonormal basis, where FDS − SDF is F'P − PF'.
 
-  The energy test never asks for more than the dtype can resolve: rounding in the float32
-  eigenvectors leaves D's orbital norms off by ~1e-7, which moves E by Σ_i ε_i δn_i — up to
-  ~1e-5 Ha, dominated by the core orbitals. Energy changes below 8·ε_mach·|tr(F D)| (measured at
-  the start; |tr(F D)| = |Σ occ_i ε_i|) therefore count as converged. In float64 that floor is
-  ~1e-13 Ha and the requested tolerance rules.
-  
+  The energy test never asks for more than the dtype can resolve: energy changes below
+  8·ε_mach·|tr(F D)| (measured at the start; |tr(F D)| = |Σ occ_i ε_i|, dominated by the core
+  orbitals) count as converged. In float64 that floor is ~1e-13 Ha and the requested tolerance
+  rules.
   """
   e_tol, c_tol = default_tolerances(problem.dtype)
   e_tol = e_tol if energy_tol is None else energy_tol
   c_tol = c_tol if commutator_tol is None else commutator_tol
-  d0 = problem.density_ref if density0 is None else jnp.asarray(density0, problem.dtype)
-  out = _scf_loop(problem, d0, jnp.asarray(e_tol, problem.dtype), jnp.asarray(c_tol, problem.dtype),
-                  jnp.asarray(max_iterations), diis_space)
-  e_delta, f, d, eps, c, iterations, converged = jax.device_get(out)
-  real = np.flatnonzero(np.asarray(problem.ao_mask) > 0)
-  occ = np.asarray(problem.occupation)[: len(real)]
-  return SCFResult(reference_energy(problem) + float(e_delta), f, d, eps[: len(real)],
-                   c[:, : len(real)], occ, int(iterations), bool(converged))
+  if density0 is None:
+    p0 = problem.density_ref_orth
+  else:
+    x_inv = np.asarray(problem.orthogonalizer_inv, np.float64)
+    p0 = np.asarray(x_inv @ np.asarray(density0, np.float64) @ x_inv.T, problem.dtype)
+  out = _scf_loop(problem, p0, jnp.asarray(e_tol, problem.dtype),
+                  jnp.asarray(c_tol, problem.dtype), jnp.asarray(max_iterations), diis_space)
+  e_delta, f_orth, p, eps, u, iterations, converged = jax.device_get(out)
+  # Back to the AO basis on the host, in float64: F = X⁻ᵀ F' X⁻¹, D = X P Xᵀ, C = X U.
+  x = np.asarray(problem.orthogonalizer, np.float64)
+  x_inv = np.asarray(problem.orthogonalizer_inv, np.float64)
+  f_orth, p, u = (np.asarray(a, np.float64) for a in (f_orth, p, u))
+  n_real = int(np.sum(problem.ao_mask))
+  return SCFResult(reference_energy(problem) + float(e_delta), x_inv.T @ f_orth @ x_inv,
+                   x @ p @ x.T, eps[:n_real].astype(np.float64), (x @ u)[:, :n_real],
+                   np.asarray(problem.occupation)[:n_real], int(iterations), bool(converged))
 
 
 @functools.partial(jax.jit, static_argnums=5)
-def _scf_loop(problem, d0, e_tol, c_tol, max_iterations, diis_space):
-  s = problem.overlap
-  n = s.shape[0]
+def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space):
+  """The SCF in the orthonormal basis: (ΔE, F', P, ε, U, iterations, converged)."""
+  n = p0.shape[0]
+  x_inv = problem.orthogonalizer_inv
 
-  def commutator(f, d):
-    fds = f @ d @ s
-    return fds - fds.T
+  def commutator(f, p):
+    fp = f @ p
+    return fp - fp.T
 
   def step(state):
-    d, e, f, f_hist, err_hist, it, _ = state
+    p, e, f, f_hist, err_hist, it, _ = state
     slot = it % diis_space
     f_hist = f_hist.at[slot].set(f)
-    err_hist = err_hist.at[slot].set(commutator(f, d))
+    err_hist = err_hist.at[slot].set(commutator(f, p))
     f_extrapolated = _diis(f_hist, err_hist, jnp.minimum(it + 1, diis_space), f)
-    d_new, norm_energy = _density_and_norm_energy(problem, f_extrapolated)
-    e_new, f_new = _energy_and_fock(problem, d_new)
+    p_new, norm_energy = _projector(problem, f_extrapolated)
+    e_new, f_new = _energy_and_fock(problem, p_new)
     e_new = e_new - norm_energy
     e_converged = jnp.abs(e_new - e) < e_tol
-    c_converged = jnp.linalg.norm(commutator(f_new, d_new)) < c_tol
-    return d_new, e_new, f_new, f_hist, err_hist, it + 1, e_converged & c_converged
+    c_converged = jnp.linalg.norm(x_inv.T @ commutator(f_new, p_new) @ x_inv) < c_tol  # FDS − SDF
+    return p_new, e_new, f_new, f_hist, err_hist, it + 1, e_converged & c_converged
 
   def not_done(state):
     return (~state[-1]) & (state[-2] < max_iterations)
 
-  e0, f0 = _energy_and_fock(problem, d0)
-  energy_noise = 8 * jnp.finfo(problem.dtype).eps * jnp.abs(_trace(f0, d0))
+  e0, f0 = _energy_and_fock(problem, p0)
+  energy_noise = 8 * jnp.finfo(problem.dtype).eps * jnp.abs(_trace(f0, p0))
   e_tol = jnp.maximum(e_tol, energy_noise)
   hist = jnp.zeros((diis_space, n, n), problem.dtype)
-  state = (d0, e0, f0, hist, hist, jnp.asarray(0), jnp.asarray(False))
-  d, e, f, _, _, iterations, converged = jax.lax.while_loop(not_done, step, state)
-  eps, c = orbitals(problem, f)
-  return e, f, d, eps, c, iterations, converged
+  state = (p0, e0, f0, hist, hist, jnp.asarray(0), jnp.asarray(False))
+  p, e, f, _, _, iterations, converged = jax.lax.while_loop(not_done, step, state)
+  eps, u = jnp.linalg.eigh(_masked(problem, f))
+  return e, f, p, eps, u, iterations, converged
 
 
 def _diis(f_hist: jax.Array, err_hist: jax.Array, count: jax.Array,

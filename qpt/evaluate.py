@@ -227,20 +227,6 @@ def _mixing(iterations: int, mixing: float | Sequence[float]) -> tuple[float, ..
   return m
 
 
-def unrolled_density(problem: DFTProblem, h: jax.Array, mixing: tuple[float, ...]) -> jax.Array:
-  """D_k (n, n) after k = len(mixing) unrolled SCF steps from D(H), exactly as the loss takes them.
-
-  Mirrors the loop in `dft.loss_energy_delta`, which does not return D_k (the tests check E[D_k]
-  against it): mixing m_i on every step but the last, which never mixes.
-  """
-  d = dft.density_matrix(problem, h)
-  for i, m in enumerate(mixing):
-    d_new = dft.density_matrix(problem, dft.fock(problem, d))
-    d = d_new if i == len(mixing) - 1 else (1.0 - m) * d_new + m * d
-  return d
-
-
-@functools.partial(jax.jit, static_argnums=2)
 def _device_outputs(problem: DFTProblem, h: jax.Array, mixing: tuple[float, ...]) -> dict:
   """What the metrics need from the device: D(H), F[D(H)], ΔE[D(H)], F[D_k], ΔE[D_k].
 
@@ -248,7 +234,7 @@ def _device_outputs(problem: DFTProblem, h: jax.Array, mixing: tuple[float, ...]
   corrections); XLA shares the eigensolves and Fock builds with the matrices' path.
   """
   d = dft.density_matrix(problem, h)
-  d_k = unrolled_density(problem, h, mixing)
+  d_k = dft.unrolled_density(problem, h, len(mixing), mixing)
   return dict(density=d, fock=dft.fock(problem, d), delta=dft.loss_energy_delta(problem, h),
               fock_k=dft.fock(problem, d_k),
               delta_k=dft.loss_energy_delta(problem, h, len(mixing), mixing))
@@ -257,7 +243,7 @@ def _device_outputs(problem: DFTProblem, h: jax.Array, mixing: tuple[float, ...]
 @jax.jit
 def h_init(problem: DFTProblem) -> jax.Array:
   """The no-model baseline H_init = F[D_MINAO] (n, n) Hartree, padded: the untrained QPT's H."""
-  return dft.fock(problem, problem.density_ref)
+  return dft.initial_fock(problem)
 
 
 def _conformer_scores(problem: DFTProblem, labels: Labels, i: int, h: jax.Array,

@@ -254,7 +254,7 @@ def make_model(config: ModelConfig) -> hk.Transformed:
     check_supported(problem)
     problem = jax.tree.map(jnp.asarray, problem)  # host (NumPy) leaves cannot take traced indices
     if h_init is None:
-      h_init = dft.fock(problem, problem.density_ref)
+      h_init = dft.initial_fock(problem)
     mask = problem.ao_mask.astype(jnp.float32)
     pairs = pair_features(problem, h_init)
     x = OrbitalEmbedding(config.d_model, name="embedding")(problem)
@@ -267,7 +267,7 @@ def make_model(config: ModelConfig) -> hk.Transformed:
 def hamiltonian(model: hk.Transformed, params: hk.Params, problem: DFTProblem) -> jax.Array:
   """The predicted Kohn–Sham Hamiltonian H = H_init + W (n, n) Hartree, in the problem's dtype."""
   check_supported(problem)
-  h_init = dft.fock(problem, problem.density_ref)
+  h_init = dft.initial_fock(problem)
   return h_init + model.apply(params, problem, h_init)
 
 

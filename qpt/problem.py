@@ -1,9 +1,15 @@
 """`DFTProblem`: one conformer's DFT, as a pytree of padded, static-shape device arrays.
 
+Two bases, and why. What a model reads (S, Hcore, D0, X) is in the AO basis, as PySCF has it.
+What the energy reads is in the orthonormal basis φ' = φ X (X = L⁻ᵀ, S = L Lᵀ), transformed here
+on the host in float64: the device then builds the density as P = U diag(occ) Uᵀ straight from the
+eigenvectors, with no float32 X·P·Xᵀ. That product cancels badly when S is ill-conditioned and its
+rounding errors enter the energy at first order (uracil/def2-SVP, cond S ≈ 5e3: 59 µHa).
+
 Shapes are rounded up to size buckets (`bucket`), so conformers and molecules of similar size share
-one compiled program. Padding is inert by construction:
-  * padded AOs have S = X = 1 on their diagonal and zero everywhere else (AO values, ERI factor,
-    reference density), and occupation 0;
+one compiled program. Padding is inert by construction (`LAYOUT` says how each field pads):
+  * padded AOs have S = X = X⁻¹ = 1 on their diagonal and zero everywhere else (AO values, ERI
+    factor, reference density), and occupation 0;
   * padded grid points have weight 0, AO values 0 and ρ0 = 0;
   * padded auxiliary functions have a zero ERI factor.
 `dft.py` masks padded rows/columns of every Hamiltonian and pins their eigenvalues far above the
@@ -32,32 +38,38 @@ DEFAULT_XC_CHUNK = 4096  # grid points per XC chunk: bounds device memory at chu
 class DFTProblem:
   """A padded DFT problem. n = n_ao (padded), g = n_grid (padded, a multiple of xc_chunk), c = 1 or 4.
 
-  Array fields (device dtype unless said otherwise) — see `integrals.HostIntegrals` for meanings:
-    overlap (n, n), orthogonalizer (n, n), eri_factor (n_aux, n, n), density_ref (n, n),
-    fock_ref_nonxc (n, n) Hartree, ao (c, g, n), weights (g,) Bohr³, rho_ref (c, g),
-    occupation (n,), ao_mask (n,) 1 for real AOs, 0 for padding,
+  AO basis (device dtype; meanings as in `integrals.HostIntegrals`):
+    overlap (n, n), hcore (n, n) Hartree, density_ref (n, n) the MINAO density D0,
+    orthogonalizer (n, n) X, orthogonalizer_inv (n, n) X⁻¹ = Lᵀ.
+  Orthonormal basis (what the energy reads):
+    eri_orth (n_aux, n, n) Xᵀ B_P X; fock_ref_nonxc_orth (n, n) Xᵀ G0 X, Hartree;
+    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ; ao_orth (c, g, n) φ X and its gradients.
+  Grid and bookkeeping:
+    weights (g,) Bohr³, rho_ref (c, g) ρ0 (and ∇ρ0), occupation (n,), ao_mask (n,) 1 for real AOs;
     energy_ref (2,): E_nuc + E[D0] in Hartree split as hi + lo so float32 carries it to ~1e-13
       relative; `reference_energy` adds them in float64 on the host.
   What a model reads besides (a = n_atoms, padded):
-    hcore (n, n) Hartree; orbital_labels (n, 4) int32 (atom, shell, l, m; padding −1);
-    atomic_numbers (a,) int32 (padding 0); positions (a, 3) Bohr.
+    orbital_labels (n, 4) int32 (atom, shell, l, m; padding −1); atomic_numbers (a,) int32
+    (padding 0); positions (a, 3) Bohr.
   Static fields (part of the compiled program's identity):
     xc: functional name, as `xc.functional` normalises it.
     xc_chunk: grid points per chunk of the XC quadrature.
   """
 
   overlap: jax.Array
-  orthogonalizer: jax.Array
-  eri_factor: jax.Array
+  hcore: jax.Array
   density_ref: jax.Array
-  fock_ref_nonxc: jax.Array
-  ao: jax.Array
+  orthogonalizer: jax.Array
+  orthogonalizer_inv: jax.Array
+  eri_orth: jax.Array
+  fock_ref_nonxc_orth: jax.Array
+  density_ref_orth: jax.Array
+  ao_orth: jax.Array
   weights: jax.Array
   rho_ref: jax.Array
   occupation: jax.Array
   ao_mask: jax.Array
   energy_ref: jax.Array
-  hcore: jax.Array
   orbital_labels: jax.Array
   atomic_numbers: jax.Array
   positions: jax.Array
@@ -75,7 +87,7 @@ class DFTProblem:
   @property
   def shapes(self) -> tuple[int, int, int, int]:
     """(n_ao, n_grid, n_aux, n_atoms), padded: the program's static shape."""
-    return (self.overlap.shape[-1], self.weights.shape[-1], self.eri_factor.shape[-3],
+    return (self.overlap.shape[-1], self.weights.shape[-1], self.eri_orth.shape[-3],
             self.positions.shape[-2])
 
 
@@ -129,48 +141,66 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | None = None, xc: s
   return pad(host, xc_lib.functional(xc).name, dtype, xc_chunk, pad_to)
 
 
+Shape = tuple[int, int, int, int]  # (n_ao, n_grid, n_aux, n_atoms)
+_AO, _GRID, _AUX, _ATOM = range(4)
+LAYOUT = dict(  # field → (which size each axis has, None = fixed; what padding holds)
+    overlap=((_AO, _AO), "identity"), hcore=((_AO, _AO), 0), density_ref=((_AO, _AO), 0),
+    orthogonalizer=((_AO, _AO), "identity"), orthogonalizer_inv=((_AO, _AO), "identity"),
+    eri_orth=((_AUX, _AO, _AO), 0), fock_ref_nonxc_orth=((_AO, _AO), 0),
+    density_ref_orth=((_AO, _AO), 0), ao_orth=((None, _GRID, _AO), 0), weights=((_GRID,), 0),
+    rho_ref=((None, _GRID), 0), occupation=((_AO,), 0), ao_mask=((_AO,), 0),
+    energy_ref=((None,), 0), orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0),
+    positions=((_ATOM, None), 0))
+
+
+assert set(LAYOUT) == {f.name for f in dataclasses.fields(DFTProblem)
+                       if not f.metadata.get("static")}, "LAYOUT must cover every DFTProblem array"
+
+
+def default_shape(sizes: Shape, xc_chunk: int) -> Shape:
+  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms)."""
+  return tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
+
+
 def pad(host: integrals.HostIntegrals, xc: str, dtype: str, xc_chunk: int,
-        pad_to: tuple[int, int, int, int] | None = None) -> DFTProblem:
-  """Pads host integrals to static shapes and casts them to the device dtype."""
-  sizes = (host.overlap.shape[0], host.weights.shape[0], host.eri_factor.shape[0],
-           len(host.atomic_numbers))
-  if pad_to is None:
-    pad_to = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
-  if any(p < s for p, s in zip(pad_to, sizes)) or pad_to[1] % xc_chunk:
-    raise InputError(f"pad_to={tuple(pad_to)} is smaller than the problem {sizes} or n_grid is "
-                     f"not a multiple of xc_chunk={xc_chunk}")
-  n, g = sizes[:2]
-  n_pad, g_pad, aux_pad, atoms_pad = pad_to
-
-  def padded(a: np.ndarray, shape, identity: bool = False, fill=0) -> np.ndarray:
-    out = np.full(shape, fill, dtype=a.dtype if fill else np.float64)
-    out[tuple(slice(0, s) for s in a.shape)] = a
-    if identity:  # padded AOs: orthonormal, decoupled functions
-      idx = np.arange(a.shape[-1], shape[-1])
-      out[..., idx, idx] = 1.0
-    return out
-
+        pad_to: Shape | None = None) -> DFTProblem:
+  """Transforms host integrals to the device's representation, casts them, pads to static shapes."""
+  x, x_inv = host.orthogonalizer, np.linalg.inv(host.orthogonalizer)
   energy_hi = np.float32(host.energy_ref) if dtype == "float32" else host.energy_ref
-  energy_ref = np.array([energy_hi, host.energy_ref - np.float64(energy_hi)])
-  c = host.ao.shape[0]
-  arrays = dict(
-      overlap=padded(host.overlap, (n_pad, n_pad), identity=True),
-      orthogonalizer=padded(host.orthogonalizer, (n_pad, n_pad), identity=True),
-      eri_factor=padded(host.eri_factor, (aux_pad, n_pad, n_pad)),
-      density_ref=padded(host.density_ref, (n_pad, n_pad)),
-      fock_ref_nonxc=padded(host.fock_ref_nonxc, (n_pad, n_pad)),
-      ao=padded(host.ao, (c, g_pad, n_pad)),
-      weights=padded(host.weights, (g_pad,)),
-      rho_ref=padded(host.rho_ref, (c, g_pad)),
-      occupation=padded(host.occupation, (n_pad,)),
-      ao_mask=padded(np.ones(n), (n_pad,)),
-      energy_ref=energy_ref,
-  )
-  arrays = {k: np.asarray(v, dtype=dtype) for k, v in arrays.items()}
-  arrays.update(
-      hcore=padded(host.hcore, (n_pad, n_pad)).astype(dtype),
-      orbital_labels=padded(host.orbital_labels, (n_pad, 4), fill=-1).astype(np.int32),
-      atomic_numbers=padded(host.atomic_numbers, (atoms_pad,)).astype(np.int32),
-      positions=padded(host.positions, (atoms_pad, 3)).astype(dtype),
-  )
-  return DFTProblem(**arrays, xc=xc, xc_chunk=xc_chunk)
+  real = dict(
+      overlap=host.overlap, hcore=host.hcore, density_ref=host.density_ref,
+      orthogonalizer=x, orthogonalizer_inv=x_inv,
+      eri_orth=np.einsum("ki,pkl,lj->pij", x, host.eri_factor, x, optimize=True),
+      fock_ref_nonxc_orth=x.T @ host.fock_ref_nonxc @ x,
+      density_ref_orth=x_inv @ host.density_ref @ x_inv.T,
+      ao_orth=host.ao @ x, weights=host.weights, rho_ref=host.rho_ref,
+      occupation=host.occupation, ao_mask=np.ones(len(host.occupation)),
+      energy_ref=np.array([energy_hi, host.energy_ref - np.float64(energy_hi)]))
+  arrays = {k: np.asarray(v, dtype=dtype) for k, v in real.items()}
+  arrays.update(orbital_labels=host.orbital_labels.astype(np.int32),
+                atomic_numbers=host.atomic_numbers.astype(np.int32),
+                positions=host.positions.astype(dtype))
+  unpadded = DFTProblem(**arrays, xc=xc, xc_chunk=xc_chunk)
+  sizes = unpadded.shapes
+  pad_to = default_shape(sizes, xc_chunk) if pad_to is None else tuple(pad_to)
+  if any(p < s for p, s in zip(pad_to, sizes)) or pad_to[1] % xc_chunk:
+    raise InputError(f"pad_to={pad_to} is smaller than the problem {sizes} or n_grid is "
+                     f"not a multiple of xc_chunk={xc_chunk}")
+  return grow(unpadded, pad_to)
+
+
+def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
+  """`problem` padded (further) to `shape`, each size ≥ the current one; bitwise as `pad` would."""
+  if problem.shapes == tuple(shape):
+    return problem
+  out = {}
+  for name, (axes, fill) in LAYOUT.items():
+    a = np.asarray(getattr(problem, name))
+    target = tuple(n if axis is None else shape[axis] for n, axis in zip(a.shape, axes))
+    new = np.full(target, 0 if fill == "identity" else fill, dtype=a.dtype)
+    new[tuple(slice(0, n) for n in a.shape)] = a
+    if fill == "identity":  # new padded AOs: orthonormal, decoupled functions
+      idx = np.arange(a.shape[-1], target[-1])
+      new[idx, idx] = 1
+    out[name] = new
+  return dataclasses.replace(problem, **out)

@@ -295,7 +295,7 @@ def test_grow_pads_exactly_like_pad(water):
   host = integrals.compute(water.to_pyscf("sto-3g"), "pbe", grid_level=0)
   small = problem_lib.pad(host, "pbe", "float32", 1024)
   big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4)))
-  grown, direct = data.grow(small, big_shape), problem_lib.pad(host, "pbe", "float32", 1024,
+  grown, direct = problem_lib.grow(small, big_shape), problem_lib.pad(host, "pbe", "float32", 1024,
                                                                big_shape)
   assert grown.shapes == big_shape
   _assert_same_batch(data.Batch(grown, np.zeros(1), 0, 0, 0),

@@ -69,7 +69,8 @@ def test_gradient_matches_finite_differences(iterations, mixing):
 def test_gradient_with_degenerate_occupied_orbitals(iterations, mixing):
   problem = benzene_problem("float64")
   # Hcore + J[D0] − a/2 K[D0]: exact integrals of a D6h density, so exactly D6h itself.
-  h = np.asarray(problem.fock_ref_nonxc)
+  x_inv = np.asarray(problem.orthogonalizer_inv)
+  h = x_inv.T @ np.asarray(problem.fock_ref_nonxc_orth) @ x_inv
   eps = np.asarray(qpt.dft.orbitals(problem, h)[0])[:21]
   assert np.min(np.diff(eps)) < 1e-10  # really degenerate, among the occupied orbitals
   grad = directional_check(problem, h, iterations, mixing, seeds=(3,))

@@ -110,7 +110,7 @@ def test_unrolled_steps_are_the_losses():
   p = problems()[0]
   h = ev.h_init(p)
   mixing = (0.5, 0.0)
-  energy, loss = jax.jit(lambda p, h: (qpt.dft.delta_energy(p, ev.unrolled_density(p, h, mixing)),
+  energy, loss = jax.jit(lambda p, h: (qpt.dft.delta_energy(p, qpt.dft.unrolled_density(p, h, 2, mixing)),
                                        qpt.dft.loss_energy_delta(p, h, 2, mixing)))(p, h)
   # The loss may add float32 rounding corrections (µHa); a wrong step or mixing costs mHa.
   assert float(energy) == pytest.approx(float(loss), abs=2e-5)

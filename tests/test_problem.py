@@ -33,9 +33,11 @@ def test_padding_is_inert():
   assert n_pad > n and p.shapes[1] % 1024 == 0
   np.testing.assert_array_equal(p.overlap[n:, n:], np.eye(n_pad - n))
   np.testing.assert_array_equal(p.orthogonalizer[n:, n:], np.eye(n_pad - n))
-  for a in (p.overlap, p.orthogonalizer, p.density_ref, p.fock_ref_nonxc):
+  for a in (p.overlap, p.orthogonalizer, p.orthogonalizer_inv, p.density_ref, p.hcore,
+            p.density_ref_orth, p.fock_ref_nonxc_orth):
     assert not a[n:, :n].any() and not a[:n, n:].any()
-  assert not p.ao[..., n:].any() and not p.ao[:, g:].any() and not p.weights[g:].any()
+  assert not p.ao_orth[..., n:].any() and not p.ao_orth[:, g:].any() and not p.weights[g:].any()
+  assert not p.eri_orth[:, n:].any() and not p.eri_orth[..., n:].any()
   assert not p.occupation[n:].any() and p.ao_mask.sum() == n
 
 

@@ -64,7 +64,7 @@ def test_non_finite_step_leaves_state_unchanged():
   before = jax.tree.map(np.array, (state.params, state.opt_state))
   poisoned = water_batch()
   poisoned = poisoned.__class__(**{**{f: getattr(poisoned, f) for f in poisoned.__dataclass_fields__},
-                                   "fock_ref_nonxc": poisoned.fock_ref_nonxc * np.nan})
+                                   "fock_ref_nonxc_orth": poisoned.fock_ref_nonxc_orth * np.nan})
   state, metrics = step(state, poisoned)
   assert not bool(metrics["finite"])
   after = jax.tree.map(np.array, (state.params, state.opt_state))
