@@ -1,0 +1,94 @@
+"""Checkpoints with orbax: training state + a JSON record, atomic, keep-K, resumable, fine-tunable.
+
+A checkpoint holds two items:
+  state: the pytree {params, opt_state, step, rng} (orbax StandardSave: sharded arrays welcome);
+  meta:  JSON — the data-stream position, the config it was trained with, counters.
+Orbax writes each step into a temporary directory and renames it when complete, so a crash (or a
+SIGKILL) mid-write leaves nothing that `latest_step` would pick up: restore always finds the last
+*finished* checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from qpt.errors import InputError
+
+
+class Checkpointer:
+  """Saves and restores training checkpoints under `directory` (keeps the newest `keep`)."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
+    """Starts an (asynchronous) save of `state` and `meta` at `step`."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    self._manager.save(step, args=args, force=force)
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """(state, meta) at `step` (default: latest), into the structure/shardings of `abstract_state`."""
+    step = self.latest_step() if step is None else step
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              meta=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    return restored.state, restored.meta
+
+  def meta(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def wait(self) -> None:
+    """Blocks until pending saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def load_params(path: str, like: Any) -> Any:
+  """Model parameters from a workdir (its latest checkpoint) or one checkpoint directory.
+
+  For fine-tuning: only `params` are read, whatever optimizer wrote them. `like` is a pytree of
+  the parameters the current config expects; a missing or differently shaped parameter is a
+  one-line InputError naming it.
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):  # a workdir
+    path = os.path.join(path, "checkpoints")
+  manager_dir, step = path, None
+  if os.path.basename(path).isdigit():  # one checkpoint: .../checkpoints/<step>
+    manager_dir, step = os.path.dirname(path), int(os.path.basename(path))
+  if not os.path.isdir(manager_dir):
+    raise InputError(f"init_from={path}: no such checkpoint or workdir")
+  manager = ocp.CheckpointManager(manager_dir)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise InputError(f"init_from={path}: no finished checkpoint there")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  params = restored.state["params"]
+  check_same_shapes(params, like, f"checkpoint {manager_dir}/{step}")
+  return jax.tree.map(lambda a, b: np.asarray(a, dtype=np.asarray(b).dtype), params, like)
+
+
+def check_same_shapes(found: Any, expected: Any, source: str) -> None:
+  """One-line InputError naming the first parameter whose presence or shape differs."""
+  found_flat = {jax.tree_util.keystr(k): np.shape(v)
+                for k, v in jax.tree_util.tree_leaves_with_path(found)}
+  for key, value in jax.tree_util.tree_leaves_with_path(expected):
+    name = jax.tree_util.keystr(key)
+    if name not in found_flat:
+      raise InputError(f"{source} has no parameter {name}; it was trained with another model")
+    if found_flat[name] != np.shape(value):
+      raise InputError(f"{source}: parameter {name} has shape {found_flat[name]}, the config "
+                       f"expects {np.shape(value)}")
