@@ -7,3 +7,7 @@ class InputError(ValueError):
   The message is one line that names the offending atom, field or value, so a
   command-line tool can print it as is and exit with code 2.
   """
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. too many non-finite steps in a row); the message says why."""

@@ -133,3 +133,8 @@ def ao_matrix_to_lab(matrix, orbital_labels, rotation) -> np.ndarray:
   """R_ao M R_aoᵀ: an AO matrix (n, n) of the canonical molecule, in the lab frame."""
   r_ao = rotation_matrix_ao(orbital_labels, rotation)
   return r_ao @ np.asarray(matrix, dtype=np.float64) @ r_ao.T
+
+
+def canonical_molecule(molecule: Molecule) -> Molecule:
+  """The molecule in its canonical frame: a picklable conformer transform for the data stream."""
+  return to_canonical(molecule)[0]

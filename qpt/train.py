@@ -11,7 +11,11 @@ Every energy written to metrics.jsonl is assembled on the host in float64 (refer
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
+import os
+import signal
+import sys
+import time
 from typing import Any, Callable
 
 import haiku as hk
@@ -20,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qpt import dft, model as model_lib
-from qpt.errors import InputError
+from qpt import checkpoint, conformers as conformers_lib, data, dft, frame, model as model_lib
+from qpt import molecules
+from qpt.errors import InputError, TrainingError
 from qpt.problem import DFTProblem
 
 LOSSES = ("energy", "self_consistency")
@@ -80,7 +85,7 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
       return jnp.mean(per_conformer), per_conformer
 
     (loss, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite gradient must not reach the optimizer's moments: feed zeros, then keep the old
     # state whole (params and moments) by selecting, so a bad step is a no-op.
@@ -111,3 +116,156 @@ def batch_energies(batch: DFTProblem, per_conformer: Any) -> np.ndarray:
   from qpt.problem import reference_energy
   return np.atleast_1d(reference_energy(batch)) + np.asarray(per_conformer, np.float64)
 
+
+
+# ---- the training run --------------------------------------------------------------------------
+
+# Fields that may differ when resuming: they change neither the trajectory nor its meaning.
+RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
+                     "checkpoint.keep", "eval.every", "eval.n_conformers", "data.workers",
+                     "data.prefetch")
+
+
+def run(config, progress: bool = True) -> None:
+  """Entry point of experiments/md17.py: trains (mode=train) as `config` says."""
+  if config.mode != "train":
+    raise InputError(f"mode={config.mode!r}: this build supports mode=train only")
+  train(config, progress)
+
+
+def train(config, progress: bool = True) -> TrainState:
+  """Trains, checkpointing as it goes; re-running the same config resumes from the last checkpoint."""
+  workdir = os.path.abspath(config.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  flat = _flatten(config.to_dict())
+  saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
+  resume_step = saver.latest_step()
+  stream_state = None
+  if resume_step is not None:
+    meta = saver.meta(resume_step)
+    _check_resumable(meta["config"], flat)
+    stream_state = meta["stream"]
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(dict(config=flat, versions=_versions()), f, indent=1)
+
+  model = model_lib.make_model(model_lib.model_config(config.model.size, remat=config.model.remat))
+  tx, schedule = make_optimizer(config.train)
+  loss_fn = conformer_loss(config.loss, config.iterations, config.mixing)
+  step_fn = make_train_step(model, tx, loss_fn, schedule)
+  sampler = conformers_lib.ThermalSampler(molecules.get(config.molecule), config.data.temperature,
+                                          seed=config.seed, cache_dir=os.path.join(workdir, "cache"))
+  level = data.Level(config.basis, config.xc, config.grid_level, config.eri, config.dtype)
+  stream = data.ProblemStream(sampler, config.train.batch_size, level,
+                              n_workers=config.data.workers, prefetch=config.data.prefetch,
+                              mol_repeats=config.data.mol_repeats,
+                              transform=frame.canonical_molecule, state=stream_state)
+  with stream, _StopOnSignal() as stop:
+    batch = next(stream)
+    params = None
+    if config.init_from and resume_step is None:
+      like = jax.eval_shape(model.init, jax.random.key(0), jax.tree.map(lambda a: a[0], batch.problem))
+      params = checkpoint.load_params(config.init_from, like)
+    state = init_state(model, tx, config.seed, batch.problem, params)
+    if resume_step is not None:
+      state, _ = saver.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
+    log = _Log(workdir, progress, config.train.steps)
+    bad_in_a_row = 0
+    for step in range(int(state.step), config.train.steps):
+      batch = batch or next(stream)  # the first batch was already taken to size the model
+      state, metrics = step_fn(state, batch.problem)
+      finite = bool(metrics["finite"])
+      bad_in_a_row = 0 if finite else bad_in_a_row + 1
+      done = step + 1 == config.train.steps or stop.requested
+      log.step(step + 1, batch, metrics, config.loss, finite,
+               write=(step + 1) % config.log_every == 0 or done or not finite)
+      batch = None
+      if (step + 1) % config.checkpoint.every == 0 or done or bad_in_a_row >= config.train.max_bad_steps:
+        saver.save(step + 1, state, dict(config=flat, stream=stream.state))
+      if bad_in_a_row >= config.train.max_bad_steps:
+        saver.wait()
+        raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (up to step {step + 1}); "
+                            f"the last good state is checkpointed in {saver.directory}")
+      if stop.requested:
+        break
+    saver.wait()
+    log.close()
+  return state
+
+
+def _check_resumable(saved: dict, wanted: dict) -> None:
+  for key in sorted(set(saved) | set(wanted)):
+    if key in RESUMABLE_CHANGES or saved.get(key) == wanted.get(key):
+      continue
+    raise InputError(f"workdir holds a run with {key}={saved.get(key)!r}, this config has "
+                     f"{wanted.get(key)!r}: use another workdir (or init_from to fine-tune)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def _versions() -> dict:
+  import importlib.metadata as md
+  return {p: md.version(p) for p in ("jax", "jaxlib", "dm-haiku", "optax", "pyscf", "numpy",
+                                     "ml-collections", "orbax-checkpoint")}
+
+
+class _StopOnSignal:
+  """SIGTERM/SIGINT ask the loop to stop after the current step (and checkpoint), not mid-write."""
+
+  def __enter__(self):
+    self.requested = False
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class _Log:
+  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal."""
+
+  def __init__(self, workdir: str, progress: bool, total_steps: int):
+    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._progress = progress and sys.stdout.isatty()
+    self._total = total_steps
+    self._start = time.perf_counter()
+    self._wait = 0.0
+    self._conformers = 0
+    self._skipped = 0
+
+  def step(self, step: int, batch, metrics: dict, loss: str, finite: bool, write: bool) -> None:
+    self._wait += batch.wait_seconds
+    self._conformers += batch.new_conformers
+    self._skipped += not finite
+    if not (write or self._progress):
+      return
+    per_conformer = np.asarray(metrics["per_conformer"], np.float64)
+    value = (float(np.mean(batch_energies(batch.problem, per_conformer))) if loss == "energy"
+             else float(np.mean(per_conformer)))
+    elapsed = time.perf_counter() - self._start
+    record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),
+                  lr=float(metrics["lr"]), finite=finite, skipped_steps=self._skipped,
+                  unique_conformers_per_s=self._conformers / elapsed,
+                  host_wait_fraction=self._wait / elapsed, seconds=elapsed)
+    if write:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    if self._progress:
+      print(f"\rstep {step}/{self._total}  loss {value:.6f}  {elapsed:.0f} s", end="", flush=True)
+
+  def close(self) -> None:
+    if self._progress:
+      print()
+    self._file.close()

@@ -1,0 +1,60 @@
+"""Train (or evaluate) QPT on an MD17 molecule. See experiments/configs/md17.py for the commands.
+
+  python experiments/md17.py --config experiments/configs/md17.py:water
+  python experiments/md17.py --config experiments/configs/md17.py:water --config.train.steps=200
+
+A wrong config key, type or molecule name, a mismatched checkpoint or any other bad input prints
+one line on stderr and exits with code 2.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+flags.DEFINE_bool("quiet", False, "no progress bar")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "an experiments/configs file:molecule",
+                                          lock_config=True)
+
+
+def parse_flags(argv):
+  """absl flag parsing, but a bad flag or config is one line and exit code 2, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # absl and ml_collections wrap config errors in each other variously
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+  while error.args and isinstance(error.args[0], BaseException):  # unwrap AttributeError(KeyError)
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else type(error).__name__
+  if "Traceback" in text:  # a config file that raised: its own last line says what went wrong
+    text = text.strip().splitlines()[-1]
+  text = " ".join(text.split())
+  return f"unknown config key {text}" if isinstance(error, KeyError) else text
+
+
+def main(argv):
+  del argv
+  import qpt  # after flag parsing: a typo in a flag should not wait for JAX to load
+  from qpt import train
+  from qpt.errors import TrainingError
+
+  config = _CONFIG.value
+  if config is None:
+    print("error: --config is required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    train.run(config, progress=not flags.FLAGS.quiet)
+  except qpt.InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except TrainingError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
