@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qpt import checkpoint, conformers as conformers_lib, data, dft, frame, model as model_lib
+from qpt import checkpoint, conformers as conformers_lib, data, dft, evaluate, frame
+from qpt import model as model_lib
 from qpt import molecules
 from qpt.errors import InputError, TrainingError
 from qpt.problem import DFTProblem
@@ -189,7 +190,37 @@ def train(config, progress: bool = True) -> TrainState:
         break
     saver.wait()
     log.close()
+  if config.eval.n_conformers and not stop.requested:
+    final_evaluation(config, model, state.params, workdir)
   return state
+
+
+HELD_OUT_SEED_OFFSET = 1_000_003  # evaluation conformers come from a stream training never reads
+
+
+def final_evaluation(config, model, params, workdir: str) -> dict:
+  """Scores the model on `eval.n_conformers` held-out conformers against PySCF (float64) labels.
+
+  Labels are cached in workdir/labels.npz; results go to workdir/eval.json and are printed beside
+  the MINAO baseline (H_init, no model).
+  """
+  sampler = conformers_lib.ThermalSampler(
+      molecules.get(config.molecule), config.data.temperature,
+      seed=config.seed + HELD_OUT_SEED_OFFSET, cache_dir=os.path.join(workdir, "cache"))
+  held_out = [frame.canonical_molecule(sampler(i)) for i in range(config.eval.n_conformers)]
+  labels, _ = evaluate.label_cached(os.path.join(workdir, "labels.npz"), held_out, config.basis,
+                                    config.xc, config.grid_level, config.eri)
+  problems = evaluate.build_problems(labels, config.dtype)
+  predict_h = jax.jit(lambda p: model_lib.hamiltonian(model, params, p))
+  metrics = evaluate.evaluate(predict_h, problems, labels, config.iterations, config.mixing)
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(metrics, f, indent=1)
+  print(f"held-out {config.molecule} ({metrics['n_conformers']} conformers): energy MAE of "
+        f"E[D(H_pred)] {metrics['energy_mae_uha']:.0f} µHa (MINAO baseline "
+        f"{metrics['energy_mae_uha_minao']:.0f}), SCF-cycle ratio {metrics['scf_cycle_ratio']:.2f} "
+        f"(baseline {metrics['scf_cycle_ratio_minao']:.2f}); metrics {workdir}/metrics.jsonl, "
+        f"eval {workdir}/eval.json, checkpoints {workdir}/checkpoints")
+  return metrics
 
 
 def _check_resumable(saved: dict, wanted: dict) -> None:

@@ -18,6 +18,7 @@ def small_config(workdir, steps):
   c.data.workers, c.data.prefetch = 0, 0
   c.train.steps, c.train.batch_size, c.train.warmup_steps = steps, 2, 1
   c.log_every, c.checkpoint.every = 1, 2
+  c.eval.n_conformers = 0
   return c
 
 
@@ -43,3 +44,18 @@ def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
   changed.xc = "pbe"
   with pytest.raises(qpt.InputError, match="xc='lda,vwn'"):
     train.train(changed, progress=False)
+
+
+def test_final_evaluation_writes_eval_json(tmp_path):
+  c = small_config(tmp_path, 2)
+  c.eval.n_conformers = 2
+  train.train(c, progress=False)
+  with open(tmp_path / "eval.json") as f:
+    metrics = json.load(f)
+  assert metrics["n_conformers"] == 2
+  for key in ("h_mae_uha", "h_mae_fock_uha", "h_mae_after_k_uha", "eps_occ_mae_uha",
+              "psi_cos_percent", "energy_mae_uha", "gap_mae_uha", "scf_cycle_ratio",
+              "energy_mae_uha_minao", "scf_cycle_ratio_minao"):
+    assert key in metrics
+  # Two steps of a fresh model change little: it is still close to the MINAO baseline's error.
+  assert metrics["energy_mae_uha"] < 2 * metrics["energy_mae_uha_minao"]
