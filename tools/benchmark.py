@@ -54,7 +54,7 @@ import pyscf.df
 from pyscf import dft, lib
 
 import qpt
-from qpt import xc as xc_lib
+from qpt import cli, xc as xc_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -82,13 +82,6 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}  # name → Command; each section below registers one
-
-
-class _Parser(argparse.ArgumentParser):
-  """argparse with one-line errors (sub-parsers inherit the class)."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def machine() -> dict:
@@ -275,7 +268,7 @@ COMMANDS["energy"] = Command(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = _Parser(prog="benchmark.py", description=__doc__.splitlines()[0])
+  parser = cli.OneLineParser(prog="benchmark.py", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for name, command in COMMANDS.items():
     p = sub.add_parser(name, help=command.help, description=command.help)

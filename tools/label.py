@@ -17,7 +17,6 @@ seconds. Water/def2-SVP/B3LYP5 at grid level 3 takes ~1 s per conformer on 2 cor
 Bad input: one line on stderr and exit code 2.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -25,24 +24,14 @@ import time
 import numpy as np
 
 import qpt
-from qpt import evaluate, frame
+from qpt import cli, evaluate, frame
 
 DISPLACEMENT_ANGSTROM = 0.05  # σ of the stand-in sampler, per Cartesian coordinate
 
 
-class OneLineParser(argparse.ArgumentParser):
-  """argparse, but a usage error is one line on stderr (and, as before, exit code 2)."""
-
-  def error(self, message):
-    self.exit(2, f"error: {message}\n")
-
-
 def parse_args(argv):
-  parser = OneLineParser(description=__doc__.splitlines()[0])
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--xyz", help="xyz file (Å): the atoms and the geometry to displace")
-  source.add_argument("--molecule", help=f"built-in geometry: {', '.join(qpt.molecules.names())}")
-  parser.add_argument("--charge", type=int, default=0)
+  parser = cli.OneLineParser(description=__doc__.splitlines()[0])
+  cli.add_molecule_arguments(parser, "xyz file (Å): the atoms and the geometry to displace")
   parser.add_argument("--positions", help="conformers as .npy (n, n_atoms, 3) Å; overrides --n")
   parser.add_argument("--n", type=int, default=50, help="conformers from the stand-in sampler")
   parser.add_argument("--seed", type=int, default=0)
@@ -72,8 +61,7 @@ def gaussian_conformers(molecule: qpt.Molecule, n: int, seed: int,
 
 def conformers(args) -> list[qpt.Molecule]:
   """The molecules to label, from --positions or the stand-in sampler; canonical if asked."""
-  base = (qpt.Molecule.from_xyz(args.xyz, charge=args.charge) if args.xyz
-          else qpt.molecules.get(args.molecule))
+  base = cli.molecule_from_arguments(args)
   if args.positions:
     try:
       positions = np.load(args.positions, allow_pickle=False)

@@ -9,7 +9,6 @@ converged, iterations, homo, lumo (Hartree), nao (real AOs), seconds (wall time:
 compilation included). Bad input: one line on stderr and exit code 2.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -18,21 +17,12 @@ import time
 import numpy as np
 
 import qpt
-
-
-class OneLineParser(argparse.ArgumentParser):
-  """argparse, but a usage error is one line on stderr (and, as before, exit code 2)."""
-
-  def error(self, message):
-    self.exit(2, f"error: {message}\n")
+from qpt import cli
 
 
 def parse_args(argv):
-  parser = OneLineParser(description=__doc__.splitlines()[0])
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--xyz", help="xyz file (Å)")
-  source.add_argument("--molecule", help=f"built-in geometry: {', '.join(qpt.molecules.names())}")
-  parser.add_argument("--charge", type=int, default=0)
+  parser = cli.OneLineParser(description=__doc__.splitlines()[0])
+  cli.add_molecule_arguments(parser)
   parser.add_argument("--basis", default="def2-svp")
   parser.add_argument("--xc", default="b3lyp5")
   parser.add_argument("--grid-level", type=int, default=3)
@@ -45,10 +35,7 @@ def parse_args(argv):
 
 def run(args) -> dict:
   start = time.perf_counter()
-  if args.xyz:
-    mol = qpt.Molecule.from_xyz(args.xyz, charge=args.charge)
-  else:
-    mol = qpt.molecules.get(args.molecule)
+  mol = cli.molecule_from_arguments(args)
   problem = qpt.dft.build_problem(mol, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
                                   eri=args.eri, dtype=args.dtype)
   result = qpt.dft.scf(problem, max_iterations=args.max_iterations)

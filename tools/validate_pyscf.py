@@ -38,7 +38,7 @@ import pyscf.df
 from pyscf import dft
 
 import qpt
-from qpt import xc as xc_lib
+from qpt import cli, xc as xc_lib
 
 MOLECULES = ("water", "ethanol", "malondialdehyde", "uracil")
 BASES = ("sto-3g", "6-31g", "def2-svp")
@@ -69,16 +69,9 @@ COLUMNS = (  # (header, width, row key, format)
 # ---- arguments ------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse with one-line errors: a long validation run is often scripted and grepped."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   """Command line → Namespace with every grid axis as a checked list."""
-  parser = _Parser(prog="validate_pyscf.py", description=__doc__.splitlines()[0])
+  parser = cli.OneLineParser(prog="validate_pyscf.py", description=__doc__.splitlines()[0])
   parser.add_argument("--molecules", default=",".join(MOLECULES),
                       help=f"comma list of built-in molecules (default {','.join(MOLECULES)})")
   parser.add_argument("--basis", default=",".join(BASES), help="comma list of basis sets")

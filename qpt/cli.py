@@ -1,0 +1,28 @@
+"""What QPT's command-line tools share: one-line usage errors and the molecule arguments."""
+
+import argparse
+
+from qpt import molecules
+from qpt.molecule import Molecule
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """argparse, but a usage error is one line on stderr (exit code 2, as argparse's own)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_molecule_arguments(parser: argparse.ArgumentParser, xyz_help: str = "xyz file (Å)"):
+  """--xyz FILE | --molecule NAME (required, one of them), and --charge."""
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--xyz", help=xyz_help)
+  source.add_argument("--molecule", help=f"built-in geometry: {', '.join(molecules.names())}")
+  parser.add_argument("--charge", type=int, default=0)
+
+
+def molecule_from_arguments(args: argparse.Namespace) -> Molecule:
+  """The molecule `add_molecule_arguments` asked for (InputError if it is bad)."""
+  if args.xyz:
+    return Molecule.from_xyz(args.xyz, charge=args.charge)
+  return molecules.get(args.molecule)
