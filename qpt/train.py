@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from qpt import checkpoint, conformers as conformers_lib, data, dft, evaluate, frame
-from qpt import model as model_lib
+from qpt import model as model_lib, plot
 from qpt import molecules
 from qpt.errors import InputError, TrainingError
 from qpt.problem import DFTProblem
@@ -190,6 +190,7 @@ def train(config, progress: bool = True) -> TrainState:
         break
     saver.wait()
     log.close()
+  plot.training_curves(workdir)
   if config.eval.n_conformers and not stop.requested:
     final_evaluation(config, model, state.params, workdir)
   return state
@@ -219,7 +220,8 @@ def final_evaluation(config, model, params, workdir: str) -> dict:
         f"E[D(H_pred)] {metrics['energy_mae_uha']:.0f} µHa (MINAO baseline "
         f"{metrics['energy_mae_uha_minao']:.0f}), SCF-cycle ratio {metrics['scf_cycle_ratio']:.2f} "
         f"(baseline {metrics['scf_cycle_ratio_minao']:.2f}); metrics {workdir}/metrics.jsonl, "
-        f"eval {workdir}/eval.json, checkpoints {workdir}/checkpoints")
+        f"eval {workdir}/eval.json, curves {workdir}/training_curves.png, "
+        f"checkpoints {workdir}/checkpoints")
   return metrics
 
 

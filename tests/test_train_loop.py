@@ -33,6 +33,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   train.train(small_config(tmp_path / "stopped", 4), progress=False)  # the same command again
   straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "stopped")
   assert len(straight) == len(resumed) == 4
+  assert (tmp_path / "straight" / "training_curves.png").exists()
   assert straight == resumed  # bitwise, on CPU with the same device count
   assert straight[-1] < straight[0]
   assert all(abs(e - (-74.7)) < 0.5 for e in straight)  # float64 totals, Hartree

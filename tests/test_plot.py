@@ -1,0 +1,23 @@
+"""Training curves are written as a real PNG from metrics.jsonl."""
+
+import json
+
+import pytest
+
+from qpt import plot
+
+
+def test_png_from_metrics(tmp_path):
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step in range(1, 6):
+      f.write(json.dumps(dict(step=step, loss=-76.3 - 0.001 * step, grad_norm=1.0 / step, lr=1e-4,
+                              unique_conformers_per_s=0.5)) + "\n")
+  out = plot.training_curves(str(tmp_path))
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_empty_metrics_is_a_clear_error(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(ValueError, match="no metrics"):
+    plot.training_curves(str(tmp_path))
