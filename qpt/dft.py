@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qpt.errors import InputError
 from qpt.problem import DFTProblem, build_problem, reference_energy  # noqa: F401  (public API)
 
 GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it stays ≤ 1/(2·GAP_GUARD)
@@ -242,11 +243,18 @@ def unrolled_density(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   return x @ _unrolled(problem, h, iterations, mixing)[0] @ x.T
 
 
+def mixing_schedule(iterations: int, mixing: float | Sequence[float]) -> tuple[float, ...]:
+  """`mixing` as k per-step weights: one value for every step, or a sequence of k values."""
+  m = (tuple(float(x) for x in mixing) if isinstance(mixing, Sequence)
+       else (float(mixing),) * iterations)
+  if len(m) != iterations:
+    raise InputError(f"mixing has {len(m)} values for {iterations} iterations")
+  return m
+
+
 def _unrolled(problem, h, iterations, mixing) -> tuple[jax.Array, jax.Array]:
   """(P_k, the norm-error energy of its last diagonalisation), orthonormal basis."""
-  m = tuple(mixing) if isinstance(mixing, Sequence) else (float(mixing),) * iterations
-  if len(m) != iterations:
-    raise ValueError(f"mixing has {len(m)} values for {iterations} iterations")
+  m = mixing_schedule(iterations, mixing)
   p, norm_energy = _projector(problem, _to_orthonormal(problem, h))
   for i in range(iterations):
     p_new, norm_energy = _projector(problem, _energy_and_fock(problem, p)[1])

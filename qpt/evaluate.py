@@ -218,15 +218,6 @@ def pyscf_cycles(labels: Labels, i: int, dm0: np.ndarray) -> tuple[int, bool]:
 # ---- metrics ---------------------------------------------------------------------------------
 
 
-def _mixing(iterations: int, mixing: float | Sequence[float]) -> tuple[float, ...]:
-  """`loss_energy_delta`'s mixing argument as a hashable tuple of k values."""
-  m = (tuple(float(x) for x in mixing) if isinstance(mixing, Sequence)
-       else (float(mixing),) * iterations)
-  if len(m) != iterations:
-    raise InputError(f"mixing has {len(m)} values for {iterations} iterations")
-  return m
-
-
 def _device_outputs(problem: DFTProblem, h: jax.Array, mixing: tuple[float, ...]) -> dict:
   """What the metrics need from the device: D(H), F[D(H)], ΔE[D(H)], F[D_k], ΔE[D_k].
 
@@ -311,7 +302,7 @@ def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DF
   """
   if len(problems) != len(labels):
     raise InputError(f"{len(problems)} problems for {len(labels)} labelled conformers")
-  mixing = _mixing(iterations, mixing)
+  mixing = dft.mixing_schedule(iterations, mixing)
   n, a = labels.fock.shape[-1], len(labels.atomic_numbers)
   runs = {"": [[], []], "_minao": [[], []]}  # suffix → (scores, cycles)
   for i, problem in enumerate(problems):
