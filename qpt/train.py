@@ -63,7 +63,7 @@ def conformer_loss(loss: str, iterations: int, mixing) -> Callable:
   """
   if loss not in LOSSES:
     raise InputError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
-  mixing = tuple(mixing) if isinstance(mixing, (tuple, list)) else mixing
+  mixing = dft.mixing_schedule(iterations, mixing)  # a wrong length fails here, not in jit
 
   def fn(model, params, problem: DFTProblem) -> jax.Array:
     h = model_lib.hamiltonian(model, params, problem)
