@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from pyscf import lib
 
-from qpt import integrals, problem as problem_lib, xc as xc_lib
+from qpt import evaluate, integrals, problem as problem_lib, xc as xc_lib
 from qpt.errors import InputError
 from qpt.molecule import Molecule
 from qpt.problem import DFTProblem
@@ -62,6 +62,7 @@ class Level:
   eri: str = "dense"
   dtype: str = "float32"
   xc_chunk: int = problem_lib.DEFAULT_XC_CHUNK
+  fock_labels: bool = False  # also converge PySCF (float64) for its Fock matrix: supervised runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Batch:
       (or building, inline), padding and stacking; 0 for repeats. Summed over steps and divided
       by the run time: the host-wait fraction.
     build_seconds: worker time spent on these conformers (0 for repeats).
+    fock_label: (b, n, n) Hartree, PySCF's converged Fock matrix in the problem's AO order and
+      dtype, zero-padded — only when `Level.fock_labels`, else None.
   """
 
   problem: DFTProblem
@@ -83,6 +86,7 @@ class Batch:
   repeat: int
   wait_seconds: float
   build_seconds: float
+  fock_label: np.ndarray | None = None
 
   @property
   def new_conformers(self) -> int:
@@ -94,20 +98,27 @@ class Batch:
 
 
 def build(molecule: Molecule, level: Level, transform: Callable[[Molecule], Molecule] | None = None,
-          min_shape: Shape = (0, 0, 0, 0)) -> tuple[DFTProblem, Shape, float]:
+          min_shape: Shape = (0, 0, 0, 0)) -> tuple[DFTProblem, np.ndarray | None, Shape, float]:
   """One conformer's problem, padded to at least `min_shape`.
 
   Returns:
-    (problem, its own bucketed shape, seconds spent).
+    (problem, PySCF's Fock matrix (n_real, n_real) float64 if `level.fock_labels` else None,
+     the problem's own bucketed shape, seconds spent).
   """
   start = time.perf_counter()
   if transform is not None:
     molecule = transform(molecule)
-  host = integrals.compute(molecule.to_pyscf(level.basis), level.xc, level.grid_level, level.eri)
+  mol = molecule.to_pyscf(level.basis)
+  host = integrals.compute(mol, level.xc, level.grid_level, level.eri)
   own = bucketed_shape(host, level.xc_chunk)
   problem = problem_lib.pad(host, xc_lib.functional(level.xc).name, level.dtype, level.xc_chunk,
                             _max_shape(own, min_shape))
-  return problem, own, time.perf_counter() - start
+  label = None
+  if level.fock_labels:
+    mf = evaluate.pyscf_rks(mol, level.xc, level.grid_level, level.eri)
+    mf.kernel()
+    label = mf.get_fock(dm=mf.make_rdm1())
+  return problem, label, own, time.perf_counter() - start
 
 
 def bucketed_shape(host: integrals.HostIntegrals, xc_chunk: int) -> Shape:
@@ -266,11 +277,16 @@ class ProblemStream:
     else:
       self._submit_through(position + (self.prefetch + 1) * self.batch_size)
       results = [self._pending.pop(int(i)).get() for i in indices]
-    self.pad_to = _max_shape(self.pad_to, *(own for _, own, _ in results))
-    members = [problem_lib.grow(p, self.pad_to) for p, _, _ in results]
+    self.pad_to = _max_shape(self.pad_to, *(own for _, _, own, _ in results))
+    members = [problem_lib.grow(p, self.pad_to) for p, _, _, _ in results]
     stacked = jax.tree.map(lambda *a: np.stack(a), *members)
+    labels = None
+    if self.level.fock_labels:
+      labels = np.zeros((len(results),) + stacked.overlap.shape[-2:], self.level.dtype)
+      for k, (_, f, _, _) in enumerate(results):
+        labels[k, :len(f), :len(f)] = f
     wait = time.perf_counter() - start
-    return Batch(stacked, indices, 0, wait, float(sum(t for _, _, t in results)))
+    return Batch(stacked, indices, 0, wait, float(sum(t for *_, t in results)), labels)
 
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""

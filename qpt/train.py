@@ -1,21 +1,16 @@
-"""Label-free training: the DFT energy of the predicted Hamiltonian is the loss.
+"""The train step: the DFT energy of the predicted Hamiltonian is the loss.
 
-  conformer stream ──▶ batch of DFTProblems ──▶ H_θ = H_init + W_θ ──▶ E[D_k(H_θ)] ──▶ ∇θ ──▶ AdamW
+  batch of DFTProblems ──▶ H_θ = H_init + W_θ ──▶ E[D_k(H_θ)] ──▶ ∇θ ──▶ clip ──▶ AdamW
 
 One jitted step (params, optimizer state, batch → new state, metrics) donates its state. A step
-whose loss or gradient is not finite leaves the state unchanged and is counted; after
-`train.max_bad_steps` in a row training stops with a message — a checkpoint never holds a NaN.
-Every energy written to metrics.jsonl is assembled on the host in float64 (reference + ΔE).
+whose loss or gradient is not finite leaves the state unchanged and reports it; the run
+(`experiment.py`) counts such steps and stops after `train.max_bad_steps` in a row, so a checkpoint
+never holds a NaN. Energies are reported as float64 totals assembled on the host (`batch_energies`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import signal
-import sys
-import time
 from typing import Any, Callable
 
 import haiku as hk
@@ -24,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qpt import checkpoint, conformers as conformers_lib, data, dft, evaluate, frame
-from qpt import model as model_lib, plot
-from qpt import molecules
-from qpt.errors import InputError, TrainingError
-from qpt.problem import DFTProblem
+from qpt import dft, model as model_lib
+from qpt.errors import InputError
+from qpt.problem import DFTProblem, reference_energy
 
-LOSSES = ("energy", "self_consistency")
+LOSSES = ("energy", "self_consistency", "supervised")
+LABELLED_LOSSES = ("supervised",)  # losses that need PySCF's Fock matrix for every conformer
 
 
 @jax.tree_util.register_dataclass
@@ -56,33 +50,44 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
 
 
 def conformer_loss(loss: str, iterations: int, mixing) -> Callable:
-  """(model, params, problem) → scalar loss for one conformer, in the problem's dtype.
+  """(model, params, problem, fock_label) → scalar loss for one conformer, in the problem's dtype.
 
   energy:           E[D_k(H_θ)] − E_ref (Hartree): the QPT loss (label-free).
   self_consistency: ‖H_θ − F[D(H_θ)]‖² / n_ao (Hartree²): label-free, as in Zhang et al. 2024.
+  supervised:       mean over real AO pairs of (H_θ − F_PySCF)² (Hartree²): fits labels, for
+                    comparison runs; `fock_label` (n, n) is PySCF's converged Fock matrix.
+  `fock_label` is ignored (and may be None) for the label-free losses.
   """
   if loss not in LOSSES:
     raise InputError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
   mixing = dft.mixing_schedule(iterations, mixing)  # a wrong length fails here, not in jit
 
-  def fn(model, params, problem: DFTProblem) -> jax.Array:
+  def fn(model, params, problem: DFTProblem, fock_label: jax.Array | None) -> jax.Array:
     h = model_lib.hamiltonian(model, params, problem)
     if loss == "energy":
       return dft.loss_energy_delta(problem, h, iterations, mixing)
-    residual = h - dft.fock(problem, dft.density_matrix(problem, h))
+    if loss == "supervised":
+      target = fock_label
+    else:
+      target = dft.fock(problem, dft.density_matrix(problem, h))
     mask = problem.ao_mask[:, None] * problem.ao_mask[None, :]
-    return jnp.sum((residual * mask) ** 2) / jnp.sum(problem.ao_mask)
+    squares = jnp.sum(((h - target) * mask) ** 2)
+    return squares / (jnp.sum(mask) if loss == "supervised" else jnp.sum(problem.ao_mask))
 
   return fn
 
 
 def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
                     loss_fn: Callable, schedule: optax.Schedule) -> Callable:
-  """The jitted step: (state, batch) → (state, metrics); batch is a stacked DFTProblem."""
+  """The jitted step: (state, problems, fock_labels) → (state, metrics).
 
-  def step(state: TrainState, batch: DFTProblem):
+  `problems` is a stacked DFTProblem (b leading); `fock_labels` (b, n, n) or None for the
+  label-free losses.
+  """
+
+  def step(state: TrainState, batch: DFTProblem, fock_labels: jax.Array | None = None):
     def batch_loss(params):
-      per_conformer = jax.vmap(lambda p: loss_fn(model, params, p))(batch)
+      per_conformer = jax.vmap(lambda p, f: loss_fn(model, params, p, f))(batch, fock_labels)
       return jnp.mean(per_conformer), per_conformer
 
     (loss, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
@@ -114,191 +119,5 @@ def init_state(model: hk.Transformed, tx: optax.GradientTransformation, seed: in
 
 def batch_energies(batch: DFTProblem, per_conformer: Any) -> np.ndarray:
   """Per-conformer total energies (Hartree, float64): host reference + device ΔE."""
-  from qpt.problem import reference_energy
   return np.atleast_1d(reference_energy(batch)) + np.asarray(per_conformer, np.float64)
 
-
-
-# ---- the training run --------------------------------------------------------------------------
-
-# Fields that may differ when resuming: they change neither the trajectory nor its meaning.
-RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
-                     "checkpoint.keep", "eval.every", "eval.n_conformers", "data.workers",
-                     "data.prefetch")
-
-
-def run(config, progress: bool = True) -> None:
-  """Entry point of experiments/md17.py: trains (mode=train) as `config` says."""
-  if config.mode != "train":
-    raise InputError(f"mode={config.mode!r}: this build supports mode=train only")
-  train(config, progress)
-
-
-def train(config, progress: bool = True) -> TrainState:
-  """Trains, checkpointing as it goes; re-running the same config resumes from the last checkpoint."""
-  workdir = os.path.abspath(config.workdir)
-  os.makedirs(workdir, exist_ok=True)
-  flat = _flatten(config.to_dict())
-  saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
-  resume_step = saver.latest_step()
-  stream_state = None
-  if resume_step is not None:
-    meta = saver.meta(resume_step)
-    _check_resumable(meta["config"], flat)
-    stream_state = meta["stream"]
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(dict(config=flat, versions=_versions()), f, indent=1)
-
-  model = model_lib.make_model(model_lib.model_config(config.model.size, remat=config.model.remat))
-  tx, schedule = make_optimizer(config.train)
-  loss_fn = conformer_loss(config.loss, config.iterations, config.mixing)
-  step_fn = make_train_step(model, tx, loss_fn, schedule)
-  sampler = conformers_lib.ThermalSampler(molecules.get(config.molecule), config.data.temperature,
-                                          seed=config.seed, cache_dir=os.path.join(workdir, "cache"))
-  level = data.Level(config.basis, config.xc, config.grid_level, config.eri, config.dtype)
-  stream = data.ProblemStream(sampler, config.train.batch_size, level,
-                              n_workers=config.data.workers, prefetch=config.data.prefetch,
-                              mol_repeats=config.data.mol_repeats,
-                              transform=frame.canonical_molecule, state=stream_state)
-  with stream, _StopOnSignal() as stop:
-    batch = next(stream)
-    params = None
-    if config.init_from and resume_step is None:
-      like = jax.eval_shape(model.init, jax.random.key(0), jax.tree.map(lambda a: a[0], batch.problem))
-      params = checkpoint.load_params(config.init_from, like)
-    state = init_state(model, tx, config.seed, batch.problem, params)
-    if resume_step is not None:
-      state, _ = saver.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
-    log = _Log(workdir, progress, config.train.steps)
-    bad_in_a_row = 0
-    for step in range(int(state.step), config.train.steps):
-      batch = batch or next(stream)  # the first batch was already taken to size the model
-      state, metrics = step_fn(state, batch.problem)
-      finite = bool(metrics["finite"])
-      bad_in_a_row = 0 if finite else bad_in_a_row + 1
-      done = step + 1 == config.train.steps or stop.requested
-      log.step(step + 1, batch, metrics, config.loss, finite,
-               write=(step + 1) % config.log_every == 0 or done or not finite)
-      batch = None
-      if (step + 1) % config.checkpoint.every == 0 or done or bad_in_a_row >= config.train.max_bad_steps:
-        saver.save(step + 1, state, dict(config=flat, stream=stream.state))
-      if bad_in_a_row >= config.train.max_bad_steps:
-        saver.wait()
-        raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (up to step {step + 1}); "
-                            f"the last good state is checkpointed in {saver.directory}")
-      if stop.requested:
-        break
-    saver.wait()
-    log.close()
-  plot.training_curves(workdir)
-  if config.eval.n_conformers and not stop.requested:
-    final_evaluation(config, model, state.params, workdir)
-  return state
-
-
-HELD_OUT_SEED_OFFSET = 1_000_003  # evaluation conformers come from a stream training never reads
-
-
-def final_evaluation(config, model, params, workdir: str) -> dict:
-  """Scores the model on `eval.n_conformers` held-out conformers against PySCF (float64) labels.
-
-  Labels are cached in workdir/labels.npz; results go to workdir/eval.json and are printed beside
-  the MINAO baseline (H_init, no model).
-  """
-  sampler = conformers_lib.ThermalSampler(
-      molecules.get(config.molecule), config.data.temperature,
-      seed=config.seed + HELD_OUT_SEED_OFFSET, cache_dir=os.path.join(workdir, "cache"))
-  held_out = [frame.canonical_molecule(sampler(i)) for i in range(config.eval.n_conformers)]
-  labels, _ = evaluate.label_cached(os.path.join(workdir, "labels.npz"), held_out, config.basis,
-                                    config.xc, config.grid_level, config.eri)
-  problems = evaluate.build_problems(labels, config.dtype)
-  predict_h = jax.jit(lambda p: model_lib.hamiltonian(model, params, p))
-  metrics = evaluate.evaluate(predict_h, problems, labels, config.iterations, config.mixing)
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(metrics, f, indent=1)
-  print(f"held-out {config.molecule} ({metrics['n_conformers']} conformers): energy MAE of "
-        f"E[D(H_pred)] {metrics['energy_mae_uha']:.0f} µHa (MINAO baseline "
-        f"{metrics['energy_mae_uha_minao']:.0f}), SCF-cycle ratio {metrics['scf_cycle_ratio']:.2f} "
-        f"(baseline {metrics['scf_cycle_ratio_minao']:.2f}); metrics {workdir}/metrics.jsonl, "
-        f"eval {workdir}/eval.json, curves {workdir}/training_curves.png, "
-        f"checkpoints {workdir}/checkpoints")
-  return metrics
-
-
-def _check_resumable(saved: dict, wanted: dict) -> None:
-  for key in sorted(set(saved) | set(wanted)):
-    if key in RESUMABLE_CHANGES or saved.get(key) == wanted.get(key):
-      continue
-    raise InputError(f"workdir holds a run with {key}={saved.get(key)!r}, this config has "
-                     f"{wanted.get(key)!r}: use another workdir (or init_from to fine-tune)")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-def _versions() -> dict:
-  import importlib.metadata as md
-  return {p: md.version(p) for p in ("jax", "jaxlib", "dm-haiku", "optax", "pyscf", "numpy",
-                                     "ml-collections", "orbax-checkpoint")}
-
-
-class _StopOnSignal:
-  """SIGTERM/SIGINT ask the loop to stop after the current step (and checkpoint), not mid-write."""
-
-  def __enter__(self):
-    self.requested = False
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-
-class _Log:
-  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal."""
-
-  def __init__(self, workdir: str, progress: bool, total_steps: int):
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._progress = progress and sys.stdout.isatty()
-    self._total = total_steps
-    self._start = time.perf_counter()
-    self._wait = 0.0
-    self._conformers = 0
-    self._skipped = 0
-
-  def step(self, step: int, batch, metrics: dict, loss: str, finite: bool, write: bool) -> None:
-    self._wait += batch.wait_seconds
-    self._conformers += batch.new_conformers
-    self._skipped += not finite
-    if not (write or self._progress):
-      return
-    per_conformer = np.asarray(metrics["per_conformer"], np.float64)
-    value = (float(np.mean(batch_energies(batch.problem, per_conformer))) if loss == "energy"
-             else float(np.mean(per_conformer)))
-    elapsed = time.perf_counter() - self._start
-    record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),
-                  lr=float(metrics["lr"]), finite=finite, skipped_steps=self._skipped,
-                  unique_conformers_per_s=self._conformers / elapsed,
-                  host_wait_fraction=self._wait / elapsed, seconds=elapsed)
-    if write:
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
-    if self._progress:
-      print(f"\rstep {step}/{self._total}  loss {value:.6f}  {elapsed:.0f} s", end="", flush=True)
-
-  def close(self) -> None:
-    if self._progress:
-      print()
-    self._file.close()

@@ -8,7 +8,7 @@ import pytest
 from pyscf.data.nist import BOHR
 
 import qpt
-from qpt import conformers, data, integrals, problem as problem_lib
+from qpt import conformers, data, evaluate, integrals, problem as problem_lib
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data")
 LEVEL = data.Level(basis="sto-3g", xc="pbe", grid_level=0, xc_chunk=1024)
@@ -289,6 +289,19 @@ def test_transform_is_applied_before_building(water_sampler):
   (batch,) = _take(data.ProblemStream(water_sampler, 1, LEVEL, transform=shift_by_one_bohr), 1)
   np.testing.assert_allclose(batch.problem.positions[0, :3],
                              water_sampler.positions(0) + 1.0, rtol=1e-6)
+
+
+def test_fock_labels_are_pyscf_labels_of_the_transformed_conformers(water_sampler):
+  level = data.Level(basis="sto-3g", xc="pbe", grid_level=0, xc_chunk=1024, fock_labels=True)
+  (batch,) = _take(data.ProblemStream(water_sampler, 2, level, transform=shift_by_one_bohr), 1)
+  reference = evaluate.label([shift_by_one_bohr(water_sampler(i)) for i in (0, 1)], "sto-3g",
+                             "pbe", grid_level=0)
+  assert batch.fock_label.shape == (2,) + batch.problem.overlap.shape[1:]
+  assert batch.fock_label.dtype == np.float32
+  np.testing.assert_allclose(batch.fock_label[:, :7, :7], reference.fock, atol=1e-6)
+  assert not batch.fock_label[:, 7:].any() and not batch.fock_label[:, :, 7:].any()
+  (unlabelled,) = _take(data.ProblemStream(water_sampler, 2, LEVEL), 1)
+  assert unlabelled.fock_label is None
 
 
 def test_grow_pads_exactly_like_pad(water):

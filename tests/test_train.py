@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 import qpt
-from qpt import model as model_lib, train
+from qpt import evaluate, model as model_lib, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -31,6 +31,18 @@ def water_batch():
 
 
 @functools.cache
+def water_fock_labels():
+  """PySCF's converged Fock matrices of `water_batch`'s conformers, zero-padded: (2, n, n)."""
+  mol = qpt.molecules.get("water")
+  conformers = [mol, mol.with_positions(mol.positions * 1.02)]
+  labels = evaluate.label(conformers, "sto-3g", "b3lyp5", grid_level=1)
+  n = water_batch().overlap.shape[-1]
+  out = np.zeros((2, n, n), np.float32)
+  out[:, :7, :7] = labels.fock
+  return out
+
+
+@functools.cache
 def tiny_model():
   return model_lib.make_model(model_lib.model_config("tiny", d_model=32, n_layers=1, n_heads=2))
 
@@ -44,13 +56,14 @@ def compiled_step(loss="energy", iterations=1):
   return tx, step
 
 
-@pytest.mark.parametrize("loss", ["energy", "self_consistency"])
+@pytest.mark.parametrize("loss", ["energy", "self_consistency", "supervised"])
 def test_loss_falls(loss):
   tx, step = compiled_step(loss)
   state = train.init_state(tiny_model(), tx, 0, water_batch())
+  labels = water_fock_labels() if loss in train.LABELLED_LOSSES else None
   losses = []
   for _ in range(8):
-    state, metrics = step(state, water_batch())
+    state, metrics = step(state, water_batch(), labels)
     assert bool(metrics["finite"])
     losses.append(float(np.mean(metrics["per_conformer"])))
   assert losses[-1] < losses[0]
@@ -78,7 +91,7 @@ def test_batch_energies_are_float64_totals():
   model = tiny_model()
   params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(lambda a: a[0], batch))
   deltas = [float(train.conformer_loss("energy", 0, 0.0)(model, params,
-                                                          jax.tree.map(lambda a: a[i], batch)))
+                                                          jax.tree.map(lambda a: a[i], batch), None))
             for i in range(2)]
   energies = train.batch_energies(batch, np.array(deltas, np.float32))
   assert energies.dtype == np.float64
@@ -90,6 +103,18 @@ def test_warmup_then_decay():
   _, schedule = train.make_optimizer(train_config(steps=100, warmup_steps=10))
   assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(3e-3)
   assert float(schedule(100)) == pytest.approx(3e-5)
+
+
+def test_supervised_loss_is_the_mean_squared_error_to_the_label():
+  batch, labels = water_batch(), water_fock_labels()
+  model = tiny_model()
+  first = jax.tree.map(lambda a: a[0], batch)
+  params = jax.jit(model.init)(jax.random.key(0), first)
+  loss = train.conformer_loss("supervised", 0, 0.0)(model, params, first, labels[0])
+  h = np.asarray(model_lib.hamiltonian(model, params, first), np.float64)[:7, :7]
+  expected = np.mean((h - labels[0][:7, :7]) ** 2)  # real 7×7 block only: padding is masked out
+  assert expected > 1e-6  # H_init is not the answer
+  assert float(loss) == pytest.approx(expected, rel=1e-4)
 
 
 def test_unknown_loss_is_an_input_error():
