@@ -4,7 +4,9 @@
 """
 
 from qpt import dft, molecules
+from qpt.checkpoint import load_params
 from qpt.errors import InputError
+from qpt.evaluate import predict, to_pyscf_dm0
 from qpt.molecule import Molecule
 
-__all__ = ["InputError", "Molecule", "dft", "molecules"]
+__all__ = ["InputError", "Molecule", "dft", "load_params", "molecules", "predict", "to_pyscf_dm0"]

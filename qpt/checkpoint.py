@@ -37,7 +37,11 @@ class Checkpointer:
     self._manager.save(step, args=args, force=force)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-    """(state, meta) at `step` (default: latest), into the structure/shardings of `abstract_state`."""
+    """(state, meta) at `step` (default: latest), into the structure/shardings of `abstract_state`.
+
+    With `abstract_state` None the arrays come back as saved, in plain containers (optax's named
+    tuples become lists): for inspection, not for resuming.
+    """
     step = self.latest_step() if step is None else step
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                               meta=ocp.args.JsonRestore())
@@ -56,12 +60,12 @@ class Checkpointer:
     self._manager.close()
 
 
-def load_params(path: str, like: Any) -> Any:
+def load_params(path: str, like: Any = None) -> Any:
   """Model parameters from a workdir (its latest checkpoint) or one checkpoint directory.
 
-  For fine-tuning: only `params` are read, whatever optimizer wrote them. `like` is a pytree of
-  the parameters the current config expects; a missing or differently shaped parameter is a
-  one-line InputError naming it.
+  For fine-tuning and prediction: only `params` are read, whatever optimizer wrote them. `like`
+  is a pytree of the parameters the current config expects; a missing or differently shaped
+  parameter is a one-line InputError naming it. Without `like`, they come back as saved.
   """
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, "checkpoints")):  # a workdir
@@ -77,8 +81,10 @@ def load_params(path: str, like: Any) -> Any:
     raise InputError(f"init_from={path}: no finished checkpoint there")
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   params = restored.state["params"]
+  if like is None:
+    return jax.tree.map(np.asarray, params)
   check_same_shapes(params, like, f"checkpoint {manager_dir}/{step}")
-  return jax.tree.map(lambda a, b: np.asarray(a, dtype=np.asarray(b).dtype), params, like)
+  return jax.tree.map(lambda a, b: np.asarray(a, dtype=b.dtype), params, like)  # arrays or specs
 
 
 def check_same_shapes(found: Any, expected: Any, source: str) -> None:

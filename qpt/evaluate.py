@@ -218,6 +218,7 @@ def pyscf_cycles(labels: Labels, i: int, dm0: np.ndarray) -> tuple[int, bool]:
 # ---- metrics ---------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnums=2)  # one program per padded shape and schedule
 def _device_outputs(problem: DFTProblem, h: jax.Array, mixing: tuple[float, ...]) -> dict:
   """What the metrics need from the device: D(H), F[D(H)], ΔE[D(H)], F[D_k], ΔE[D_k].
 
@@ -362,19 +363,22 @@ def _predict_device(model: hk.Transformed, params: hk.Params, problem: DFTProble
   return h, d, dft.fock(problem, d), dft.loss_energy_delta(problem, h)
 
 
-def predict(model: hk.Transformed, params: hk.Params, molecule: Molecule | gto.Mole,
-            basis: str | None = None, xc: str = "b3lyp5", grid_level: int = 3,
-            eri: str = "dense", dtype: str = "float32") -> Prediction:
+def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | None = None,
+            xc: str = "b3lyp5", grid_level: int = 3, eri: str = "dense", dtype: str = "float32",
+            *, model: hk.Transformed | None = None) -> Prediction:
   """The model's H, D(H), F[D(H)] and E[D(H)] for a molecule in any orientation.
 
   The molecule is moved to its canonical frame, predicted there, and every AO matrix is rotated
   back, M_lab = R_ao M_can R_aoᵀ (`frame.ao_matrix_to_lab`); AO matrices are translation invariant.
 
   Args:
-    model, params: the QPT (`model.make_model`) and its parameters.
+    params: the QPT's parameters (e.g. `checkpoint.load_params(workdir)`).
     molecule: a `Molecule` or a `pyscf.gto.Mole` (whose basis is used if `basis` is None).
-    basis, xc, grid_level, eri, dtype: as in `build_problem`.
+    basis, xc, grid_level, eri, dtype: as in `build_problem`; use the level the model was trained at.
+    model: the Haiku transform; default: the QPT whose shapes `params` have.
   """
+  if model is None:
+    model = model_lib.make_model(model_lib.config_from_params(params))
   if isinstance(molecule, gto.Mole):
     if molecule.cart:
       raise InputError("pyscf Mole uses Cartesian d/f functions; QPT uses spherical ones")

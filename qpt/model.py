@@ -23,6 +23,7 @@ The network runs in float32 whatever the problem's dtype; W is returned in the p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import haiku as hk
@@ -85,6 +86,18 @@ def model_config(size: str = "tiny", **overrides) -> ModelConfig:
   if config.d_model % config.n_heads:
     raise InputError(f"d_model={config.d_model} is not divisible by n_heads={config.n_heads}")
   return config
+
+
+def config_from_params(params: hk.Params, remat: bool = False) -> ModelConfig:
+  """The ModelConfig whose parameters have the shapes of `params` (e.g. loaded from a checkpoint)."""
+  try:
+    n_layers, d_model, hidden = np.shape(params["blocks/mlp_in"]["w"])
+    n_heads = np.shape(params["blocks/attention"]["bias_scales"])[-1]
+  except (KeyError, TypeError, ValueError):
+    raise InputError("these are not QPT parameters (no blocks/mlp_in or blocks/attention)") from None
+  fields = dict(d_model=int(d_model), n_layers=int(n_layers), n_heads=int(n_heads))
+  size = next((name for name, preset in SIZES.items() if preset == fields), "custom")
+  return ModelConfig(size=size, mlp_ratio=int(hidden) // int(d_model), remat=remat, **fields)
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -242,6 +255,7 @@ def _readout(config: ModelConfig, x: jax.Array, pairs: jax.Array, mask: jax.Arra
   return jnp.where(mask[:, None] * mask[None, :] > 0, w, 0.0)
 
 
+@functools.cache  # one transform per config: jitted functions keyed on it then compile once
 def make_model(config: ModelConfig) -> hk.Transformed:
   """The QPT as a Haiku transform: apply(params, problem, h_init=None) → W (n, n) Hartree.
 

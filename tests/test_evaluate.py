@@ -146,8 +146,8 @@ def test_predict_rotates_with_the_molecule():
   q = Rotation.random(random_state=1).as_matrix()
   moved = water.with_positions(water.positions @ q.T + np.array([0.3, -1.0, 2.0]))
   theory = dict(basis=BASIS, xc=XC, grid_level=GRID_LEVEL)
-  a = ev.predict(MODEL, params(), water, **theory)
-  b = ev.predict(MODEL, params(), moved.to_pyscf(BASIS), xc=XC, grid_level=GRID_LEVEL)
+  a = ev.predict(params(), water, **theory, model=MODEL)
+  b = qpt.predict(params(), moved.to_pyscf(BASIS), xc=XC, grid_level=GRID_LEVEL)  # model from shapes
   r_ao = frame.rotation_matrix_ao(integrals.orbital_labels(water.to_pyscf(BASIS)), q)
   rotate = lambda m: r_ao @ m @ r_ao.T
   assert np.abs(a.hamiltonian - np.asarray(ev.h_init(problems()[0]))[:7, :7]).max() > 0.1  # W ≠ 0
@@ -172,7 +172,7 @@ def test_predicted_density_restarts_pyscf_in_the_lab_frame():
       lambda problem, h_init: qpt.dft.fock(problem, jnp.asarray(d_star, problem.dtype)) - h_init))
   q = Rotation.random(random_state=2).as_matrix()
   moved = canonical.with_positions(canonical.positions @ q.T + 1.0)
-  prediction = ev.predict(oracle, {}, moved, BASIS, XC, GRID_LEVEL)
+  prediction = ev.predict({}, moved, BASIS, XC, GRID_LEVEL, model=oracle)
   assert prediction.energy == pytest.approx(labels().energy[0], abs=50e-6)
   dm0 = ev.to_pyscf_dm0(prediction)
   mol = moved.to_pyscf(BASIS)
