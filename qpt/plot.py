@@ -9,7 +9,8 @@ matplotlib.use("Agg")  # files only: works on headless machines and in worker pr
 import matplotlib.pyplot as plt  # noqa: E402
 
 PANELS = (("loss", "loss (Hartree for loss=energy)"), ("grad_norm", "gradient norm"),
-          ("lr", "learning rate"), ("unique_conformers_per_s", "unique conformers / s"))
+          ("lr", "learning rate"), ("unique_conformers_per_s", "unique conformers / s"),
+          ("val_energy_mae_uha", "validation: energy MAE of E[D(H)] (µHa)"))
 
 
 def training_curves(workdir: str) -> str:
@@ -19,12 +20,15 @@ def training_curves(workdir: str) -> str:
     records = [json.loads(line) for line in f if line.strip()]
   if not records:
     raise ValueError(f"{path} holds no metrics yet")
-  steps = [r["step"] for r in records]
-  figure, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-  for ax, (key, label) in zip(axes, PANELS):
-    ax.plot(steps, [r.get(key, float("nan")) for r in records])
+  panels = [(key, label) for key, label in PANELS if any(key in r for r in records)]
+  figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+  for ax, (key, label) in zip(axes[0], panels):
+    logged = [(r["step"], r[key]) for r in records if key in r]  # validation: only some steps
+    ax.plot(*zip(*logged), marker="o" if len(logged) < 30 else None)
     ax.set_xlabel("step")
     ax.set_title(label, fontsize=10)
+    if key.endswith("_uha"):
+      ax.set_yscale("log")
   figure.tight_layout()
   out = os.path.join(workdir, "training_curves.png")
   figure.savefig(out, dpi=100)

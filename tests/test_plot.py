@@ -10,8 +10,9 @@ from qpt import plot
 def test_png_from_metrics(tmp_path):
   with open(tmp_path / "metrics.jsonl", "w") as f:
     for step in range(1, 6):
+      validation = dict(val_energy_mae_uha=1e3 / step) if step % 2 == 0 else {}  # some steps
       f.write(json.dumps(dict(step=step, loss=-76.3 - 0.001 * step, grad_norm=1.0 / step, lr=1e-4,
-                              unique_conformers_per_s=0.5)) + "\n")
+                              unique_conformers_per_s=0.5, **validation)) + "\n")
   out = plot.training_curves(str(tmp_path))
   with open(out, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
