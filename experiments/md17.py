@@ -9,7 +9,7 @@ one line on stderr and exits with code 2.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_bool("quiet", False, "no progress bar")
@@ -39,15 +39,16 @@ def one_line(error: BaseException) -> str:
 def main(argv):
   del argv
   import qpt  # after flag parsing: a typo in a flag should not wait for JAX to load
-  from qpt import train
+  from qpt import experiment
   from qpt.errors import TrainingError
 
+  logging.set_verbosity(logging.WARNING)  # orbax and JAX narrate every save at INFO
   config = _CONFIG.value
   if config is None:
     print("error: --config is required", file=sys.stderr)
     sys.exit(2)
   try:
-    train.run(config, progress=not flags.FLAGS.quiet)
+    experiment.run(config, progress=not flags.FLAGS.quiet)
   except qpt.InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

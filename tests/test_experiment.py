@@ -1,0 +1,124 @@
+"""The experiment: metrics.jsonl, checkpoints, bitwise resume, fine-tuning, validation, eval mode."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import qpt
+from experiments.configs import md17
+from qpt import checkpoint, conformers, evaluate, experiment
+
+
+def small_config(workdir, steps):
+  c = md17.get_config("water")
+  c.workdir = str(workdir)
+  c.basis, c.grid_level, c.xc = "sto-3g", 1, "lda,vwn"
+  c.iterations, c.mixing = 1, (0.0,)
+  c.data.workers, c.data.prefetch = 0, 0
+  c.train.steps, c.train.batch_size, c.train.warmup_steps = steps, 2, 1
+  c.log_every, c.checkpoint.every = 1, 2
+  c.eval.every, c.eval.n_conformers = 0, 0
+  return c
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def losses(workdir):
+  return [r["loss"] for r in records(workdir)]
+
+
+def saved_state(workdir, step):
+  """The raw checkpointed training state (params, opt_state, step) at `step`."""
+  return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).restore(None, step)[0]
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+  experiment.train(small_config(tmp_path / "straight", 4), progress=False)
+  experiment.train(small_config(tmp_path / "stopped", 2), progress=False)  # "killed" after step 2
+  experiment.train(small_config(tmp_path / "stopped", 4), progress=False)  # the same command again
+  straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "stopped")
+  assert len(straight) == len(resumed) == 4
+  assert (tmp_path / "straight" / "training_curves.png").exists()
+  assert straight == resumed  # bitwise, on CPU with the same device count
+  assert straight[-1] < straight[0]
+  assert all(abs(e - (-74.7)) < 0.5 for e in straight)  # float64 totals, Hartree
+
+
+def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
+  experiment.train(small_config(tmp_path, 2), progress=False)
+  changed = small_config(tmp_path, 4)
+  changed.xc = "pbe"
+  with pytest.raises(qpt.InputError, match="xc='lda,vwn'"):
+    experiment.train(changed, progress=False)
+
+
+def test_fine_tuning_starts_from_the_parameters_with_a_fresh_optimizer(tmp_path):
+  experiment.train(small_config(tmp_path / "water", 2), progress=False)
+  tune = small_config(tmp_path / "tuned", 1)
+  tune.init_from = str(tmp_path / "water")
+  tune.train.learning_rate = 1e-5  # a new optimizer: its warm-up starts at 0, so step 1 moves nothing
+  experiment.train(tune, progress=False)
+  source, tuned = saved_state(tmp_path / "water", 2), saved_state(tmp_path / "tuned", 1)
+  for a, b in zip(jax.tree.leaves(source["params"]), jax.tree.leaves(tuned["params"])):
+    np.testing.assert_array_equal(a, b)
+  assert int(tuned["step"]) == 1 and [r["step"] for r in records(tmp_path / "tuned")] == [1]
+  adam = lambda s: next(x for x in jax.tree.leaves(s["opt_state"]) if np.ndim(x) == 0)  # its count
+  assert int(adam(source)) == 2 and int(adam(tuned)) == 1
+
+
+def test_validation_and_eval_mode_score_the_checkpointed_parameters(tmp_path):
+  c = small_config(tmp_path, 2)
+  c.eval.every, c.eval.n_validation, c.eval.n_conformers = 2, 2, 2
+  final = experiment.train(c, progress=False)
+  for key in ("h_mae_uha", "h_mae_fock_uha", "h_mae_after_k_uha", "eps_occ_mae_uha",
+              "psi_cos_percent", "energy_mae_uha", "gap_mae_uha", "scf_cycle_ratio",
+              "energy_mae_uha_minao", "scf_cycle_ratio_minao"):
+    assert key in final
+  with open(tmp_path / "eval.json") as f:
+    assert json.load(f) == final
+  # Two steps of a fresh model change little: it is still close to the MINAO baseline's error.
+  assert final["energy_mae_uha"] < 2 * final["energy_mae_uha_minao"]
+  # mode=eval on the same workdir reads the last checkpoint: the same parameters, the same scores.
+  c.mode = "eval"
+  again = experiment.run(c)
+  for key, value in final.items():
+    assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+  # The validation logged at step 2 is the final parameters' score on the validation set.
+  logged = records(tmp_path)[-1]
+  labels = evaluate.load_labels(tmp_path / "validation_labels.npz")
+  assert len(labels) == 2 and not np.allclose(labels.positions, evaluate.load_labels(
+      tmp_path / "labels.npz").positions)  # validation and test conformers differ
+  assert logged["step"] == 2 and logged["val_energy_mae_uha"] > 0
+  params = checkpoint.load_params(str(tmp_path), saved_state(tmp_path, 2)["params"])
+  model = experiment._model(c)
+  scores = evaluate.evaluate(lambda p: experiment._predictor(model)(params, p),
+                             evaluate.build_problems(labels), labels, c.iterations, c.mixing,
+                             baseline=False, scf_cycles=False)
+  assert logged["val_energy_mae_uha"] == pytest.approx(scores["energy_mae_uha"], rel=1e-6)
+
+
+def test_md17_files_give_disjoint_train_validation_and_test_frames(tmp_path):
+  water = qpt.molecules.get("water")
+  rng = np.random.default_rng(0)
+  frames = water.positions_angstrom + 0.02 * rng.standard_normal((30, 3, 3))
+  np.savez(tmp_path / "water.npz", R=frames, z=water.atomic_numbers)
+  c = small_config(tmp_path, 1)
+  c.data.md17_file = str(tmp_path / "water.npz")
+  c.data.md17_split = dict(train=20, validation=5, test=5)
+  c.eval.n_validation, c.eval.n_conformers = 5, 5
+  s = experiment.sources(c, str(tmp_path))
+  seen = {name: {tuple(np.round(getattr(s, name)(i).positions_angstrom.ravel(), 9)) for i in range(n)}
+          for name, n in (("train", 20), ("validation", 5), ("test", 5))}
+  assert [len(v) for v in seen.values()] == [20, 5, 5]
+  assert not (seen["train"] & seen["validation"] or seen["train"] & seen["test"]
+              or seen["validation"] & seen["test"])
+  c.eval.n_conformers = 6
+  with pytest.raises(qpt.InputError, match="6 test conformers"):
+    experiment.sources(c, str(tmp_path))
+  assert isinstance(s.train, conformers.FrameSampler)

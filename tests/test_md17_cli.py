@@ -1,0 +1,103 @@
+"""experiments/md17.py: bad input of any kind is one line on stderr and exit code 2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import qpt
+from qpt import checkpoint, experiment, frame
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def md17_command(*args, config="water"):
+  return [sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
+          f"--config={os.path.join(ROOT, 'experiments', 'configs', 'md17.py')}:{config}",
+          "--quiet", *args]
+
+
+def md17(*args, config="water"):
+  return subprocess.run(md17_command(*args, config=config), capture_output=True, text=True,
+                        cwd=ROOT, timeout=300)
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def assert_one_line_error(result, *words):
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  for word in words:
+    assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, config, words", [
+    (["--config.trian.steps=3"], "water", ["trian"]),
+    (["--config.train.steps=many"], "water", ["many"]),
+    ([], "waterr", ["unknown molecule", "waterr"]),
+    (["--config.mode=fit"], "water", ["mode='fit'"]),
+    (["--config.loss=mse"], "water", ["loss='mse'"]),
+])
+def test_bad_configs(args, config, words):
+  assert_one_line_error(md17(*args, config=config), *words)
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path):
+  from experiments.configs import md17 as configs
+  c = configs.get_config("water")
+  c.basis, c.grid_level = "sto-3g", 0
+  model = experiment._model(c)
+  example = qpt.dft.build_problem(frame.canonical_molecule(qpt.molecules.get("water")),
+                                  c.basis, c.xc, c.grid_level)
+  like = experiment._abstract_params(model, example)
+  # What a run with a narrower element embedding would have saved.
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
+  params["embedding/element"]["embeddings"] = np.zeros((37, 128), np.float32)
+  saver = checkpoint.Checkpointer(str(tmp_path / "other" / "checkpoints"))
+  saver.save(5, {"params": params, "step": np.int32(5)}, {})
+  saver.wait()
+  result = md17("--config.mode=eval", f"--config.workdir={tmp_path / 'eval'}",
+                f"--config.init_from={tmp_path / 'other'}", "--config.basis=sto-3g",
+                "--config.grid_level=0")
+  assert_one_line_error(result, "['embedding/element']['embeddings']", "(37, 128)", "(37, 256)")
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_trajectory(tmp_path):
+  """SIGKILL mid-run (no chance to checkpoint at exit), then the same command: the logged losses
+  are bitwise those of a run that was never interrupted, each step logged once. (A worker builds
+  the problems, as in real runs: single-threaded PySCF is what makes them bitwise reproducible.)"""
+  tiny = ["--config.basis=sto-3g", "--config.grid_level=1", "--config.xc=lda,vwn",
+          "--config.data.workers=1", "--config.data.prefetch=2", "--config.train.batch_size=2",
+          "--config.train.steps=60", "--config.train.warmup_steps=1", "--config.log_every=1",
+          "--config.checkpoint.every=4", "--config.eval.every=0", "--config.eval.n_conformers=0"]
+  straight = md17(*tiny, f"--config.workdir={tmp_path / 'straight'}")
+  assert straight.returncode == 0, straight.stderr
+  killed = tmp_path / "killed"
+  # The same sampler: conformers are bitwise functions of (Hessian, seed, index), and the RHF
+  # Hessian itself is computed with threaded BLAS (~1e-16 noise), so share the cached one.
+  shutil.copytree(tmp_path / "straight" / "cache", killed / "cache")
+  command = md17_command(*tiny, f"--config.workdir={killed}")
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 240
+  while not (killed / "checkpoints" / "8").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+  process.kill()
+  process.wait()
+  steps = lambda workdir: [r["step"] for r in records(workdir)]
+  assert 8 <= max(steps(killed)) < 60  # killed mid-run, with steps logged past the checkpoint
+  resumed = md17(*tiny, f"--config.workdir={killed}")
+  assert resumed.returncode == 0, resumed.stderr
+  assert steps(killed) == steps(tmp_path / "straight") == list(range(1, 61))
+  assert ([r["loss"] for r in records(killed)]
+          == [r["loss"] for r in records(tmp_path / "straight")])
