@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PYTHON) tools/scf.py --molecule water --basis def2-svp --xc b3lyp5 --dtype float32
+	$(PYTHON) experiments/md17.py --config experiments/configs/md17.py:water
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q tests
