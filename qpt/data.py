@@ -159,15 +159,15 @@ def _single_threaded_env():
 class ProblemStream:
   """An endless iterator of `Batch`es from a conformer source; a context manager (or `close()`).
 
-  With process_count > 1, each process keeps its own running padded shape; pass `pad_to` large
-  enough for every conformer (or agree on one across processes) when the device program needs
-  identical shapes on all processes.
+  With process_count > 1, pass `agree_shape` (or a `pad_to` large enough for every conformer):
+  the device program needs identical shapes on all processes.
   """
 
   def __init__(self, conformers: Callable[[int], Molecule], batch_size: int, level: Level = Level(),
                *, n_workers: int = 0, prefetch: int = 2, mol_repeats: int = 1,
                transform: Callable[[Molecule], Molecule] | None = None, process_index: int = 0,
                process_count: int = 1, pad_to: Shape | None = None,
+               agree_shape: Callable[[Shape], Shape] | None = None,
                state: Mapping | None = None):
     """Sets the stream up; workers start at the first `next`.
 
@@ -184,6 +184,9 @@ class ProblemStream:
         frame). Must be picklable for workers: a module-level function, not a lambda.
       process_index, process_count: this process's slice of each global batch.
       pad_to: smallest padded (n_ao, n_grid, n_aux, n_atoms) to use.
+      agree_shape: called with this process's padded shape for each new batch, returns the shape
+        to use — with several processes, the maximum over them (a host collective every process
+        reaches in step), so all feed one compiled program.
       state: a `state` saved from a stream with the same arguments, to resume from.
     """
     if batch_size < 1 or process_count < 1 or batch_size % process_count:
@@ -212,6 +215,7 @@ class ProblemStream:
     self._offset = process_index * self.local_size
     self.stream_position, self.repeat = 0, 0  # next global conformer index; uses of it so far
     self.pad_to: Shape = tuple(pad_to) if pad_to is not None else (0, 0, 0, 0)
+    self.agree_shape = agree_shape or (lambda shape: shape)
     self._current: Batch | None = None  # the batch being repeated
     self._pending: dict = {}  # global conformer index → AsyncResult
     self._pool = None
@@ -277,7 +281,7 @@ class ProblemStream:
     else:
       self._submit_through(position + (self.prefetch + 1) * self.batch_size)
       results = [self._pending.pop(int(i)).get() for i in indices]
-    self.pad_to = _max_shape(self.pad_to, *(own for _, _, own, _ in results))
+    self.pad_to = self.agree_shape(_max_shape(self.pad_to, *(own for _, _, own, _ in results)))
     members = [problem_lib.grow(p, self.pad_to) for p, _, _, _ in results]
     stacked = jax.tree.map(lambda *a: np.stack(a), *members)
     labels = None

@@ -23,7 +23,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from qpt import checkpoint, conformers, data, evaluate, frame, integrals, model as model_lib
+from qpt import backends, checkpoint, conformers, data, evaluate, frame, integrals
+from qpt import model as model_lib
 from qpt import molecules, plot, train as train_lib, xc as xc_lib
 from qpt.errors import InputError, TrainingError
 from qpt.molecule import Molecule
@@ -34,9 +35,13 @@ MODES = ("train", "eval")
 VALIDATION_SEED_OFFSET = 500_009
 HELD_OUT_SEED_OFFSET = 1_000_003
 # Fields that may differ when resuming: they change neither the trajectory nor its meaning.
+# The device layout is among them: a checkpoint restores on any mesh (the trajectory then agrees
+# to float32 rounding, bitwise only on the same devices).
 RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
                      "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation",
-                     "data.workers", "data.prefetch")
+                     "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
+                     "backend.emulate", "backend.coordinator_address", "backend.num_processes",
+                     "backend.process_id", "mesh.data", "mesh.model")
 
 
 def run(config, progress: bool = True) -> dict | None:
@@ -115,10 +120,13 @@ def labelled_set(config, source: Callable[[int], Molecule], n: int, path: str):
 def train(config, progress: bool = True) -> dict | None:
   """Trains, checkpointing as it goes; re-running the same config resumes from the last checkpoint.
 
-  Returns the final evaluation's metrics, or None if it did not run (eval.n_conformers = 0 or
-  the run was stopped by a signal).
+  Every process of a multi-process run calls this; process 0 writes metrics, plots and the
+  evaluation, orbax coordinates the checkpoints. Returns the final evaluation's metrics, or None
+  if it did not run here (eval.n_conformers = 0, a signal stopped the run, or not process 0).
   """
   check_config(config)
+  backend = backends.create(config)  # first: it must configure JAX before any device is used
+  backend.check_batch_size(config.train.batch_size)
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
   flat = _flatten(config.to_dict())
@@ -129,40 +137,52 @@ def train(config, progress: bool = True) -> dict | None:
     meta = saver.meta(resume_step)
     _check_resumable(meta["config"], flat)
     stream_state = meta["stream"]
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(dict(config=flat, versions=_versions()), f, indent=1)
+  if backend.is_primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(dict(config=flat, versions=_versions(), backend=backend.describe()), f, indent=1)
 
   model = _model(config)
   tx, schedule = train_lib.make_optimizer(config.train)
   loss_fn = train_lib.conformer_loss(config.loss, config.iterations, config.mixing)
-  step_fn = train_lib.make_train_step(model, tx, loss_fn, schedule)
+  step_fn = train_lib.make_train_step(model, tx, loss_fn, schedule, backend)
   conformer_sources = sources(config, workdir)
   level = data.Level(config.basis, config.xc, config.grid_level, config.eri, config.dtype,
                      fock_labels=config.loss in train_lib.LABELLED_LOSSES)
   stream = data.ProblemStream(conformer_sources.train, config.train.batch_size, level,
                               n_workers=config.data.workers, prefetch=config.data.prefetch,
                               mol_repeats=config.data.mol_repeats,
-                              transform=frame.canonical_molecule, state=stream_state)
+                              transform=frame.canonical_molecule,
+                              process_index=backend.process_index,
+                              process_count=backend.process_count,
+                              pad_to=tuple(config.data.pad_to) or None,
+                              agree_shape=backend.max_across_processes, state=stream_state)
   validate = None
-  if config.eval.every and config.eval.n_validation:
+  if backend.is_primary and config.eval.every and config.eval.n_validation:
     validate = _validator(config, model, conformer_sources.validation, workdir)
-  with stream, _StopOnSignal() as stop:
+  with stream, _StopOnSignal() as signals:
     batch = next(stream)
     params = None
     if config.init_from and resume_step is None:
       params = checkpoint.load_params(config.init_from, _abstract_params(model, batch.problem))
-    state = train_lib.init_state(model, tx, config.seed, batch.problem, params)
+    state = train_lib.init_state(model, tx, config.seed, batch.problem, backend, params)
     if resume_step is not None:
-      state, _ = saver.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
-    log = _Log(workdir, progress, config.train.steps, int(state.step))
-    bad_in_a_row = 0
-    for step in range(int(state.step), config.train.steps):
+      state, _ = saver.restore(backend.abstract(state))
+    log = _Log(workdir, progress and backend.is_primary, config.train.steps,
+               int(backend.to_host(state.step)), write=backend.is_primary)
+    bad_in_a_row, stop = 0, False
+    for step in range(int(backend.to_host(state.step)), config.train.steps):
       batch = batch or next(stream)  # the first batch was already taken to size the model
-      state, metrics = step_fn(state, batch.problem, batch.fock_label)
+      state, metrics = step_fn(state, backend.put_batch(batch.problem),
+                               backend.put_batch(batch.fock_label))
+      metrics = backend.to_host(metrics)
       finite = bool(metrics["finite"])
       bad_in_a_row = 0 if finite else bad_in_a_row + 1
-      done = step + 1 == config.train.steps or stop.requested
-      extra = validate(state.params) if validate and (step + 1) % config.eval.every == 0 else {}
+      # Every process must leave the loop at the same step, or the others wait in a collective.
+      stop = bool(backend.max_across_processes((int(signals.requested),))[0])
+      done = step + 1 == config.train.steps or stop
+      extra = {}
+      if validate and (step + 1) % config.eval.every == 0:
+        extra = validate(backend.to_host(state.params))
       log.step(step + 1, batch, metrics, config.loss, finite, extra,
                write=(step + 1) % config.log_every == 0 or done or not finite or bool(extra))
       batch = None
@@ -172,13 +192,16 @@ def train(config, progress: bool = True) -> dict | None:
         saver.wait()
         raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (up to step {step + 1}); "
                             f"the last good state is checkpointed in {saver.directory}")
-      if stop.requested:
+      if stop:
         break
     saver.wait()
     log.close()
+  if not backend.is_primary:
+    return None
   plot.training_curves(workdir)
-  if config.eval.n_conformers and not stop.requested:
-    return final_evaluation(config, model, state.params, conformer_sources.test, workdir)
+  if config.eval.n_conformers and not stop:
+    return final_evaluation(config, model, backend.to_host(state.params),
+                            conformer_sources.test, workdir)
   return None
 
 
@@ -304,7 +327,17 @@ class _StopOnSignal:
 class _Log:
   """metrics.jsonl (one object per log step) and a one-line progress display on a terminal."""
 
-  def __init__(self, workdir: str, progress: bool, total_steps: int, start_step: int):
+  def __init__(self, workdir: str, progress: bool, total_steps: int, start_step: int,
+               write: bool = True):
+    self._write = write
+    self._progress = progress and sys.stdout.isatty()
+    self._total = total_steps
+    self._start = time.perf_counter()
+    self._wait = 0.0
+    self._conformers = 0
+    self._skipped = 0
+    if not write:  # another process keeps the record
+      return
     path = os.path.join(workdir, "metrics.jsonl")
     # A killed run may have logged steps after its last checkpoint; the resumed run logs them
     # again, so keep only what precedes the step resumed from (replaced atomically).
@@ -316,22 +349,18 @@ class _Log:
       f.writelines(kept)
     os.replace(path + ".tmp", path)
     self._file = open(path, "a")
-    self._progress = progress and sys.stdout.isatty()
-    self._total = total_steps
-    self._start = time.perf_counter()
-    self._wait = 0.0
-    self._conformers = 0
-    self._skipped = 0
 
   def step(self, step: int, batch, metrics: dict, loss: str, finite: bool, extra: dict,
            write: bool) -> None:
+    """Records one step; `metrics` are the step's (host) metrics over the global batch."""
     self._wait += batch.wait_seconds
-    self._conformers += batch.new_conformers
+    self._conformers += len(metrics["per_conformer"]) if batch.new_conformers else 0
     self._skipped += not finite
+    write = write and self._write
     if not (write or self._progress):
       return
     per_conformer = np.asarray(metrics["per_conformer"], np.float64)
-    value = (float(np.mean(train_lib.batch_energies(batch.problem, per_conformer)))
+    value = (float(np.mean(train_lib.batch_energies(metrics["energy_ref"], per_conformer)))
              if loss == "energy" else float(np.mean(per_conformer)))
     elapsed = time.perf_counter() - self._start
     record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),
@@ -349,4 +378,5 @@ class _Log:
   def close(self) -> None:
     if self._progress:
       print()
-    self._file.close()
+    if self._write:
+      self._file.close()

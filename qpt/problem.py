@@ -91,9 +91,12 @@ class DFTProblem:
             self.positions.shape[-2])
 
 
-def reference_energy(problem: DFTProblem) -> float | np.ndarray:
-  """E_nuc + E[D0] in Hartree, float64 on the host (an array for a batch of problems)."""
-  hi_lo = np.asarray(problem.energy_ref, dtype=np.float64)
+def reference_energy(problem: DFTProblem | np.ndarray) -> float | np.ndarray:
+  """E_nuc + E[D0] in Hartree, float64 on the host (an array for a batch of problems).
+
+  `problem` may also be the `energy_ref` array itself, (..., 2) hi and lo parts.
+  """
+  hi_lo = np.asarray(getattr(problem, "energy_ref", problem), dtype=np.float64)
   total = hi_lo[..., 0] + hi_lo[..., 1]
   return float(total) if total.ndim == 0 else total
 

@@ -78,19 +78,29 @@ def conformer_loss(loss: str, iterations: int, mixing) -> Callable:
 
 
 def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
-                    loss_fn: Callable, schedule: optax.Schedule) -> Callable:
-  """The jitted step: (state, problems, fock_labels) → (state, metrics).
+                    loss_fn: Callable, schedule: optax.Schedule, backend) -> Callable:
+  """The compiled step: (state, problems, fock_labels) → (state, metrics).
 
-  `problems` is a stacked DFTProblem (b leading); `fock_labels` (b, n, n) or None for the
-  label-free losses.
+  `problems` is a stacked DFTProblem (global batch b leading, sharded by `backend.put_batch`);
+  `fock_labels` (b, n, n) or None for the label-free losses. Each device differentiates the mean
+  loss of its own conformers; the backend averages the gradients over devices. metrics:
+  per_conformer (b,) losses, energy_ref (b, 2) of the batch (for float64 totals on the host),
+  grad_norm, finite, lr — all replicated.
   """
 
-  def step(state: TrainState, batch: DFTProblem, fock_labels: jax.Array | None = None):
+  def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
       per_conformer = jax.vmap(lambda p, f: loss_fn(model, params, p, f))(batch, fock_labels)
       return jnp.mean(per_conformer), per_conformer
 
-    (loss, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+    (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
+    return grads, per_conformer
+
+  gradients = backend.data_parallel(local_gradients)
+
+  def step(state: TrainState, batch: DFTProblem, fock_labels: jax.Array | None):
+    grads, per_conformer = gradients(state.params, batch, fock_labels)
+    loss = jnp.mean(per_conformer)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite gradient must not reach the optimizer's moments: feed zeros, then keep the old
@@ -101,23 +111,24 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
                            state.step + 1)
-    metrics = dict(per_conformer=per_conformer, grad_norm=grad_norm, finite=finite,
-                   lr=schedule(state.step))
+    metrics = dict(per_conformer=per_conformer, energy_ref=batch.energy_ref, grad_norm=grad_norm,
+                   finite=finite, lr=schedule(state.step))
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  return backend.compile_step(step)
 
 
 def init_state(model: hk.Transformed, tx: optax.GradientTransformation, seed: int,
-               example: DFTProblem, params: hk.Params | None = None) -> TrainState:
-  """Fresh parameters (or the given ones, for fine-tuning) and a fresh optimizer state."""
+               example: DFTProblem, backend, params: hk.Params | None = None) -> TrainState:
+  """Fresh parameters (or the given ones, for fine-tuning) and a fresh optimizer state, replicated
+  over the backend's devices. `example` is one problem or a stacked batch (host arrays)."""
   if params is None:
-    single = jax.tree.map(lambda a: a[0], example)
-    params = jax.jit(model.init)(jax.random.key(seed), single)
-  return TrainState(params, tx.init(params), jnp.asarray(0, jnp.int32))
+    if np.ndim(example.ao_mask) == 2:
+      example = jax.tree.map(lambda a: a[0], example)
+    params = jax.jit(model.init)(jax.random.key(seed), example)
+  return backend.put_replicated(TrainState(params, tx.init(params), np.int32(0)))
 
 
-def batch_energies(batch: DFTProblem, per_conformer: Any) -> np.ndarray:
-  """Per-conformer total energies (Hartree, float64): host reference + device ΔE."""
-  return np.atleast_1d(reference_energy(batch)) + np.asarray(per_conformer, np.float64)
-
+def batch_energies(energy_ref: np.ndarray, per_conformer: Any) -> np.ndarray:
+  """Per-conformer total energies (Hartree, float64): E_ref (b, 2) as hi + lo, plus device ΔE."""
+  return np.atleast_1d(reference_energy(energy_ref)) + np.asarray(per_conformer, np.float64)

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import jax
@@ -13,19 +12,11 @@ import pytest
 
 import qpt
 from qpt import checkpoint, experiment, frame
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def md17_command(*args, config="water"):
-  return [sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
-          f"--config={os.path.join(ROOT, 'experiments', 'configs', 'md17.py')}:{config}",
-          "--quiet", *args]
-
+from tests.processes import ENV, ROOT, md17_command
 
 def md17(*args, config="water"):
   return subprocess.run(md17_command(*args, config=config), capture_output=True, text=True,
-                        cwd=ROOT, timeout=300)
+                        cwd=ROOT, env=ENV, timeout=300)
 
 
 def records(workdir):
@@ -87,7 +78,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_trajectory(tmp_path):
   # Hessian itself is computed with threaded BLAS (~1e-16 noise), so share the cached one.
   shutil.copytree(tmp_path / "straight" / "cache", killed / "cache")
   command = md17_command(*tiny, f"--config.workdir={killed}")
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+  process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 240
   while not (killed / "checkpoints" / "8").exists() and time.monotonic() < deadline:

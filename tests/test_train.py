@@ -8,7 +8,8 @@ import ml_collections
 import pytest
 
 import qpt
-from qpt import evaluate, model as model_lib, train
+from experiments.configs import md17
+from qpt import backends, evaluate, model as model_lib, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -48,18 +49,24 @@ def tiny_model():
 
 
 @functools.cache
+def backend():
+  """This process's devices (one CPU) as the default config's backend."""
+  return backends.create(md17.get_config("water"))
+
+
+@functools.cache
 def compiled_step(loss="energy", iterations=1):
   """One compiled train step per loss, shared by the tests (compiling dominates their time)."""
   tx, schedule = train.make_optimizer(train_config())
   step = train.make_train_step(tiny_model(), tx, train.conformer_loss(loss, iterations, 0.0),
-                               schedule)
+                               schedule, backend())
   return tx, step
 
 
 @pytest.mark.parametrize("loss", ["energy", "self_consistency", "supervised"])
 def test_loss_falls(loss):
   tx, step = compiled_step(loss)
-  state = train.init_state(tiny_model(), tx, 0, water_batch())
+  state = train.init_state(tiny_model(), tx, 0, water_batch(), backend())
   labels = water_fock_labels() if loss in train.LABELLED_LOSSES else None
   losses = []
   for _ in range(8):
@@ -72,13 +79,13 @@ def test_loss_falls(loss):
 
 def test_non_finite_step_leaves_state_unchanged():
   tx, step = compiled_step()
-  state = train.init_state(tiny_model(), tx, 0, water_batch())
-  state, _ = step(state, water_batch())
+  state = train.init_state(tiny_model(), tx, 0, water_batch(), backend())
+  state, _ = step(state, water_batch(), None)
   before = jax.tree.map(np.array, (state.params, state.opt_state))
   poisoned = water_batch()
   poisoned = poisoned.__class__(**{**{f: getattr(poisoned, f) for f in poisoned.__dataclass_fields__},
                                    "fock_ref_nonxc_orth": poisoned.fock_ref_nonxc_orth * np.nan})
-  state, metrics = step(state, poisoned)
+  state, metrics = step(state, poisoned, None)
   assert not bool(metrics["finite"])
   after = jax.tree.map(np.array, (state.params, state.opt_state))
   assert all(np.array_equal(a, b, equal_nan=True)
@@ -93,7 +100,7 @@ def test_batch_energies_are_float64_totals():
   deltas = [float(train.conformer_loss("energy", 0, 0.0)(model, params,
                                                           jax.tree.map(lambda a: a[i], batch), None))
             for i in range(2)]
-  energies = train.batch_energies(batch, np.array(deltas, np.float32))
+  energies = train.batch_energies(batch.energy_ref, np.array(deltas, np.float32))
   assert energies.dtype == np.float64
   # At init H ≈ H_init: the energy is close to E[D(H_init)], within the first SCF step's reach.
   assert np.all(np.abs(energies - (-75.3)) < 0.2)

@@ -60,6 +60,21 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.data.md17_file = ""
   c.data.md17_split = ml_collections.ConfigDict(dict(train=1000, validation=50, test=1000))
   c.data.split_seed = 0
+  c.data.pad_to = ()  # (n_ao, n_grid, n_aux, n_atoms) at least; () = size buckets as they come
+
+  # ---- devices (qpt/backends): change these, never code, to move between machines ----
+  c.backend = ml_collections.ConfigDict()
+  c.backend.name = "auto"  # auto (what JAX sees) | cpu | gpu | tpu | ipu
+  c.backend.cpu_devices = 0  # N fake CPU devices (tests of sharding on one machine); 0 = JAX's
+  c.backend.emulate = False  # ipu without the IPU plugin: run the IPU policy on the CPU
+  # Multi-process runs; empty/0/-1 = from QPT_* variables (tools/launch_local.py), SLURM, MPI or
+  # the TPU pod runtime.
+  c.backend.coordinator_address = ""  # host:port of process 0
+  c.backend.num_processes = 0
+  c.backend.process_id = -1
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices the batch is split over; -1 = all (÷ mesh.model)
+  c.mesh.model = 1  # devices parameters would be sharded over (FSDP); 1 = replicated
 
   # ---- the model ----
   c.model = ml_collections.ConfigDict()

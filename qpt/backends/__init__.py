@@ -1,0 +1,89 @@
+"""Backends: the only part of QPT that knows about devices, meshes, shardings and precision.
+
+  backends.create(config) ──▶ Backend: mesh (data × model), precision policy, put_batch,
+                              data_parallel (shard_map over `data`), compile_step (jit)
+
+`config.backend.name` picks the kind — cpu, gpu, tpu, ipu, or auto (what JAX sees). Creating a
+backend also does what must happen before JAX touches a device: fake CPU devices
+(`backend.cpu_devices`) and, for multi-process runs, `jax.distributed.initialize` — from
+`backend.coordinator_address` / `num_processes` / `process_id`, from the QPT_COORDINATOR_ADDRESS,
+QPT_NUM_PROCESSES, QPT_PROCESS_ID environment (set by tools/launch_local.py), or, under SLURM,
+Open MPI or on a TPU pod, from the environment JAX detects itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from qpt.backends import cpu, gpu, ipu, tpu
+from qpt.backends.base import DATA, MODEL, Backend, Policy  # noqa: F401  (public API)
+from qpt.errors import InputError
+
+KINDS = {"cpu": cpu, "gpu": gpu, "tpu": tpu, "ipu": ipu}
+NAMES = ("auto", *KINDS)
+
+
+def create(config) -> Backend:
+  """The backend `config` asks for (config.backend, config.mesh, config.dtype), set up.
+
+  Call it before anything else touches JAX devices in this process.
+  """
+  b = config.backend
+  if b.name not in NAMES:
+    raise InputError(f"backend.name={b.name!r}: choose one of {', '.join(NAMES)}")
+  if b.cpu_devices:
+    _set_cpu_devices(int(b.cpu_devices))
+  _initialize_distributed(b)
+  name = jax.default_backend() if b.name == "auto" else b.name
+  if name not in KINDS:
+    raise InputError(f"JAX runs on {name!r}, which has no QPT backend; set backend.name")
+  kind = KINDS[name]
+  backend = Backend(kind.POLICY, kind.devices(b), config.mesh.data, config.mesh.model)
+  backend.check_dtype(config.dtype)
+  if kind.POLICY.matmul_precision:
+    jax.config.update("jax_default_matmul_precision", kind.POLICY.matmul_precision)
+  # float64 device arrays need x64; a float32-only policy switches it off so nothing can sneak in.
+  if config.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  elif not kind.POLICY.float64:
+    jax.config.update("jax_enable_x64", False)
+  return backend
+
+
+def _set_cpu_devices(n: int) -> None:
+  if n < 1:
+    raise InputError(f"backend.cpu_devices={n}: must be at least 1 (or 0 for JAX's default)")
+  if jax.config.jax_num_cpu_devices == n:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:
+    raise InputError(f"backend.cpu_devices={n} must be set before JAX starts: this process "
+                     f"already has {len(jax.devices('cpu'))} CPU devices") from None
+
+
+def _initialize_distributed(b) -> None:
+  """Joins the multi-process run this process belongs to, if any (once per process)."""
+  if jax.distributed.is_initialized():
+    return
+  address = b.coordinator_address or os.environ.get("QPT_COORDINATOR_ADDRESS", "")
+  if address:
+    try:
+      count = int(b.num_processes or os.environ["QPT_NUM_PROCESSES"])
+      index = int(b.process_id if b.process_id >= 0 else os.environ["QPT_PROCESS_ID"])
+    except (KeyError, ValueError):
+      raise InputError(f"coordinator {address}: also set backend.num_processes and "
+                       "backend.process_id (or QPT_NUM_PROCESSES and QPT_PROCESS_ID)") from None
+    # CPU processes exchange gradients through gloo (the CPU client has no collectives otherwise).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(address, num_processes=count, process_id=index)
+  elif _cluster_environment():
+    jax.distributed.initialize()  # SLURM, Open MPI or a TPU pod: JAX reads its environment
+
+
+def _cluster_environment() -> bool:
+  several = lambda name: int(os.environ.get(name, "1") or 1) > 1
+  return (several("SLURM_NTASKS") or several("OMPI_COMM_WORLD_SIZE")
+          or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))

@@ -1,0 +1,98 @@
+"""One code path on 1 device, 4 fake devices and 2 processes × 2 devices; checkpoints move between
+them. Each run is a fresh process: the device count is fixed when JAX starts."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.processes import ENV, ROOT, launch_command, md17_command
+
+STEPS = 12
+TOLERANCE = 1e-5  # Hartree, on the logged float64 batch-mean energy
+
+
+def tiny_run(workdir, *args):
+  """md17.py arguments: water/STO-3G/LDA on a coarse grid, global batch 4, 12 steps."""
+  return ["--config.basis=sto-3g", "--config.grid_level=1", "--config.xc=lda,vwn",
+          "--config.data.workers=1", "--config.train.batch_size=4", "--config.train.warmup_steps=1",
+          f"--config.train.steps={STEPS}", "--config.log_every=1", "--config.checkpoint.every=2",
+          "--config.checkpoint.keep=10", "--config.eval.every=0", "--config.eval.n_conformers=0",
+          f"--config.workdir={workdir}", *args]
+
+
+def run(command):
+  result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+  return [r["loss"] for r in records]
+
+
+def assert_same_trajectory(a, b):
+  assert len(a) == len(b) == STEPS
+  assert max(abs(x - y) for x, y in zip(a, b)) <= TOLERANCE, [x - y for x, y in zip(a, b)]
+
+
+def stopped_at(workdir, step, into):
+  """A copy of a finished run's workdir as if it had stopped right after checkpoint `step`."""
+  shutil.copytree(workdir, into)
+  for name in os.listdir(into / "checkpoints"):
+    if name.isdigit() and int(name) > step:
+      shutil.rmtree(into / "checkpoints" / name)
+  return into
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The same 12 steps on 1 device, on 4 fake devices, and on 2 processes × 2 devices."""
+  root = tmp_path_factory.mktemp("runs")
+  run(md17_command(*tiny_run(root / "one")))
+  shutil.copytree(root / "one" / "cache", root / "cache")  # one Hessian: one conformer stream
+  for name in ("four", "two_by_two"):
+    shutil.copytree(root / "cache", root / name / "cache")
+  run(md17_command(*tiny_run(root / "four", "--config.backend.cpu_devices=4")))
+  run(launch_command(2, *md17_command(*tiny_run(root / "two_by_two",
+                                                "--config.backend.cpu_devices=2"))))
+  return root
+
+
+def test_one_and_four_devices_log_the_same_losses(runs):
+  assert_same_trajectory(losses(runs / "one"), losses(runs / "four"))
+  with open(runs / "four" / "config.json") as f:
+    assert json.load(f)["backend"].startswith("cpu: 4 devices (data 4")
+
+
+def test_two_processes_match_one_process_on_four_devices(runs):
+  assert_same_trajectory(losses(runs / "four"), losses(runs / "two_by_two"))
+
+
+@pytest.mark.parametrize("written_on, restored_with", [("four", "1"), ("one", "4")])
+def test_a_checkpoint_restores_on_another_device_count(runs, tmp_path, written_on, restored_with):
+  workdir = stopped_at(runs / written_on, 6, tmp_path / "resumed")
+  run(md17_command(*tiny_run(workdir, f"--config.backend.cpu_devices={restored_with}")))
+  assert_same_trajectory(losses(runs / written_on), losses(workdir))
+
+
+def test_two_processes_killed_mid_run_resume_together(runs, tmp_path):
+  workdir = tmp_path / "killed"
+  shutil.copytree(runs / "cache", workdir / "cache")
+  command = launch_command(2, *md17_command(*tiny_run(workdir, "--config.backend.cpu_devices=2")))
+  launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.monotonic() + 300
+  while not (workdir / "checkpoints" / "4").exists() and time.monotonic() < deadline:
+    time.sleep(0.02)
+  os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, without warning
+  launcher.wait()
+  assert len(losses(workdir)) < STEPS  # it really was killed mid-run
+  run(command)
+  assert_same_trajectory(losses(runs / "two_by_two"), losses(workdir))

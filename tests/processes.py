@@ -1,0 +1,25 @@
+"""Running QPT's command lines in fresh processes from tests (device counts are fixed per process).
+
+Children share the tests' persistent compilation cache, so a program one of them compiled is
+loaded, not recompiled, by the next.
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+
+
+def md17_command(*args, config="water"):
+  """experiments/md17.py with --quiet and `args`, as a subprocess argument list."""
+  return [sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
+          f"--config={os.path.join(ROOT, 'experiments', 'configs', 'md17.py')}:{config}",
+          "--quiet", *args]
+
+
+def launch_command(processes, *command):
+  """tools/launch_local.py: `command` as `processes` local processes of one JAX run."""
+  return [sys.executable, os.path.join(ROOT, "tools", "launch_local.py"),
+          f"--processes={processes}", "--", *command]
