@@ -11,6 +11,7 @@ the workdir's (or `init_from`'s) latest parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -182,7 +183,8 @@ def train(config, progress: bool = True) -> dict | None:
       done = step + 1 == config.train.steps or stop
       extra = {}
       if validate and (step + 1) % config.eval.every == 0:
-        extra = validate(backend.to_host(state.params))
+        with log.paused():  # validation is the observer's cost, not training's
+          extra = validate(backend.to_host(state.params))
       log.step(step + 1, batch, metrics, config.loss, finite, extra,
                write=(step + 1) % config.log_every == 0 or done or not finite or bool(extra))
       batch = None
@@ -325,7 +327,11 @@ class _StopOnSignal:
 
 
 class _Log:
-  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal."""
+  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal.
+
+  `seconds` is training's wall time since this process started its loop, validation excluded;
+  the rates (unique conformers/s, host-wait fraction) are over that time.
+  """
 
   def __init__(self, workdir: str, progress: bool, total_steps: int, start_step: int,
                write: bool = True):
@@ -334,6 +340,7 @@ class _Log:
     self._total = total_steps
     self._start = time.perf_counter()
     self._wait = 0.0
+    self._paused = 0.0
     self._conformers = 0
     self._skipped = 0
     if not write:  # another process keeps the record
@@ -362,7 +369,7 @@ class _Log:
     per_conformer = np.asarray(metrics["per_conformer"], np.float64)
     value = (float(np.mean(train_lib.batch_energies(metrics["energy_ref"], per_conformer)))
              if loss == "energy" else float(np.mean(per_conformer)))
-    elapsed = time.perf_counter() - self._start
+    elapsed = time.perf_counter() - self._start - self._paused
     record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),
                   lr=float(metrics["lr"]), finite=finite, skipped_steps=self._skipped,
                   unique_conformers_per_s=self._conformers / elapsed,
@@ -374,6 +381,15 @@ class _Log:
       shown = f"  val energy MAE {extra['val_energy_mae_uha']:.0f} µHa" if extra else ""
       print(f"\rstep {step}/{self._total}  loss {value:.6f}  {elapsed:.0f} s{shown}   ",
             end="", flush=True)
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside does not count as training time."""
+    started = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - started
 
   def close(self) -> None:
     if self._progress:
