@@ -10,7 +10,6 @@ compilation included). Bad input: one line on stderr and exit code 2.
 """
 
 import json
-import os
 import sys
 import time
 

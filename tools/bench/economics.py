@@ -1,0 +1,113 @@
+"""economics: the paper's claim at laptop scale — wall time to held-out targets, label-free vs
+labels + supervised training of the same model."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+
+import qpt
+from tools.bench.common import RESULTS_DIR, Command, comma_list, machine
+
+TARGETS = (("energy_mae_uha", 300.0), ("energy_mae_uha", 100.0), ("eps_occ_mae_uha", 1000.0))
+ROUTES = ("qpt", "self_consistency", "supervised")  # route → loss: qpt is the energy loss
+LEARNING_CURVES_PNG = os.path.join(RESULTS_DIR, "economics.png")
+
+
+def economics_arguments(parser: argparse.ArgumentParser):
+  parser.add_argument("--molecules", default="water", help="comma list of built-in molecules")
+  parser.add_argument("--routes", default=",".join(ROUTES), help="comma list of routes")
+  parser.add_argument("--steps", type=int, default=1000, help="training steps per route")
+  parser.add_argument("--eval-every", type=int, default=50, help="steps between evaluations")
+  parser.add_argument("--held-out", type=int, default=50, help="held-out conformers (fixed set)")
+  parser.add_argument("--supervised-repeats", type=int, default=1,
+                      help="steps each labelled batch is used for in the supervised route")
+  parser.add_argument("--workdir", default="", help="keep the runs here (default: temporary)")
+
+
+def economics_run(args: argparse.Namespace) -> list[dict]:
+  """Each route trains the same model on the same stream, scored on the same held-out set every
+  --eval-every steps; a target's time is the training wall time (validation excluded) at the
+  first evaluation that meets it. The supervised route's PySCF labels are computed by the
+  stream's workers as it trains, so their cost is inside its wall time; n_labels counts them."""
+  import tempfile
+
+  from experiments.configs import md17
+  from qpt import experiment
+
+  routes = comma_list(args.routes)
+  if any(r not in ROUTES for r in routes):
+    raise qpt.InputError(f"--routes {args.routes}: choose from {', '.join(ROUTES)}")
+  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  rows, curves = [], {}
+  with tempfile.TemporaryDirectory() as scratch:
+    root = args.workdir or scratch
+    for name in comma_list(args.molecules):
+      for route in routes:
+        c = md17.get_config(name)
+        c.workdir = os.path.join(root, f"{name}_{route}")
+        c.loss = "energy" if route == "qpt" else route
+        c.train.steps, c.eval.every, c.eval.n_validation = args.steps, args.eval_every, args.held_out
+        c.eval.n_conformers = 0
+        if route == "supervised":
+          c.data.mol_repeats = args.supervised_repeats
+        experiment.train(c, progress=False)
+        with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
+          scored = [r for r in map(json.loads, f) if "val_energy_mae_uha" in r]
+        curves[(name, route)] = scored
+        for key, bound in TARGETS:
+          hit = next((r for r in scored if r["val_" + key] <= bound), None)
+          rows.append(dict(
+              molecule=name, route=route, target=f"{key}<={bound:g}", reached=hit is not None,
+              seconds=hit["seconds"] if hit else None, step=hit["step"] if hit else None,
+              n_labels=(round(hit["unique_conformers_per_s"] * hit["seconds"])
+                        if hit and route == "supervised" else 0),
+              best=min(r["val_" + key] for r in scored), machine=machine(), date=date))
+        print(f"# {name} {route}: best energy MAE {rows[-3]['best']:.0f} µHa",
+              file=sys.stderr, flush=True)
+  for row in rows:  # time against the label-free QPT route to the same target
+    qpt_row = next((r for r in rows if r["molecule"] == row["molecule"] and r["route"] == "qpt"
+                    and r["target"] == row["target"]), None)
+    both = qpt_row and qpt_row["reached"] and row["reached"]
+    row["ratio"] = row["seconds"] / qpt_row["seconds"] if both else None
+  plot_learning_curves(curves)
+  return rows
+
+
+def plot_learning_curves(curves: dict) -> None:
+  """Held-out energy and ε MAE against training wall time, one line per route."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for (name, route), scored in curves.items():
+    for ax, key in zip(axes, ("val_energy_mae_uha", "val_eps_occ_mae_uha")):
+      ax.plot([r["seconds"] for r in scored], [r[key] for r in scored], marker="o", ms=3,
+              label=f"{name}: {route}")
+  for ax, (title, bounds) in zip(axes, (("energy MAE of E[D(H)] (µHa)", (300, 100)),
+                                        ("occupied ε MAE of F[D(H)] (µHa)", (1000,)))):
+    for bound in bounds:
+      ax.axhline(bound, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="training wall time (s), labels included", yscale="log", title=title)
+    ax.legend(fontsize=8)
+  figure.tight_layout()
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  figure.savefig(LEARNING_CURVES_PNG, dpi=100)
+  plt.close(figure)
+
+
+COMMAND = Command(
+    help="wall time to held-out targets: label-free QPT vs labels + supervised (same model)",
+    add_arguments=economics_arguments,
+    run=economics_run,
+    columns=(("molecule", "molecule", "s"), ("route", "route", "s"), ("target", "target", "s"),
+             ("reached", "reached", ""), ("seconds", "seconds", ".0f"), ("step", "step", ""),
+             ("n_labels", "n_labels", "d"), ("best", "best", ".0f"), ("ratio", "ratio", ".2f")),
+)
+
+

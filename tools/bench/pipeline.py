@@ -1,0 +1,142 @@
+"""throughput and inference: the training pipeline against PySCF labelling, and a trained
+model's predictions against full PySCF SCFs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+
+import qpt
+from tools.bench.common import Command, comma_list, machine, timed
+
+
+def throughput_arguments(parser: argparse.ArgumentParser):
+  parser.add_argument("--molecule", default="ethanol", help="built-in molecule")
+  parser.add_argument("--basis", default="def2-svp")
+  parser.add_argument("--workers", default="2", help="comma list of host worker counts")
+  parser.add_argument("--mol-repeats", default="1,4", help="comma list of steps per problem")
+  parser.add_argument("--batch", type=int, default=2, help="global batch")
+  parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
+  parser.add_argument("--labels", type=int, default=4, help="conformers PySCF labels")
+
+
+def throughput_run(args: argparse.Namespace) -> list[dict]:
+  """`experiment.train` as md17.py runs it (thermal stream, workers, device step), timed from its
+  metrics after a warm-up, against full PySCF SCFs (minao start) of the same stream's conformers."""
+  import tempfile
+
+  from experiments.configs import md17
+  from qpt import conformers, evaluate, experiment, frame
+
+  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  config = md17.get_config(args.molecule)
+  config.basis = args.basis
+  sampler = conformers.ThermalSampler(qpt.molecules.get(args.molecule), config.data.temperature)
+  molecules = [frame.canonical_molecule(sampler(i)) for i in range(args.labels)]
+  _, label_seconds = timed(lambda: evaluate.label(molecules, config.basis, config.xc,
+                                                  config.grid_level, config.eri))
+  pyscf_rate = args.labels / label_seconds
+  rows = []
+  for workers in (int(w) for w in comma_list(args.workers)):
+    for repeats in (int(r) for r in comma_list(args.mol_repeats)):
+      with tempfile.TemporaryDirectory() as workdir:
+        c = md17.get_config(args.molecule)
+        c.workdir, c.basis, c.data.workers, c.data.mol_repeats = workdir, args.basis, workers, repeats
+        c.train.batch_size, c.train.steps, c.log_every = args.batch, args.steps, 1
+        c.eval.every, c.eval.n_conformers, c.checkpoint.every = 0, 0, args.steps
+        experiment.train(c, progress=False)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+          records = [json.loads(line) for line in f]
+      first, last = records[len(records) // 4], records[-1]  # past compilation and pool start
+      seen = lambda r: r["unique_conformers_per_s"] * r["seconds"]
+      waited = lambda r: r["host_wait_fraction"] * r["seconds"]
+      span = last["seconds"] - first["seconds"]
+      rate = (seen(last) - seen(first)) / span
+      rows.append(dict(molecule=args.molecule, basis=args.basis, workers=workers,
+                       mol_repeats=repeats, batch=args.batch,
+                       step_seconds=span / (last["step"] - first["step"]),
+                       unique_conformers_per_s=rate,
+                       host_wait_fraction=(waited(last) - waited(first)) / span,
+                       pyscf_labels_per_s=pyscf_rate, ratio=rate / pyscf_rate,
+                       machine=machine(), date=date))
+      print(f"# workers {workers}, mol_repeats {repeats}: {rate:.3f} conformers/s",
+            file=sys.stderr, flush=True)
+  return rows
+
+
+THROUGHPUT = Command(
+    help="training's unique conformers/s (workers + device) vs PySCF labels/s",
+    add_arguments=throughput_arguments,
+    run=throughput_run,
+    columns=(("molecule", "molecule", "s"), ("basis", "basis", "s"), ("workers", "workers", "d"),
+             ("repeats", "mol_repeats", "d"), ("step s", "step_seconds", ".2f"),
+             ("conformers/s", "unique_conformers_per_s", ".3f"),
+             ("host wait", "host_wait_fraction", ".2f"),
+             ("pyscf labels/s", "pyscf_labels_per_s", ".3f"), ("ratio", "ratio", ".2f")),
+)
+
+
+# ---- inference: qpt.predict vs a full PySCF SCF, and SCF cycles from the prediction ----------------
+
+
+def inference_arguments(parser: argparse.ArgumentParser):
+  parser.add_argument("--workdir", required=True, help="a trained run (its config.json and checkpoint)")
+  parser.add_argument("--n", type=int, default=10, help="held-out conformers")
+
+
+def inference_run(args: argparse.Namespace) -> list[dict]:
+  """Per held-out conformer of the run's test stream, in the lab frame: qpt.predict (host problem
+  build + device) vs PySCF's SCF from minao, and PySCF's cycles and time from the prediction."""
+  from qpt import conformers, evaluate, experiment
+
+  try:
+    with open(os.path.join(args.workdir, "config.json")) as f:
+      config = json.load(f)["config"]
+  except (OSError, KeyError, ValueError):
+    raise qpt.InputError(f"{args.workdir}: no config.json of a training run") from None
+  params = qpt.load_params(args.workdir)
+  theory = dict(basis=config["basis"], xc=config["xc"], grid_level=config["grid_level"],
+                eri=config["eri"])
+  sampler = conformers.ThermalSampler(
+      qpt.molecules.get(config["molecule"]), config["data.temperature"],
+      seed=config["seed"] + experiment.HELD_OUT_SEED_OFFSET,
+      cache_dir=os.path.join(args.workdir, "cache"))
+  qpt.predict(params, sampler(0), **theory)  # compile once; not an inference cost
+  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  rows = []
+  for i in range(args.n):
+    molecule = sampler(i)
+    prediction, predict_seconds = timed(lambda: qpt.predict(params, molecule, **theory))
+    mol = molecule.to_pyscf(theory["basis"])
+    pyscf_args = (theory["xc"], theory["grid_level"], theory["eri"])
+    minao = evaluate.pyscf_rks(mol, *pyscf_args)
+    restart = evaluate.pyscf_rks(mol, *pyscf_args)
+    _, scf_seconds = timed(minao.kernel)
+    _, restart_seconds = timed(lambda: restart.kernel(dm0=qpt.to_pyscf_dm0(prediction)))
+    rows.append(dict(molecule=config["molecule"], conformer=i, basis=theory["basis"],
+                     predict_seconds=predict_seconds, pyscf_scf_seconds=scf_seconds,
+                     ratio=predict_seconds / scf_seconds, cycles_minao=minao.cycles,
+                     cycles_from_prediction=restart.cycles,
+                     cycle_ratio=restart.cycles / minao.cycles,
+                     scf_seconds_from_prediction=restart_seconds,
+                     energy_error_uha=(prediction.energy - minao.e_tot) * 1e6,
+                     machine=machine(), date=date))
+  return rows
+
+
+INFERENCE = Command(
+    help="qpt.predict vs a full PySCF SCF; SCF cycles from the predicted density vs minao",
+    add_arguments=inference_arguments,
+    run=inference_run,
+    columns=(("molecule", "molecule", "s"), ("i", "conformer", "d"), ("basis", "basis", "s"),
+             ("predict s", "predict_seconds", ".3f"), ("pyscf scf s", "pyscf_scf_seconds", ".3f"),
+             ("ratio", "ratio", ".2f"), ("cycles minao", "cycles_minao", "d"),
+             ("cycles from qpt", "cycles_from_prediction", "d"), ("cycle ratio", "cycle_ratio", ".2f"),
+             ("ΔE µHa", "energy_error_uha", ".1f")),
+)
+
+
