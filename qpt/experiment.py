@@ -286,8 +286,13 @@ def evaluate_checkpoint(config) -> dict:
 
 
 def _check_resumable(saved: dict, wanted: dict) -> None:
+  """One-line InputError naming the first field that differs from the checkpointed run's.
+
+  A field the saved run did not have (added to QPT since) is accepted: new fields default to
+  the behaviour from before they existed.
+  """
   for key in sorted(set(saved) | set(wanted)):
-    if key in RESUMABLE_CHANGES or saved.get(key) == wanted.get(key):
+    if key in RESUMABLE_CHANGES or key not in saved or saved[key] == wanted.get(key):
       continue
     raise InputError(f"workdir holds a run with {key}={saved.get(key)!r}, this config has "
                      f"{wanted.get(key)!r}: use another workdir (or init_from to fine-tune)")

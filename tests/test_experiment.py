@@ -122,3 +122,10 @@ def test_md17_files_give_disjoint_train_validation_and_test_frames(tmp_path):
   with pytest.raises(qpt.InputError, match="6 test conformers"):
     experiment.sources(c, str(tmp_path))
   assert isinstance(s.train, conformers.FrameSampler)
+
+
+def test_fields_added_since_a_checkpoint_do_not_block_its_resumption():
+  saved = {"xc": "b3lyp5", "train.steps": 100}
+  experiment._check_resumable(saved, {"xc": "b3lyp5", "train.steps": 200, "data.pad_to": []})
+  with pytest.raises(qpt.InputError, match="xc='b3lyp5'"):
+    experiment._check_resumable(saved, {"xc": "pbe", "train.steps": 100})
