@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -44,6 +45,12 @@ def machine() -> dict:
   """Where the numbers were measured: they mean little without it."""
   return dict(platform=platform.platform(), processor=_processor_name(), cores=os.cpu_count(),
               pyscf_threads=lib.num_threads(), jax=jax.__version__, pyscf=pyscf.__version__)
+
+
+def stamp() -> dict:
+  """machine and date, added to every row: where and when it was measured."""
+  return dict(machine=machine(),
+              date=datetime.datetime.now().astimezone().isoformat("T", "seconds"))
 
 
 def _processor_name() -> str:

@@ -4,14 +4,13 @@ labels + supervised training of the same model."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
 
 
 import qpt
-from tools.bench.common import RESULTS_DIR, Command, comma_list, machine
+from tools.bench.common import RESULTS_DIR, Command, comma_list, stamp
 
 TARGETS = (("energy_mae_uha", 300.0), ("energy_mae_uha", 100.0), ("eps_occ_mae_uha", 1000.0))
 ROUTES = ("qpt", "self_consistency", "supervised")  # route → loss: qpt is the energy loss
@@ -42,7 +41,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
   routes = comma_list(args.routes)
   if any(r not in ROUTES for r in routes):
     raise qpt.InputError(f"--routes {args.routes}: choose from {', '.join(ROUTES)}")
-  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  where = stamp()
   rows, curves = [], {}
   with tempfile.TemporaryDirectory() as scratch:
     root = args.workdir or scratch
@@ -66,7 +65,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
               seconds=hit["seconds"] if hit else None, step=hit["step"] if hit else None,
               n_labels=(round(hit["unique_conformers_per_s"] * hit["seconds"])
                         if hit and route == "supervised" else 0),
-              best=min(r["val_" + key] for r in scored), machine=machine(), date=date))
+              best=min(r["val_" + key] for r in scored), **where))
         print(f"# {name} {route}: best energy MAE {rows[-3]['best']:.0f} µHa",
               file=sys.stderr, flush=True)
   for row in rows:  # time against the label-free QPT route to the same target

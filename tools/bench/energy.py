@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import sys
 
@@ -13,7 +12,7 @@ from pyscf import dft
 
 import qpt
 from qpt import xc as xc_lib
-from tools.bench.common import Command, comma_list, machine, median_seconds, timed
+from tools.bench.common import Command, comma_list, median_seconds, stamp, timed
 
 ENERGY_STEPS = ((0, 0.0), (3, (0.0, 0.5, 0.0)))  # (k, mixing): the paper's unrolled loss and k = 0
 
@@ -40,13 +39,12 @@ def energy_run(args: argparse.Namespace) -> list[dict]:
   for m in molecules:  # a missing basis fails now, not after an hour of timings
     for b in bases:
       m.to_pyscf(b)
-  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
-  stamp = dict(machine=machine(), date=date)
+  where = stamp()
   rows = []
   for molecule in molecules:
     for basis in bases:
       for row in energy_case(molecule, basis, xc, args.eri, args.grid_level, args.repeats):
-        rows.append(dict(row, **stamp))
+        rows.append(dict(row, **where))
         print(f"# {row['molecule']} {row['basis']} k={row['k']}: {row['qpt_seconds']:.4f} s",
               file=sys.stderr, flush=True)  # progress; stdout stays the table or the JSON
   return rows

@@ -4,14 +4,13 @@ model's predictions against full PySCF SCFs."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
 
 
 import qpt
-from tools.bench.common import Command, comma_list, machine, timed
+from tools.bench.common import Command, comma_list, stamp, timed
 
 
 def throughput_arguments(parser: argparse.ArgumentParser):
@@ -32,7 +31,7 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
   from experiments.configs import md17
   from qpt import conformers, evaluate, experiment, frame
 
-  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  where = stamp()
   config = md17.get_config(args.molecule)
   config.basis = args.basis
   sampler = conformers.ThermalSampler(qpt.molecules.get(args.molecule), config.data.temperature)
@@ -62,7 +61,7 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
                        unique_conformers_per_s=rate,
                        host_wait_fraction=(waited(last) - waited(first)) / span,
                        pyscf_labels_per_s=pyscf_rate, ratio=rate / pyscf_rate,
-                       machine=machine(), date=date))
+                       **where))
       print(f"# workers {workers}, mol_repeats {repeats}: {rate:.3f} conformers/s",
             file=sys.stderr, flush=True)
   return rows
@@ -106,7 +105,7 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
       seed=config["seed"] + experiment.HELD_OUT_SEED_OFFSET,
       cache_dir=os.path.join(args.workdir, "cache"))
   qpt.predict(params, sampler(0), **theory)  # compile once; not an inference cost
-  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  where = stamp()
   rows = []
   for i in range(args.n):
     molecule = sampler(i)
@@ -124,7 +123,7 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
                      cycle_ratio=restart.cycles / minao.cycles,
                      scf_seconds_from_prediction=restart_seconds,
                      energy_error_uha=(prediction.energy - minao.e_tot) * 1e6,
-                     machine=machine(), date=date))
+                     **where))
   return rows
 
 

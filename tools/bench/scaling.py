@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -12,7 +11,8 @@ import jax
 import numpy as np
 
 import qpt
-from tools.bench.common import BENCHMARK_SCRIPT, Command, comma_list, machine, median_seconds, timed
+from tools.bench.common import (BENCHMARK_SCRIPT, Command, comma_list, median_seconds, stamp,
+                                timed)
 
 
 def scaling_arguments(parser: argparse.ArgumentParser):
@@ -31,7 +31,7 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
   counts = [int(n) for n in comma_list(args.devices)]
   if any(n < 1 or args.batch % n for n in counts):
     raise qpt.InputError(f"--batch {args.batch} must divide over every device count {counts}")
-  date = datetime.datetime.now().astimezone().isoformat("T", "seconds")
+  where = stamp()
   rows = []
   for n in counts:
     child = [sys.executable, BENCHMARK_SCRIPT, "scaling", "--json", "--child", str(n),
@@ -40,7 +40,7 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
     out = subprocess.run(child, capture_output=True, text=True)
     if out.returncode:
       raise qpt.InputError(f"the {n}-device run failed: {out.stderr.strip().splitlines()[-1]}")
-    rows.append(dict(json.loads(out.stdout)[0], machine=machine(), date=date))
+    rows.append(dict(json.loads(out.stdout)[0], **where))
     print(f"# {n} devices: {rows[-1]['step_seconds']:.3f} s per step", file=sys.stderr, flush=True)
   for row in rows:  # per conformer, against one device: the cost of sharding on this machine
     row["ratio"] = row["seconds_per_conformer"] / rows[0]["seconds_per_conformer"]
