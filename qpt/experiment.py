@@ -11,14 +11,11 @@ the workdir's (or `init_from`'s) latest parameters.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
 import signal
-import sys
-import time
 from typing import Callable
 
 import jax
@@ -26,7 +23,7 @@ import numpy as np
 
 from qpt import backends, checkpoint, conformers, data, evaluate, frame, integrals
 from qpt import model as model_lib
-from qpt import molecules, plot, train as train_lib, xc as xc_lib
+from qpt import metrics_log, molecules, plot, train as train_lib, xc as xc_lib
 from qpt.errors import InputError, TrainingError
 from qpt.molecule import Molecule
 from qpt.problem import DTYPES, build_problem
@@ -168,7 +165,7 @@ def train(config, progress: bool = True) -> dict | None:
     state = train_lib.init_state(model, tx, config.seed, batch.problem, backend, params)
     if resume_step is not None:
       state, _ = saver.restore(backend.abstract(state))
-    log = _Log(workdir, progress and backend.is_primary, config.train.steps,
+    log = metrics_log.MetricsLog(workdir, progress and backend.is_primary, config.train.steps,
                int(backend.to_host(state.step)), write=backend.is_primary)
     bad_in_a_row, stop = 0, False
     for step in range(int(backend.to_host(state.step)), config.train.steps):
@@ -329,75 +326,3 @@ class _StopOnSignal:
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
-
-
-class _Log:
-  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal.
-
-  `seconds` is training's wall time since this process started its loop, validation excluded;
-  the rates (unique conformers/s, host-wait fraction) are over that time.
-  """
-
-  def __init__(self, workdir: str, progress: bool, total_steps: int, start_step: int,
-               write: bool = True):
-    self._write = write
-    self._progress = progress and sys.stdout.isatty()
-    self._total = total_steps
-    self._start = time.perf_counter()
-    self._wait = 0.0
-    self._paused = 0.0
-    self._conformers = 0
-    self._skipped = 0
-    if not write:  # another process keeps the record
-      return
-    path = os.path.join(workdir, "metrics.jsonl")
-    # A killed run may have logged steps after its last checkpoint; the resumed run logs them
-    # again, so keep only what precedes the step resumed from (replaced atomically).
-    kept = []
-    if start_step and os.path.exists(path):
-      with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-    with open(path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    self._file = open(path, "a")
-
-  def step(self, step: int, batch, metrics: dict, loss: str, finite: bool, extra: dict,
-           write: bool) -> None:
-    """Records one step; `metrics` are the step's (host) metrics over the global batch."""
-    self._wait += batch.wait_seconds
-    self._conformers += len(metrics["per_conformer"]) if batch.new_conformers else 0
-    self._skipped += not finite
-    write = write and self._write
-    if not (write or self._progress):
-      return
-    per_conformer = np.asarray(metrics["per_conformer"], np.float64)
-    value = (float(np.mean(train_lib.batch_energies(metrics["energy_ref"], per_conformer)))
-             if loss == "energy" else float(np.mean(per_conformer)))
-    elapsed = time.perf_counter() - self._start - self._paused
-    record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),
-                  lr=float(metrics["lr"]), finite=finite, skipped_steps=self._skipped,
-                  unique_conformers_per_s=self._conformers / elapsed,
-                  host_wait_fraction=self._wait / elapsed, seconds=elapsed, **extra)
-    if write:
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
-    if self._progress:
-      shown = f"  val energy MAE {extra['val_energy_mae_uha']:.0f} µHa" if extra else ""
-      print(f"\rstep {step}/{self._total}  loss {value:.6f}  {elapsed:.0f} s{shown}   ",
-            end="", flush=True)
-
-  @contextlib.contextmanager
-  def paused(self):
-    """Time spent inside does not count as training time."""
-    started = time.perf_counter()
-    try:
-      yield
-    finally:
-      self._paused += time.perf_counter() - started
-
-  def close(self) -> None:
-    if self._progress:
-      print()
-    if self._write:
-      self._file.close()

@@ -1,0 +1,90 @@
+"""The training record: workdir/metrics.jsonl (one JSON object per logged step) and a progress line.
+
+Each record: step, loss (for loss=energy the batch-mean total energy in Hartree, assembled in
+float64), grad_norm, lr, finite, skipped_steps, unique_conformers_per_s, host_wait_fraction,
+seconds, and val_* errors (µHa) on steps that ran a validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from qpt import train as train_lib
+
+
+class MetricsLog:
+  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal.
+
+  `seconds` is training's wall time since this process started its loop, validation excluded;
+  the rates (unique conformers/s, host-wait fraction) are over that time.
+  """
+
+  def __init__(self, workdir: str, progress: bool, total_steps: int, start_step: int,
+               write: bool = True):
+    self._write = write
+    self._progress = progress and sys.stdout.isatty()
+    self._total = total_steps
+    self._start = time.perf_counter()
+    self._wait = 0.0
+    self._paused = 0.0
+    self._conformers = 0
+    self._skipped = 0
+    if not write:  # another process keeps the record
+      return
+    path = os.path.join(workdir, "metrics.jsonl")
+    # A killed run may have logged steps after its last checkpoint; the resumed run logs them
+    # again, so keep only what precedes the step resumed from (replaced atomically).
+    kept = []
+    if start_step and os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    self._file = open(path, "a")
+
+  def step(self, step: int, batch, metrics: dict, loss: str, finite: bool, extra: dict,
+           write: bool) -> None:
+    """Records one step; `metrics` are the step's (host) metrics over the global batch."""
+    self._wait += batch.wait_seconds
+    self._conformers += len(metrics["per_conformer"]) if batch.new_conformers else 0
+    self._skipped += not finite
+    write = write and self._write
+    if not (write or self._progress):
+      return
+    per_conformer = np.asarray(metrics["per_conformer"], np.float64)
+    value = (float(np.mean(train_lib.batch_energies(metrics["energy_ref"], per_conformer)))
+             if loss == "energy" else float(np.mean(per_conformer)))
+    elapsed = time.perf_counter() - self._start - self._paused
+    record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),
+                  lr=float(metrics["lr"]), finite=finite, skipped_steps=self._skipped,
+                  unique_conformers_per_s=self._conformers / elapsed,
+                  host_wait_fraction=self._wait / elapsed, seconds=elapsed, **extra)
+    if write:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    if self._progress:
+      shown = f"  val energy MAE {extra['val_energy_mae_uha']:.0f} µHa" if extra else ""
+      print(f"\rstep {step}/{self._total}  loss {value:.6f}  {elapsed:.0f} s{shown}   ",
+            end="", flush=True)
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside does not count as training time."""
+    started = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - started
+
+  def close(self) -> None:
+    if self._progress:
+      print()
+    if self._write:
+      self._file.close()
