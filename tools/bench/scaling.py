@@ -17,10 +17,12 @@ from tools.bench.common import (BENCHMARK_SCRIPT, Command, comma_list, median_se
 
 def scaling_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--devices", default="1,2,4", help="comma list of device counts")
-  parser.add_argument("--molecule", default="water", help="built-in molecule")
+  parser.add_argument("--molecules", default="water,ethanol", help="comma list of built-in molecules")
   parser.add_argument("--basis", default="def2-svp")
   parser.add_argument("--batch", type=int, default=4, help="global batch (divisible by each count)")
   parser.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
+  parser.add_argument("--timeout", type=float, default=300, help="seconds a device count may take")
+  parser.add_argument("--molecule", help=argparse.SUPPRESS)  # the child's one molecule
   parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)  # one count, here
 
 
@@ -33,18 +35,33 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
     raise qpt.InputError(f"--batch {args.batch} must divide over every device count {counts}")
   where = stamp()
   rows = []
-  for n in counts:
-    child = [sys.executable, BENCHMARK_SCRIPT, "scaling", "--json", "--child", str(n),
-             "--molecule", args.molecule, "--basis", args.basis, "--batch", str(args.batch),
-             "--repeats", str(args.repeats)]
-    out = subprocess.run(child, capture_output=True, text=True)
-    if out.returncode:
-      raise qpt.InputError(f"the {n}-device run failed: {out.stderr.strip().splitlines()[-1]}")
-    rows.append(dict(json.loads(out.stdout)[0], **where))
-    print(f"# {n} devices: {rows[-1]['step_seconds']:.3f} s per step", file=sys.stderr, flush=True)
+  for molecule in comma_list(args.molecules):
+    for n in counts:
+      rows.append(dict(measure_devices(args, molecule, n), **where))
   for row in rows:  # per conformer, against one device: the cost of sharding on this machine
-    row["ratio"] = row["seconds_per_conformer"] / rows[0]["seconds_per_conformer"]
+    one = next(r for r in rows if r["molecule"] == row["molecule"])
+    both = row["seconds_per_conformer"] and one["seconds_per_conformer"]
+    row["ratio"] = row["seconds_per_conformer"] / one["seconds_per_conformer"] if both else None
   return rows
+
+
+def measure_devices(args: argparse.Namespace, molecule: str, n: int) -> dict:
+  """One device count in a fresh process (fake CPU devices are fixed when JAX starts)."""
+  child = [sys.executable, BENCHMARK_SCRIPT, "scaling", "--json", "--child", str(n),
+           "--molecule", molecule, "--basis", args.basis, "--batch", str(args.batch),
+           "--repeats", str(args.repeats)]
+  try:
+    out = subprocess.run(child, capture_output=True, text=True, timeout=args.timeout)
+  except subprocess.TimeoutExpired:  # seen: 2 fake devices × 2 ethanol/def2-SVP conformers each
+    print(f"# {molecule}, {n} devices: no step within {args.timeout:g} s (hung)", file=sys.stderr)
+    return dict(devices=n, molecule=molecule, basis=args.basis, batch=args.batch,
+                step_seconds=None, conformers_per_s=None, seconds_per_conformer=None, hung=True)
+  if out.returncode:
+    raise qpt.InputError(f"the {n}-device run failed: {out.stderr.strip().splitlines()[-1]}")
+  row = json.loads(out.stdout)[0]
+  print(f"# {molecule}, {n} devices: {row['step_seconds']:.3f} s per step", file=sys.stderr,
+        flush=True)
+  return row
 
 
 def device_step(args: argparse.Namespace) -> dict:
