@@ -33,8 +33,9 @@ the run's eval.json.
   Beside QHNet's supervised numbers (H MAE / ε MAE µHa / ψ %, PBE labels, days of GPU training):
   water 10.79 / 33.76 / 99.99, ethanol 20.91 / 81.03 / 99.99 — ours after minutes on 2 CPU cores,
   label-free, are water 287 / 2,813 / 99.9997 and ethanol 299 / 3,439 / 99.94 (F[D(H_pred)]).
-  The energy loss pins the occupied subspace (ψ) and the energy; the ε error is ~10× the H error
-  because the core orbitals' energies (−19 Ha) are the least constrained by E.
+  Why ε lags E: E[D] is variational, so its error is second order in the density error, while
+  F[D]'s eigenvalues move at first order. Water, per occupied orbital (4 held-out conformers):
+  O 1s 8.5 mHa, valence 2.7–3.4 mHa, against 71 µHa in E.
 """
 
 import ml_collections
