@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing
+from concurrent import futures
 import os
 import pickle
 import signal
@@ -280,7 +281,7 @@ class ProblemStream:
                    for i in indices]
     else:
       self._submit_through(position + (self.prefetch + 1) * self.batch_size)
-      results = [self._pending.pop(int(i)).get() for i in indices]
+      results = [self._pending.pop(int(i)).result() for i in indices]
     self.pad_to = self.agree_shape(_max_shape(self.pad_to, *(own for _, _, own, _ in results)))
     members = [problem_lib.grow(p, self.pad_to) for p, _, _, _ in results]
     stacked = jax.tree.map(lambda *a: np.stack(a), *members)
@@ -295,21 +296,27 @@ class ProblemStream:
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""
     if self._pool is None:
-      context = multiprocessing.get_context("spawn")
-      with _single_threaded_env():  # inherited by the spawned workers before they import numpy
-        self._pool = context.Pool(self.n_workers, initializer=_init_worker)
-    for position in range(self.stream_position, end, self.batch_size):
-      for i in self.local_indices(position):
-        if int(i) not in self._pending:
-          # The current padded shape as a hint: workers pad to it, so `grow` rarely has to copy.
-          self._pending[int(i)] = self._pool.apply_async(
-              build, (self.conformers(int(i)), self.level, self.transform, self.pad_to))
+      self._pool = futures.ProcessPoolExecutor(
+          self.n_workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_init_worker)
+    # Workers start on demand, at a submit: the single-threaded environment must be in place
+    # then, to be inherited before they import numpy.
+    with _single_threaded_env():
+      for position in range(self.stream_position, end, self.batch_size):
+        for i in self.local_indices(position):
+          if int(i) not in self._pending:
+            # The current padded shape as a hint: workers pad to it, so `grow` rarely copies.
+            self._pending[int(i)] = self._pool.submit(
+                build, self.conformers(int(i)), self.level, self.transform, self.pad_to)
 
   def close(self) -> None:
-    """Stops the workers (pending results are dropped)."""
+    """Stops the workers: queued conformers are dropped, those being built are finished first.
+
+    Killing a worker could cut a result off mid-message and leave the pool's reader waiting
+    forever; letting at most one build per worker finish (seconds) cannot.
+    """
     if self._pool is not None:
-      self._pool.terminate()
-      self._pool.join()
+      self._pool.shutdown(wait=True, cancel_futures=True)
       self._pool = None
     self._pending = {}
 

@@ -241,7 +241,7 @@ def test_workers_yield_exactly_the_inline_stream(water_sampler):
   with data.ProblemStream(source, 2, LEVEL, n_workers=2, prefetch=1, mol_repeats=2) as stream:
     workers = [next(stream) for _ in range(6)]
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-      assert stream._pool.apply(os.getenv, (name,)) == "1"  # workers: one thread
+      assert stream._pool.submit(os.getenv, name).result() == "1"  # workers: one thread
   assert {k: os.environ.get(k) for k in env_before} == env_before  # this process: untouched
   for a, b in zip(inline, workers):
     _assert_same_batch(a, b)
