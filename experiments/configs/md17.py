@@ -29,6 +29,8 @@ the run's eval.json.
       occupied ε MAE, F[D(H_pred)]  3,439 µHa (baseline 108,353 µHa)
       H MAE of F[D(H_pred)] 299 µHa, ψ 99.94 %; SCF-cycle ratio 0.75 (baseline 1.00)
       (validation energy MAE on the way: 6,023 / 1,394 / 686 µHa at steps 250 / 500 / 750)
+  water with --config.xc=pbe (like QHNet's labels), same 1000 steps: energy MAE 93.7 µHa
+  (baseline 109,877), H MAE of F[D(H_pred)] 365 µHa, ε 3,607 µHa, ψ 99.9994 %, SCF ratio 0.70.
   malondialdehyde: not run yet (its cost is ethanol's).
   Beside QHNet's supervised numbers (H MAE / ε MAE µHa / ψ %, PBE labels, days of GPU training):
   water 10.79 / 33.76 / 99.99, ethanol 20.91 / 81.03 / 99.99 — ours after minutes on 2 CPU cores,
