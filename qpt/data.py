@@ -109,16 +109,13 @@ def build(molecule: Molecule, level: Level, transform: Callable[[Molecule], Mole
   start = time.perf_counter()
   if transform is not None:
     molecule = transform(molecule)
-  mol = molecule.to_pyscf(level.basis)
-  host = integrals.compute(mol, level.xc, level.grid_level, level.eri)
+  host = integrals.compute(molecule.to_pyscf(level.basis), level.xc, level.grid_level, level.eri)
   own = bucketed_shape(host, level.xc_chunk)
   problem = problem_lib.pad(host, xc_lib.functional(level.xc).name, level.dtype, level.xc_chunk,
                             _max_shape(own, min_shape))
   label = None
-  if level.fock_labels:
-    mf = evaluate.pyscf_rks(mol, level.xc, level.grid_level, level.eri)
-    mf.kernel()
-    label = mf.get_fock(dm=mf.make_rdm1())
+  if level.fock_labels:  # the evaluation's own labelling, so both mean the same PySCF run
+    label = evaluate.label([molecule], level.basis, level.xc, level.grid_level, level.eri).fock[0]
   return problem, label, own, time.perf_counter() - start
 
 
@@ -218,7 +215,7 @@ class ProblemStream:
     self.pad_to: Shape = tuple(pad_to) if pad_to is not None else (0, 0, 0, 0)
     self.agree_shape = agree_shape or (lambda shape: shape)
     self._current: Batch | None = None  # the batch being repeated
-    self._pending: dict = {}  # global conformer index → AsyncResult
+    self._pending: dict = {}  # global conformer index → Future of `build`
     self._pool = None
     if state is not None:
       self.restore(state)

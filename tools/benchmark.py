@@ -26,7 +26,7 @@
            frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao.
 
   .venv/bin/python tools/benchmark.py energy
-  .venv/bin/python tools/benchmark.py scaling --devices 1,2,4 --molecule water --basis def2-svp
+  .venv/bin/python tools/benchmark.py scaling --devices 1,2,4 --molecules water,ethanol
   .venv/bin/python tools/benchmark.py energy --molecules water,ethanol --basis sto-3g,def2-svp
   .venv/bin/python tools/benchmark.py energy --eri df --xc pbe --repeats 9 --json
 
