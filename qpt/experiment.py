@@ -165,10 +165,11 @@ def train(config, progress: bool = True) -> dict | None:
     state = train_lib.init_state(model, tx, config.seed, batch.problem, backend, params)
     if resume_step is not None:
       state, _ = saver.restore(backend.abstract(state))
+    first_step = int(backend.to_host(state.step))
     log = metrics_log.MetricsLog(workdir, progress and backend.is_primary, config.train.steps,
-               int(backend.to_host(state.step)), write=backend.is_primary)
+                                 first_step, write=backend.is_primary)
     bad_in_a_row, stop = 0, False
-    for step in range(int(backend.to_host(state.step)), config.train.steps):
+    for step in range(first_step, config.train.steps):
       batch = batch or next(stream)  # the first batch was already taken to size the model
       state, metrics = step_fn(state, backend.put_batch(batch.problem),
                                backend.put_batch(batch.fock_label))
