@@ -142,8 +142,8 @@ def pivoted_cholesky(matrix: np.ndarray, tol: float) -> np.ndarray:
   then every entry of the residual is below `tol` too (it is positive semi-definite, so
   |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 1337 of 2628 in 0.15 s.
   """
-  factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(np.asfortranarray(matrix), tol=tol,
-                                                          lower=1)
+  # A symmetric C-ordered matrix is its own Fortran-ordered transpose: LAPACK reads it in place.
+  factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix.T, tol=tol, lower=1)
   if info < 0:
     raise RuntimeError(f"dpstrf: argument {-info} is invalid")
   rows = np.empty((rank, matrix.shape[0]))
@@ -173,17 +173,23 @@ def quadrature(mol: gto.Mole, xc: str, grid_level: int, density_ref: np.ndarray,
   ks.grids.level = int(grid_level)
   ks.initialize_grids(mol, density_ref)
   ao = dft.numint.NumInt().eval_ao(mol, ks.grids.coords, deriv=1 if is_gga else 0)
-  ao = ao.reshape(-1, *ao.shape[-2:])  # LDA: (g, n) → (1, g, n)
-  return np.ascontiguousarray(ao), np.asarray(ks.grids.weights)
+  # LDA: (g, n) → (1, g, n). Left in PySCF's memory order (points fastest): every use is a
+  # matmul, which reads either order, and a transposing copy would cost more than eval_ao itself.
+  ao = ao.reshape(-1, *ao.shape[-2:])
+  return ao, np.asarray(ks.grids.weights)
 
 
 def rho_on_grid(ao: np.ndarray, density: np.ndarray) -> np.ndarray:
-  """ρ (and ∇ρ for GGA) on the grid, (c, g), from AO values (c, g, n) and a density matrix."""
-  ao_d = ao[0] @ density
-  rho = np.einsum("gi,gi->g", ao_d, ao[0])[None]
+  """ρ (and ∇ρ for GGA) on the grid, (c, g), from AO values (c, g, n) and a density matrix.
+
+  Computed on the transposed views (n, g), which are contiguous for PySCF's AO values.
+  """
+  ao_t = ao.transpose(0, 2, 1)
+  d_ao = density @ ao_t[0]  # (n, g); D is symmetric
+  rho = np.einsum("ig,ig->g", d_ao, ao_t[0])[None]
   if ao.shape[0] == 1:
     return rho
-  grad = 2.0 * np.einsum("xgi,gi->xg", ao[1:4], ao_d)
+  grad = 2.0 * np.einsum("xig,ig->xg", ao_t[1:4], d_ao)
   return np.concatenate([rho, grad])
 
 
