@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 import pyscf.df
 import scipy.linalg.lapack
-from pyscf import dft, gto, lib, scf
+from pyscf import ao2mo, dft, gto, lib, scf
 
 from qpt import xc as xc_lib
 from qpt.errors import InputError
@@ -94,8 +94,7 @@ def compute(mol: gto.Mole, xc: str, grid_level: int = 3, eri: str = "dense") -> 
   occupation = np.zeros(mol.nao)
   occupation[:n_occ] = 2.0
 
-  b = eri_factor(mol, eri)
-  j_ref, k_ref = coulomb_exchange(b, density_ref)
+  b, (j_ref, k_ref) = repulsion(mol, eri, density_ref)
   a = functional.exact_exchange
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
@@ -126,13 +125,21 @@ def orbital_labels(mol: gto.Mole) -> np.ndarray:
 # ---- electron repulsion ---------------------------------------------------------------------
 
 
-def eri_factor(mol: gto.Mole, eri: str) -> np.ndarray:
-  """B (n_aux, n, n): (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, by pivoted Cholesky ("dense") or DF ("df")."""
+def repulsion(mol: gto.Mole, eri: str,
+              density: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+  """B (n_aux, n, n) with (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, and (J[D], K[D]) (n, n) of `density`.
+
+  eri="dense": B by pivoted Cholesky of the exact integrals, and J, K from those integrals
+  themselves (PySCF's incore contraction: exact, and ~10× cheaper than contracting B).
+  eri="df": B from density fitting, and J, K contracted from it as the device will.
+  """
   if eri == "df":
-    packed = pyscf.df.incore.cholesky_eri(mol, auxbasis=pyscf.df.make_auxbasis(mol))
-  else:
-    packed = pivoted_cholesky(mol.intor("int2e", aosym="s4"), CHOLESKY_TOL)
-  return lib.unpack_tril(packed)
+    b = lib.unpack_tril(pyscf.df.incore.cholesky_eri(mol, auxbasis=pyscf.df.make_auxbasis(mol)))
+    return b, coulomb_exchange(b, density)
+  packed = mol.intor("int2e", aosym="s8")  # half the work of the 4-fold matrix Cholesky needs
+  j, k = scf.hf.dot_eri_dm(packed, density, hermi=1)
+  b = lib.unpack_tril(pivoted_cholesky(ao2mo.restore(4, packed, mol.nao), CHOLESKY_TOL))
+  return b, (j, k)
 
 
 def pivoted_cholesky(matrix: np.ndarray, tol: float) -> np.ndarray:

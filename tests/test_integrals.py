@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyscf.df
+import pyscf.scf
 from pyscf import dft, lib
 
 import qpt
@@ -15,11 +16,17 @@ def water(basis="def2-svp"):
 
 def test_dense_cholesky_factor_reproduces_every_integral():
   mol = water()
-  b = integrals.eri_factor(mol, "dense")
+  dm = pyscf.scf.hf.init_guess_by_minao(mol)
+  b, (j, k) = integrals.repulsion(mol, "dense", dm)
   eri = mol.intor("int2e").reshape(mol.nao**2, -1)
   b2 = b.reshape(len(b), -1)
   assert np.abs(b2.T @ b2 - eri).max() <= integrals.CHOLESKY_TOL
   assert len(b) < mol.nao**2 // 2  # and it is much smaller than the 4-index tensor
+  # J and K come from the exact integrals: within the factor's tolerance of contracting B.
+  j_b, k_b = integrals.coulomb_exchange(b, dm)
+  np.testing.assert_allclose(j, (eri @ dm.ravel()).reshape(dm.shape), atol=1e-12)
+  np.testing.assert_allclose(j, j_b, atol=1e-8)
+  np.testing.assert_allclose(k, k_b, atol=1e-8)
 
 
 def test_pivoted_cholesky_of_a_low_rank_matrix():
@@ -35,7 +42,7 @@ def test_df_factor_is_pyscfs_density_fitting():
   mf.with_df.build()
   dm = mf.get_init_guess(key="minao")
   j_ref, k_ref = mf.with_df.get_jk(dm)
-  j, k = integrals.coulomb_exchange(integrals.eri_factor(mol, "df"), dm)
+  _, (j, k) = integrals.repulsion(mol, "df", dm)
   np.testing.assert_allclose(j, j_ref, atol=1e-10)
   np.testing.assert_allclose(k, k_ref, atol=1e-10)
 
@@ -70,6 +77,7 @@ def test_reference_terms_are_pyscfs():
 
 
 def test_unpacked_factors_are_symmetric():
-  b = integrals.eri_factor(water("sto-3g"), "df")
+  mol = water("sto-3g")
+  b, _ = integrals.repulsion(mol, "df", np.eye(mol.nao))
   np.testing.assert_array_equal(b, b.transpose(0, 2, 1))
   assert np.array_equal(lib.unpack_tril(lib.pack_tril(b)), b)
