@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   for name, command in COMMANDS.items():
     p = sub.add_parser(name, help=command.help, description=command.help)
     p.add_argument("--json", action="store_true", help="print a JSON list of rows, no table")
+    p.add_argument("--out", default=common.RESULTS_DIR,
+                   help="where <sub-command>.json and .png go (default benchmarks/results)")
     command.add_arguments(p)
   return parser.parse_args(argv)
 
@@ -99,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
   except qpt.InputError as e:
     print(f"benchmark.py {args.command}: error: {e}", file=sys.stderr)
     return 2
-  if getattr(args, "child", 0):  # a measurement for a parent process: no files
+  if getattr(args, "child", 0) or getattr(args, "case", None):  # for a parent process: no files
     print(json.dumps(rows))
     return 0
-  path = common.write_results(args.command, rows)
+  path, png = common.write_results(args.command, rows, command.plot, args.out)
   if args.json:
     print(json.dumps(rows, indent=1))
   else:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f"# {m['processor']}, {m['cores']} cores, PySCF threads {m['pyscf_threads']}, "
             f"jax {m['jax']}, pyscf {m['pyscf']}, {rows[0]['date']}")
     common.print_table(command.columns, rows)
-    print(f"# rows written to {os.path.relpath(path)}")
+    print(f"# rows written to {os.path.relpath(path)}, plot to {os.path.relpath(png)}")
   return 0
 
 

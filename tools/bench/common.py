@@ -32,13 +32,16 @@ class Command:
     help: one line for `benchmark.py --help`.
     add_arguments: adds the sub-command's own options to its argparse sub-parser.
     run: args → list of row dicts (JSON-serialisable).
-    columns: ((header, row key, format spec), ...) for the table.
+    columns: ((header, row key, format spec), ...) for the table; or, for rows of several kinds,
+      {row["part"]: columns}, one table each.
+    plot: (rows, path) → writes the sub-command's PNG there.
   """
 
   help: str
   add_arguments: Callable[[argparse.ArgumentParser], None]
   run: Callable[[argparse.Namespace], list[dict]]
-  columns: tuple[tuple[str, str, str], ...]
+  columns: tuple[tuple[str, str, str], ...] | dict[str, tuple[tuple[str, str, str], ...]]
+  plot: Callable[[list[dict], str], None]
 
 
 def machine() -> dict:
@@ -90,18 +93,37 @@ def comma_list(text: str) -> list[str]:
 
 
 def print_table(columns, rows: list[dict]):
-  cell = lambda value, spec: "—" if value is None else format(value, spec)  # None: not reached
+  if isinstance(columns, dict):  # one table per kind of row
+    for part, part_columns in columns.items():
+      if part_rows := [r for r in rows if r.get("part") == part]:
+        print(f"## {part}")
+        print_table(part_columns, part_rows)
+    return
+  cell = lambda value, spec: "—" if value is None else format(value, spec)  # None: not reached / hung
+  rows = [{key: r.get(key) for _, key, _ in columns} for r in rows]
   widths = [max([len(h)] + [len(cell(r[k], f)) for r in rows]) for h, k, f in columns]
   print("  ".join(f"{h:>{w}}" for (h, _, _), w in zip(columns, widths)))
   for r in rows:
     print("  ".join(f"{cell(r[k], f):>{w}}" for (_, k, f), w in zip(columns, widths)))
 
 
-def write_results(name: str, rows: list[dict]) -> str:
-  os.makedirs(RESULTS_DIR, exist_ok=True)
-  path = os.path.join(RESULTS_DIR, f"{name}.json")
+def write_results(name: str, rows: list[dict], plot: Callable[[list[dict], str], None],
+                  directory: str = RESULTS_DIR) -> tuple[str, str]:
+  """Writes <directory>/<name>.json (the rows) and <name>.png (their plot); returns both paths."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{name}.json")
   with open(path, "w") as f:
     json.dump(rows, f, indent=1)
-  return path
+  png = os.path.join(directory, f"{name}.png")
+  plot(rows, png)
+  return path, png
+
+
+def pyplot():
+  """matplotlib.pyplot drawing to files only (no display needed)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 

@@ -10,11 +10,10 @@ import sys
 
 
 import qpt
-from tools.bench.common import RESULTS_DIR, Command, comma_list, stamp
+from tools.bench.common import Command, comma_list, stamp
 
 TARGETS = (("energy_mae_uha", 300.0), ("energy_mae_uha", 100.0), ("eps_occ_mae_uha", 1000.0))
 ROUTES = ("qpt", "self_consistency", "supervised")  # route → loss: qpt is the energy loss
-LEARNING_CURVES_PNG = os.path.join(RESULTS_DIR, "economics.png")
 
 
 def economics_arguments(parser: argparse.ArgumentParser):
@@ -42,7 +41,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
   if any(r not in ROUTES for r in routes):
     raise qpt.InputError(f"--routes {args.routes}: choose from {', '.join(ROUTES)}")
   where = stamp()
-  rows, curves = [], {}
+  rows = []
   with tempfile.TemporaryDirectory() as scratch:
     root = args.workdir or scratch
     for name in comma_list(args.molecules):
@@ -57,7 +56,9 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
         experiment.train(c, progress=False)
         with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
           scored = [r for r in map(json.loads, f) if "val_energy_mae_uha" in r]
-        curves[(name, route)] = scored
+        curve = dict(step=[r["step"] for r in scored], seconds=[r["seconds"] for r in scored],
+                     energy_mae_uha=[r["val_energy_mae_uha"] for r in scored],
+                     eps_occ_mae_uha=[r["val_eps_occ_mae_uha"] for r in scored])
         for key, bound in TARGETS:
           hit = next((r for r in scored if r["val_" + key] <= bound), None)
           rows.append(dict(
@@ -65,7 +66,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
               seconds=hit["seconds"] if hit else None, step=hit["step"] if hit else None,
               n_labels=(round(hit["unique_conformers_per_s"] * hit["seconds"])
                         if hit and route == "supervised" else 0),
-              best=min(r["val_" + key] for r in scored), **where))
+              best=min(r["val_" + key] for r in scored), curve=curve, **where))
         print(f"# {name} {route}: best energy MAE {rows[-3]['best']:.0f} µHa",
               file=sys.stderr, flush=True)
   for row in rows:  # time against the label-free QPT route to the same target
@@ -73,21 +74,18 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
                     and r["target"] == row["target"]), None)
     both = qpt_row and qpt_row["reached"] and row["reached"]
     row["ratio"] = row["seconds"] / qpt_row["seconds"] if both else None
-  plot_learning_curves(curves)
   return rows
 
 
-def plot_learning_curves(curves: dict) -> None:
-  """Held-out energy and ε MAE against training wall time, one line per route."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+def plot(rows: list[dict], path: str) -> None:
+  """Held-out energy and ε MAE against training wall time, one line per molecule and route."""
+  from tools.bench.common import pyplot
+  plt = pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for (name, route), scored in curves.items():
-    for ax, key in zip(axes, ("val_energy_mae_uha", "val_eps_occ_mae_uha")):
-      ax.plot([r["seconds"] for r in scored], [r[key] for r in scored], marker="o", ms=3,
-              label=f"{name}: {route}")
+  routes = {(r["molecule"], r["route"]): r["curve"] for r in rows}  # every target row has it
+  for (name, route), curve in routes.items():
+    for ax, key in zip(axes, ("energy_mae_uha", "eps_occ_mae_uha")):
+      ax.plot(curve["seconds"], curve[key], marker="o", ms=3, label=f"{name}: {route}")
   for ax, (title, bounds) in zip(axes, (("energy MAE of E[D(H)] (µHa)", (300, 100)),
                                         ("occupied ε MAE of F[D(H)] (µHa)", (1000,)))):
     for bound in bounds:
@@ -95,8 +93,7 @@ def plot_learning_curves(curves: dict) -> None:
     ax.set(xlabel="training wall time (s), labels included", yscale="log", title=title)
     ax.legend(fontsize=8)
   figure.tight_layout()
-  os.makedirs(RESULTS_DIR, exist_ok=True)
-  figure.savefig(LEARNING_CURVES_PNG, dpi=100)
+  figure.savefig(path, dpi=100)
   plt.close(figure)
 
 
@@ -107,6 +104,7 @@ COMMAND = Command(
     columns=(("molecule", "molecule", "s"), ("route", "route", "s"), ("target", "target", "s"),
              ("reached", "reached", ""), ("seconds", "seconds", ".0f"), ("step", "step", ""),
              ("n_labels", "n_labels", "d"), ("best", "best", ".0f"), ("ratio", "ratio", ".2f")),
+    plot=plot,
 )
 
 

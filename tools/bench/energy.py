@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import sys
 
 import jax
@@ -51,20 +52,24 @@ def energy_run(args: argparse.Namespace) -> list[dict]:
 
 
 def energy_case(molecule: qpt.Molecule, basis: str, xc: str, eri: str, grid_level: int,
-                repeats: int) -> list[dict]:
-  """Both codes on one molecule/basis: one row per k."""
+                repeats: int, steps=ENERGY_STEPS) -> list[dict]:
+  """Both codes on one molecule/basis: one row per (k, mixing) of `steps`."""
   mol = molecule.to_pyscf(basis)
-  pyscf_setup, pyscf_seconds, n_grid = pyscf_iteration(mol, xc, eri, grid_level, repeats)
   problem, build_seconds = timed(functools.partial(
       qpt.dft.build_problem, molecule, basis=basis, xc=xc, grid_level=grid_level, eri=eri,
       dtype="float32"))
   problem = jax.tree.map(jax.numpy.asarray, problem)  # on the device once, not at every call
   h = jax.block_until_ready(jax.jit(qpt.dft.initial_fock)(problem))
+  measured = [(k, loss_and_gradient(problem, h, k, mixing, repeats)) for k, mixing in steps]
+  # QPT runs first, so in a fresh process this is its own peak (host arrays + CPU device buffers).
+  peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  del problem, h
+  pyscf_setup, pyscf_seconds, n_grid = pyscf_iteration(mol, xc, eri, grid_level, repeats)
   rows = []
-  for k, mixing in ENERGY_STEPS:
-    trace_seconds, compile_seconds, qpt_seconds = loss_and_gradient(problem, h, k, mixing, repeats)
+  for k, (trace_seconds, compile_seconds, qpt_seconds, device_bytes) in measured:
     rows.append(dict(
-        molecule=molecule.name, basis=basis, k=k, n_ao=mol.nao, n_grid=n_grid,
+        molecule=molecule.name, basis=basis, eri=eri, k=k, n_ao=mol.nao, n_grid=n_grid,
+        device_mb=device_bytes / 2**20, peak_rss_mb=peak_rss_mb,
         qpt_seconds=qpt_seconds, pyscf_iteration_seconds=pyscf_seconds,
         ratio=qpt_seconds / pyscf_seconds, compile_seconds=compile_seconds,
         trace_seconds=trace_seconds,
@@ -73,11 +78,14 @@ def energy_case(molecule: qpt.Molecule, basis: str, xc: str, eri: str, grid_leve
   return rows
 
 
-def loss_and_gradient(problem, h, k: int, mixing, repeats: int) -> tuple[float, float, float]:
-  """(trace seconds, trace + compile seconds, median seconds of one call) for the loss and ∂/∂H.
+def loss_and_gradient(problem, h, k: int, mixing,
+                      repeats: int) -> tuple[float, float, float, int]:
+  """(trace seconds, trace + compile seconds, median seconds of one call, device bytes) for the
+  loss and ∂/∂H.
 
   Tracing is reported on its own because the persistent cache cannot skip it: with a warm cache it
-  is most of `compile_seconds`.
+  is most of `compile_seconds`. Device bytes are XLA's own account of the compiled program's
+  memory (arguments + outputs + temporaries − aliased): what an accelerator must hold.
   """
   loss = functools.partial(qpt.dft.loss_energy_delta, iterations=k, mixing=mixing)
   step = jax.jit(jax.value_and_grad(loss, argnums=1))
@@ -85,7 +93,11 @@ def loss_and_gradient(problem, h, k: int, mixing, repeats: int) -> tuple[float, 
   compiled, xla_seconds = timed(lowered.compile)
   call = lambda: jax.block_until_ready(compiled(problem, h))
   call()  # warm-up: first-touch allocations and thread-pool start are not the iteration's cost
-  return trace_seconds, trace_seconds + xla_seconds, median_seconds(call, repeats)
+  memory = compiled.memory_analysis()
+  device_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return (trace_seconds, trace_seconds + xla_seconds, median_seconds(call, repeats),
+          device_bytes)
 
 
 def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
@@ -121,6 +133,34 @@ def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
   return setup_seconds, median_seconds(iteration, repeats), int(mf.grids.weights.size)
 
 
+def plot(rows: list[dict], path: str) -> None:
+  """Ratios to PySCF per molecule/basis: E + ∇ at each k against one iteration (left), the host
+  build against PySCF's setup (right). Below the line at 1, QPT is faster."""
+  from tools.bench.common import pyplot
+  plt = pyplot()
+  cases = list(dict.fromkeys((r["molecule"], r["basis"]) for r in rows))
+  ks = sorted({r["k"] for r in rows})
+  figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+  width = 0.8 / len(ks)
+  for i, k in enumerate(ks):
+    ratio = {(r["molecule"], r["basis"]): r["ratio"] for r in rows if r["k"] == k}
+    left.bar([c + i * width for c in range(len(cases))], [ratio.get(c, 0) for c in cases], width,
+             label=f"k = {k}")
+  build = {(r["molecule"], r["basis"]): r["build_ratio"] for r in rows}
+  right.bar(range(len(cases)), [build[c] for c in cases], 0.6)
+  labels = [f"{m}\n{b}" for m, b in cases]
+  for ax, title in ((left, "E + ∇ (float32) / one PySCF iteration"),
+                    (right, "host DFTProblem build / PySCF setup")):
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([c + (width * (len(ks) - 1) / 2 if ax is left else 0) for c in range(len(cases))],
+                  labels, fontsize=7)
+    ax.set(yscale="log", ylabel="ratio (QPT / PySCF)", title=title)
+  left.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
 COMMAND = Command(
     help="loss + gradient (k = 0, 3) vs one PySCF SCF iteration; build vs PySCF setup",
     add_arguments=energy_arguments,
@@ -130,7 +170,8 @@ COMMAND = Command(
              ("pyscf iter s", "pyscf_iteration_seconds", ".4f"), ("ratio", "ratio", ".2f"),
              ("compile s", "compile_seconds", ".2f"), ("trace s", "trace_seconds", ".2f"),
              ("build s", "build_seconds", ".3f"), ("pyscf setup s", "pyscf_setup_seconds", ".3f"),
-             ("build ratio", "build_ratio", ".2f")),
+             ("build ratio", "build_ratio", ".2f"), ("device MB", "device_mb", ".0f")),
+    plot=plot,
 )
 
 

@@ -67,6 +67,27 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
   return rows
 
 
+def throughput_plot(rows: list[dict], path: str) -> None:
+  """Unique conformers/s of training per (workers, mol_repeats) beside PySCF's labels/s, with the
+  ratio and the host-wait fraction written on each bar."""
+  from tools.bench.common import pyplot
+  plt = pyplot()
+  figure, ax = plt.subplots(figsize=(7, 4))
+  names = [f"{r['workers']} workers\nmol_repeats {r['mol_repeats']}" for r in rows]
+  bars = ax.bar(names, [r["unique_conformers_per_s"] for r in rows], 0.6, label="QPT training")
+  for bar, r in zip(bars, rows):
+    ax.annotate(f"{r['ratio']:.2f}×, host wait {r['host_wait_fraction']:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                fontsize=8)
+  ax.axhline(rows[0]["pyscf_labels_per_s"], color="C1", ls="--", label="PySCF labels (full SCF)")
+  ax.set(ylabel="unique conformers / s",
+         title=f"{rows[0]['molecule']}/{rows[0]['basis']}: training vs labelling")
+  ax.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
 THROUGHPUT = Command(
     help="training's unique conformers/s (workers + device) vs PySCF labels/s",
     add_arguments=throughput_arguments,
@@ -76,6 +97,7 @@ THROUGHPUT = Command(
              ("conformers/s", "unique_conformers_per_s", ".3f"),
              ("host wait", "host_wait_fraction", ".2f"),
              ("pyscf labels/s", "pyscf_labels_per_s", ".3f"), ("ratio", "ratio", ".2f")),
+    plot=throughput_plot,
 )
 
 
@@ -127,6 +149,29 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
   return rows
 
 
+def inference_plot(rows: list[dict], path: str) -> None:
+  """Per held-out conformer: qpt.predict and PySCF's SCF from minao and from the prediction
+  (seconds, left); PySCF's cycles from minao and from the prediction (right)."""
+  from tools.bench.common import pyplot
+  plt = pyplot()
+  figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  i = [r["conformer"] for r in rows]
+  for key, label in (("predict_seconds", "qpt.predict"), ("pyscf_scf_seconds", "PySCF SCF from minao"),
+                     ("scf_seconds_from_prediction", "PySCF SCF from the prediction")):
+    left.plot(i, [r[key] for r in rows], marker="o", label=label)
+  for key, label in (("cycles_minao", "from minao"), ("cycles_from_prediction", "from the prediction")):
+    right.plot(i, [r[key] for r in rows], marker="o", label=label)
+  left.set(xlabel="held-out conformer", ylabel="seconds", ylim=(0, None),
+           title=f"{rows[0]['molecule']}/{rows[0]['basis']}: time")
+  right.set(xlabel="held-out conformer", ylabel="PySCF SCF cycles", ylim=(0, None),
+            title="cycles to convergence")
+  left.legend(fontsize=8)
+  right.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
 INFERENCE = Command(
     help="qpt.predict vs a full PySCF SCF; SCF cycles from the predicted density vs minao",
     add_arguments=inference_arguments,
@@ -136,6 +181,7 @@ INFERENCE = Command(
              ("ratio", "ratio", ".2f"), ("cycles minao", "cycles_minao", "d"),
              ("cycles from qpt", "cycles_from_prediction", "d"), ("cycle ratio", "cycle_ratio", ".2f"),
              ("ΔE µHa", "energy_error_uha", ".1f")),
+    plot=inference_plot,
 )
 
 
