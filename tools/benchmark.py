@@ -6,10 +6,15 @@
            and grid; and `build_problem` against PySCF's own setup (grids, MINAO guess, ERIs or
            DF tensors).
 
-  scaling  The real compiled train step (tiny model, energy loss, k = 0, fixed global batch) on
-           1, 2 and 4 fake CPU devices, one fresh process each: step time, conformers/s and the
-           cost per conformer against one device. On a 2-core machine this measures the
-           overhead of sharding (shard_map, pmean, layout), not a speed-up.
+  scaling  Against system size: E + ∇ (k = 0, float32) and one PySCF iteration for a series of
+           molecule/basis pairs from 24 to 358 AOs, dense ERIs up to --dense-max-ao and DF for
+           all, with fitted exponents (log time against log n_ao) and memory: XLA's account of the
+           compiled program (device_mb) and the process's peak RSS after QPT's part
+           (peak_rss_mb). Against devices: the real compiled train step (tiny model, energy loss,
+           k = 0, fixed global batch) on 1, 2 and 4 fake CPU devices: step time and the cost per
+           conformer against one device. On a 2-core machine this measures the overhead of
+           sharding (shard_map, pmean, layout), not a speed-up. Every case runs in a fresh
+           process.
 
   throughput  Training as md17.py runs it — thermal stream, host workers, device step — in unique
            conformers/s (a problem reused for mol_repeats steps counts once), and the host-wait
@@ -27,12 +32,14 @@
 
   .venv/bin/python tools/benchmark.py energy
   .venv/bin/python tools/benchmark.py scaling --devices 1,2,4 --molecules water,ethanol
+  .venv/bin/python tools/benchmark.py economics --molecules ethanol --append
   .venv/bin/python tools/benchmark.py energy --molecules water,ethanol --basis sto-3g,def2-svp
   .venv/bin/python tools/benchmark.py energy --eri df --xc pbe --repeats 9 --json
 
-Every sub-command prints a table (or, with --json, a JSON list of row dicts) and writes that list to
-benchmarks/results/<sub-command>.json. Times are medians of --repeats runs after a warm-up, so
-neither side pays one-time costs in the per-iteration numbers:
+Every sub-command prints a table (or, with --json, a JSON list of row dicts), writes that list to
+benchmarks/results/<sub-command>.json and plots it in <sub-command>.png (--out: elsewhere;
+--append: after the rows already there, e.g. one molecule at a time). Times are medians of
+--repeats runs after a warm-up, so neither side pays one-time costs in the per-iteration numbers:
   * qpt_seconds: one call of the compiled program, to `block_until_ready`; H = MINAO Fock matrix.
   * compile_seconds: trace + XLA compile of that program, as it happened in this process. Programs
     are kept in the persistent cache .jax_cache, so a second run pays only the trace (reported
@@ -83,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   for name, command in COMMANDS.items():
     p = sub.add_parser(name, help=command.help, description=command.help)
     p.add_argument("--json", action="store_true", help="print a JSON list of rows, no table")
+    p.add_argument("--append", action="store_true",
+                   help="add the rows to those already in <sub-command>.json (each keeps its date)")
     p.add_argument("--out", default=common.RESULTS_DIR,
                    help="where <sub-command>.json and .png go (default benchmarks/results)")
     command.add_arguments(p)
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
   if getattr(args, "child", 0) or getattr(args, "case", None):  # for a parent process: no files
     print(json.dumps(rows))
     return 0
-  path, png = common.write_results(args.command, rows, command.plot, args.out)
+  path, png = common.write_results(args.command, rows, command.plot, args.out, args.append)
   if args.json:
     print(json.dumps(rows, indent=1))
   else:

@@ -108,10 +108,14 @@ def print_table(columns, rows: list[dict]):
 
 
 def write_results(name: str, rows: list[dict], plot: Callable[[list[dict], str], None],
-                  directory: str = RESULTS_DIR) -> tuple[str, str]:
-  """Writes <directory>/<name>.json (the rows) and <name>.png (their plot); returns both paths."""
+                  directory: str = RESULTS_DIR, append: bool = False) -> tuple[str, str]:
+  """Writes <directory>/<name>.json (the rows, after those already there if `append`) and
+  <name>.png (the plot of them all); returns both paths."""
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{name}.json")
+  if append and os.path.exists(path):
+    with open(path) as f:
+      rows = json.load(f) + rows
   with open(path, "w") as f:
     json.dump(rows, f, indent=1)
   png = os.path.join(directory, f"{name}.png")

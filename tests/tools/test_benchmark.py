@@ -1,0 +1,53 @@
+"""tools/benchmark.py: a real (small) run of a sub-command end to end, and the exponent fit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.processes import ENV, ROOT
+from tools.bench import common, scaling
+
+
+def test_energy_subcommand_writes_rows_table_and_plot(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "energy", "--json",
+       "--molecules", "water", "--basis", "sto-3g", "--repeats", "1", "--out", str(tmp_path)],
+      capture_output=True, text=True, env=ENV, timeout=600)
+  assert out.returncode == 0, out.stderr
+  rows = json.loads(out.stdout)
+  assert rows == json.loads((tmp_path / "energy.json").read_text())
+  assert (tmp_path / "energy.png").read_bytes().startswith(b"\x89PNG")
+  assert [r["k"] for r in rows] == [0, 3]
+  for r in rows:  # ratios are of times measured in this run, and every row says where
+    assert r["qpt_seconds"] > 0 and r["pyscf_iteration_seconds"] > 0
+    assert r["ratio"] == r["qpt_seconds"] / r["pyscf_iteration_seconds"]
+    assert r["n_ao"] == 7 and r["machine"]["cores"] == os.cpu_count() and r["date"]
+    assert r["device_mb"] > 0
+  assert rows[1]["qpt_seconds"] > rows[0]["qpt_seconds"]  # k = 3 differentiates 3 more Fock builds
+
+
+def test_bad_argument_is_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "energy", "--molecules",
+       "unobtainium", "--out", str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
+  assert out.returncode == 2
+  assert len(out.stderr.strip().splitlines()) == 1 and "unobtainium" in out.stderr
+
+
+def test_exponent_fit_recovers_power_laws():
+  n = np.array([24, 72, 132, 358])
+  rows = [dict(eri="df", n_ao=int(k), qpt_seconds=2e-6 * k**2.5, pyscf_iteration_seconds=1e-7 * k**3.2,
+               device_mb=0.1 * k**2) for k in n]
+  (fit,) = scaling.exponents(rows)
+  assert (fit["n_ao_min"], fit["n_ao_max"], fit["points"]) == (24, 358, 4)
+  np.testing.assert_allclose([fit["qpt_exponent"], fit["pyscf_exponent"], fit["device_mb_exponent"]],
+                             [2.5, 3.2, 2.0], atol=1e-9)
+
+
+def test_table_prints_one_table_per_part(capsys):
+  columns = {"a": (("x", "x", "d"),), "b": (("y", "y", ".1f"),)}
+  common.print_table(columns, [dict(part="a", x=1), dict(part="b", y=None), dict(part="b", y=2.0)])
+  assert capsys.readouterr().out.split() == ["##", "a", "x", "1", "##", "b", "y", "—", "2.0"]
