@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print a JSON list of rows, no table")
     p.add_argument("--append", action="store_true",
                    help="add the rows to those already in <sub-command>.json (each keeps its date)")
+    p.add_argument("--replot", action="store_true",
+                   help="measure nothing: draw <sub-command>.png again from its JSON")
     p.add_argument("--out", default=common.RESULTS_DIR,
                    help="where <sub-command>.json and .png go (default benchmarks/results)")
     command.add_arguments(p)
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   warnings.filterwarnings("ignore", message="Basis may be available")  # our error is enough
   command = COMMANDS[args.command]
+  if args.replot:
+    return common.replot(args.command, command.plot, args.out)
   try:
     rows = command.run(args)
   except qpt.InputError as e:

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -121,6 +122,20 @@ def write_results(name: str, rows: list[dict], plot: Callable[[list[dict], str],
   png = os.path.join(directory, f"{name}.png")
   plot(rows, png)
   return path, png
+
+
+def replot(name: str, plot: Callable[[list[dict], str], None], directory: str = RESULTS_DIR) -> int:
+  """Draws <directory>/<name>.png again from <name>.json; 0, or 2 if there is no JSON."""
+  path = os.path.join(directory, f"{name}.json")
+  try:
+    with open(path) as f:
+      rows = json.load(f)
+  except (OSError, ValueError) as e:
+    print(f"benchmark.py {name}: error: cannot read {path}: {e}", file=sys.stderr)
+    return 2
+  plot(rows, os.path.join(directory, f"{name}.png"))
+  print(f"# plot of {os.path.relpath(path)} drawn again")
+  return 0
 
 
 def pyplot():

@@ -12,7 +12,10 @@ import sys
 import qpt
 from tools.bench.common import Command, comma_list, stamp
 
-TARGETS = (("energy_mae_uha", 300.0), ("energy_mae_uha", 100.0), ("eps_occ_mae_uha", 1000.0))
+# The three targets, and chemical accuracy (1 kcal/mol = 1594 µHa) as a coarser rung that
+# shows how far each route got when the others are out of reach.
+TARGETS = (("energy_mae_uha", 1594.0), ("energy_mae_uha", 300.0), ("energy_mae_uha", 100.0),
+           ("eps_occ_mae_uha", 1000.0))
 ROUTES = ("qpt", "self_consistency", "supervised")  # route → loss: qpt is the energy loss
 
 
@@ -67,7 +70,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
               n_labels=(round(hit["unique_conformers_per_s"] * hit["seconds"])
                         if hit and route == "supervised" else 0),
               best=min(r["val_" + key] for r in scored), curve=curve, **where))
-        print(f"# {name} {route}: best energy MAE {rows[-3]['best']:.0f} µHa",
+        print(f"# {name} {route}: best energy MAE {rows[-len(TARGETS)]['best']:.0f} µHa",
               file=sys.stderr, flush=True)
   for row in rows:  # time against the label-free QPT route to the same target
     qpt_row = next((r for r in rows if r["molecule"] == row["molecule"] and r["route"] == "qpt"

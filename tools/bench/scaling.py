@@ -176,12 +176,15 @@ def plot(rows: list[dict], path: str) -> None:
               label=f"PySCF iteration, {eri} (slope {fit.get('pyscf_exponent', float('nan')):.2f})")
   left.set(xscale="log", yscale="log", xlabel="n_ao", ylabel="seconds",
            title="energy + gradient (k = 0, float32) vs one PySCF iteration")
+  left.set_xticks([25, 50, 100, 200, 400], ["25", "50", "100", "200", "400"])
+  left.xaxis.set_minor_formatter(plt.NullFormatter())
   left.legend(fontsize=8)
   for molecule in dict.fromkeys(r["molecule"] for r in rows if r["part"] == "devices"):
     done = [r for r in rows if r["part"] == "devices" and r["molecule"] == molecule
             and r.get("seconds_per_conformer")]
     right.plot([r["devices"] for r in done], [r["seconds_per_conformer"] for r in done],
                marker="o", label=molecule)
+  right.set_xticks(sorted({r["devices"] for r in rows if r["part"] == "devices"}))
   right.set(xlabel="fake CPU devices (2 physical cores)", ylabel="seconds per conformer",
             title="train step, fixed global batch", yscale="log")
   right.legend(fontsize=8)
