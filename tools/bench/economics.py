@@ -89,7 +89,7 @@ def plot(rows: list[dict], path: str) -> None:
   for (name, route), curve in routes.items():
     for ax, key in zip(axes, ("energy_mae_uha", "eps_occ_mae_uha")):
       ax.plot(curve["seconds"], curve[key], marker="o", ms=3, label=f"{name}: {route}")
-  for ax, (title, bounds) in zip(axes, (("energy MAE of E[D(H)] (µHa)", (300, 100)),
+  for ax, (title, bounds) in zip(axes, (("energy MAE of E[D(H)] (µHa)", (1594, 300, 100)),
                                         ("occupied ε MAE of F[D(H)] (µHa)", (1000,)))):
     for bound in bounds:
       ax.axhline(bound, color="grey", lw=0.8, ls="--")

@@ -157,23 +157,29 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
 
 
 def inference_plot(rows: list[dict], path: str) -> None:
-  """Per held-out conformer: qpt.predict and PySCF's SCF from minao and from the prediction
-  (seconds, left); PySCF's cycles from minao and from the prediction (right)."""
+  """Per held-out conformer of each molecule: qpt.predict and PySCF's SCF from minao and from the
+  prediction (seconds, left); PySCF's cycles from minao and from the prediction (right)."""
   from tools.bench.common import pyplot
   plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-  i = [r["conformer"] for r in rows]
-  for key, label in (("predict_seconds", "qpt.predict"), ("pyscf_scf_seconds", "PySCF SCF from minao"),
-                     ("scf_seconds_from_prediction", "PySCF SCF from the prediction")):
-    left.plot(i, [r[key] for r in rows], marker="o", label=label)
-  for key, label in (("cycles_minao", "from minao"), ("cycles_from_prediction", "from the prediction")):
-    right.plot(i, [r[key] for r in rows], marker="o", label=label)
-  left.set(xlabel="held-out conformer", ylabel="seconds", ylim=(0, None),
-           title=f"{rows[0]['molecule']}/{rows[0]['basis']}: time")
+  for molecule, marker in zip(dict.fromkeys(r["molecule"] for r in rows), "os^vD"):
+    mine = [r for r in rows if r["molecule"] == molecule]
+    i = [r["conformer"] for r in mine]
+    for color, (key, label) in enumerate((("predict_seconds", "qpt.predict"),
+                                          ("pyscf_scf_seconds", "PySCF SCF from minao"),
+                                          ("scf_seconds_from_prediction", "PySCF from the prediction"))):
+      left.plot(i, [r[key] for r in mine], marker=marker, color=f"C{color}",
+                label=f"{molecule}: {label}")
+    for color, (key, label) in enumerate((("cycles_minao", "from minao"),
+                                          ("cycles_from_prediction", "from the prediction"))):
+      right.plot(i, [r[key] for r in mine], marker=marker, color=f"C{color}",
+                 label=f"{molecule}: {label}")
+  left.set(xlabel="held-out conformer", ylabel="seconds", ylim=(0, None), yscale="linear",
+           title="time")
   right.set(xlabel="held-out conformer", ylabel="PySCF SCF cycles", ylim=(0, None),
             title="cycles to convergence")
-  left.legend(fontsize=8)
-  right.legend(fontsize=8)
+  left.legend(fontsize=7)
+  right.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

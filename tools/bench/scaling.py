@@ -187,7 +187,8 @@ def plot(rows: list[dict], path: str) -> None:
   right.set_xticks(sorted({r["devices"] for r in rows if r["part"] == "devices"}))
   right.set(xlabel="fake CPU devices (2 physical cores)", ylabel="seconds per conformer",
             title="train step, fixed global batch", yscale="log")
-  right.legend(fontsize=8)
+  if right.lines:
+    right.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
