@@ -33,7 +33,6 @@ from pyscf import ao2mo, dft, gto, lib, scf
 
 from qpt import xc as xc_lib
 from qpt.errors import InputError
-from qpt.molecule import Molecule
 
 ERI_MODES = ("dense", "df")
 CHOLESKY_TOL = 1e-10  # Hartree; largest integral error of eri="dense" (energy effect ≪ 1 µHa)

@@ -146,3 +146,10 @@ def pyplot():
   return plt
 
 
+def save_figure(figure, path: str) -> None:
+  """Every benchmark plot is saved alike, and its memory released."""
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  pyplot().close(figure)
+
+

@@ -82,7 +82,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
 
 def plot(rows: list[dict], path: str) -> None:
   """Held-out energy and ε MAE against training wall time, one line per molecule and route."""
-  from tools.bench.common import pyplot
+  from tools.bench.common import pyplot, save_figure
   plt = pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   routes = {(r["molecule"], r["route"]): r["curve"] for r in rows}  # every target row has it
@@ -95,9 +95,7 @@ def plot(rows: list[dict], path: str) -> None:
       ax.axhline(bound, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="training wall time (s), labels included", yscale="log", title=title)
     ax.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 COMMAND = Command(

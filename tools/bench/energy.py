@@ -136,7 +136,7 @@ def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
 def plot(rows: list[dict], path: str) -> None:
   """Ratios to PySCF per molecule/basis: E + ∇ at each k against one iteration (left), the host
   build against PySCF's setup (right). Below the line at 1, QPT is faster."""
-  from tools.bench.common import pyplot
+  from tools.bench.common import pyplot, save_figure
   plt = pyplot()
   cases = list(dict.fromkeys((r["molecule"], r["basis"]) for r in rows))
   ks = sorted({r["k"] for r in rows})
@@ -158,9 +158,7 @@ def plot(rows: list[dict], path: str) -> None:
   left.set_yscale("log")  # k = 0 and k = 3 differ by ~4×
   left.yaxis.set_major_formatter(plt.ScalarFormatter())
   left.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 COMMAND = Command(

@@ -70,7 +70,7 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
 def throughput_plot(rows: list[dict], path: str) -> None:
   """Unique conformers/s of training per (workers, mol_repeats) beside PySCF's labels/s, with the
   ratio and the host-wait fraction written on each bar."""
-  from tools.bench.common import pyplot
+  from tools.bench.common import pyplot, save_figure
   plt = pyplot()
   figure, ax = plt.subplots(figsize=(7, 4))
   names = [f"{r['workers']} workers\nmol_repeats {r['mol_repeats']}" for r in rows]
@@ -88,9 +88,7 @@ def throughput_plot(rows: list[dict], path: str) -> None:
   ax.set(ylabel="unique conformers / s",
          title=f"{rows[0]['molecule']}/{rows[0]['basis']}: training vs labelling")
   ax.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 THROUGHPUT = Command(
@@ -159,7 +157,7 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
 def inference_plot(rows: list[dict], path: str) -> None:
   """Per held-out conformer of each molecule: qpt.predict and PySCF's SCF from minao and from the
   prediction (seconds, left); PySCF's cycles from minao and from the prediction (right)."""
-  from tools.bench.common import pyplot
+  from tools.bench.common import pyplot, save_figure
   plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   for molecule, marker in zip(dict.fromkeys(r["molecule"] for r in rows), "os^vD"):
@@ -180,9 +178,7 @@ def inference_plot(rows: list[dict], path: str) -> None:
             title="cycles to convergence")
   left.legend(fontsize=7)
   right.legend(fontsize=7)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 INFERENCE = Command(

@@ -159,7 +159,7 @@ def device_step(args: argparse.Namespace) -> dict:
 def plot(rows: list[dict], path: str) -> None:
   """Left: seconds of E + ∇ (and one PySCF iteration) against n_ao, log-log, per ERI mode, with
   the fitted slopes. Right: seconds per conformer of the train step against device count."""
-  from tools.bench.common import pyplot
+  from tools.bench.common import pyplot, save_figure
   plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   fits = {r["eri"]: r for r in rows if r["part"] == "fit"}
@@ -189,9 +189,7 @@ def plot(rows: list[dict], path: str) -> None:
             title="train step, fixed global batch", yscale="log")
   if right.lines:
     right.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 COMMAND = Command(
