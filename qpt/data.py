@@ -20,7 +20,7 @@ building (n_workers=0) also runs PySCF on one thread, so it yields the workers' 
 Host cost is hidden two ways: `prefetch` batches are built ahead while the device trains, and with
 `mol_repeats` = r each batch is yielded for r consecutive steps (the paper's trick; its conformers
 count once). Build cost per conformer on one worker thread, b3lyp5, grid level 3, dense ERI
-(2-core machine, quiet): ethanol/def2-SVP 0.9 s (`tools/benchmark.py energy`, build_seconds).
+(2-core machine, quiet): ethanol/def2-SVP 0.9 s, ~1 s with the other core busy training.
 """
 
 from __future__ import annotations

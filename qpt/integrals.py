@@ -148,7 +148,7 @@ def pivoted_cholesky(matrix: np.ndarray, tol: float) -> np.ndarray:
   then every entry of the residual is below `tol` too (it is positive semi-definite, so
   |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 1337 of 2628 in 0.15 s.
   """
-  # A symmetric C-ordered matrix is its own Fortran-ordered transpose: LAPACK reads it in place.
+  # A symmetric C-ordered matrix is its own Fortran-ordered transpose: no reordering copy.
   factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix.T, tol=tol, lower=1)
   if info < 0:
     raise RuntimeError(f"dpstrf: argument {-info} is invalid")

@@ -226,6 +226,6 @@ def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
   """`problem` padded (further) to `shape`, each size ≥ the current one; bitwise as `pad` would."""
   if problem.shapes == tuple(shape):
     return problem
-  return dataclasses.replace(problem, **{
-      name: _padded(name, np.asarray(getattr(problem, name)), shape, getattr(problem, name).dtype)
-      for name in LAYOUT})
+  arrays = {name: np.asarray(getattr(problem, name)) for name in LAYOUT}
+  return dataclasses.replace(problem, **{name: _padded(name, a, shape, a.dtype)
+                                         for name, a in arrays.items()})

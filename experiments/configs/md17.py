@@ -23,7 +23,8 @@ the run's eval.json.
       occupied ε MAE, F[D(H_pred)]  2,813 µHa (baseline 209,607 µHa)
       SCF-cycle ratio (PySCF from D(H_pred), conv_tol 1e-9)  0.72   (baseline 1.00)
   ethanol (the per-molecule defaults below: 900 steps of batch 2, each problem for 2 steps;
-  ~40 min on a machine shared with other jobs, ~2 s per step, 0.4–0.5 unique conformers/s;
+  ~40 min on a machine shared with other jobs, ~2 s per step, 0.4–0.5 unique conformers/s,
+  measured before the host build became 2.5× faster (docs/results.md, section 4);
   25 held-out conformers):
       energy MAE of E[D(H_pred)]   723 µHa    (MINAO baseline 87,423 µHa)
       occupied ε MAE, F[D(H_pred)]  3,439 µHa (baseline 108,353 µHa)
