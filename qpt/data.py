@@ -40,30 +40,14 @@ import jax
 import numpy as np
 from pyscf import lib
 
-from qpt import evaluate, integrals, problem as problem_lib, xc as xc_lib
+from qpt import labels
+from qpt.build import build_problem, grow
 from qpt.errors import InputError
+from qpt.level import Level
 from qpt.molecule import Molecule
-from qpt.problem import DFTProblem
-
-Shape = problem_lib.Shape  # (n_ao, n_grid, n_aux, n_atoms), as `DFTProblem.shapes`
+from qpt.problem import DEFAULT_XC_CHUNK, DFTProblem, Shape
 _SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
-
-
-@dataclasses.dataclass(frozen=True)
-class Level:
-  """Level of theory and device layout of every problem; sent to the workers.
-
-  Attributes mean what they mean in `qpt.dft.build_problem`.
-  """
-
-  basis: str = "def2-svp"
-  xc: str = "b3lyp5"
-  grid_level: int = 3
-  eri: str = "dense"
-  dtype: str = "float32"
-  xc_chunk: int = problem_lib.DEFAULT_XC_CHUNK
-  fock_labels: bool = False  # also converge PySCF (float64) for its Fock matrix: supervised runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +63,7 @@ class Batch:
       by the run time: the host-wait fraction.
     build_seconds: worker time spent on these conformers (0 for repeats).
     fock_label: (b, n, n) Hartree, PySCF's converged Fock matrix in the problem's AO order and
-      dtype, zero-padded — only when `Level.fock_labels`, else None.
+      dtype, zero-padded — only for a stream with `fock_labels`, else None.
   """
 
   problem: DFTProblem
@@ -98,32 +82,21 @@ class Batch:
 # ---- building one problem (runs in a worker) ----------------------------------------------------
 
 
-def build(molecule: Molecule, level: Level, transform: Callable[[Molecule], Molecule] | None = None,
-          min_shape: Shape = (0, 0, 0, 0)) -> tuple[DFTProblem, np.ndarray | None, Shape, float]:
-  """One conformer's problem, padded to at least `min_shape`.
+def build(molecule: Molecule, level: Level, xc_chunk: int, fock_labels: bool,
+          transform: Callable[[Molecule], Molecule] | None = None,
+          min_shape: Shape = (0, 0, 0, 0)) -> tuple[DFTProblem, np.ndarray | None, float]:
+  """One conformer's problem, padded to its own bucket and at least `min_shape`.
 
   Returns:
-    (problem, PySCF's Fock matrix (n_real, n_real) float64 if `level.fock_labels` else None,
-     the problem's own bucketed shape, seconds spent).
+    (problem, PySCF's Fock matrix (n_real, n_real) float64 if `fock_labels` else None,
+     seconds spent).
   """
   start = time.perf_counter()
   if transform is not None:
     molecule = transform(molecule)
-  host = integrals.compute(molecule.to_pyscf(level.basis), level.xc, level.grid_level, level.eri)
-  own = bucketed_shape(host, level.xc_chunk)
-  problem = problem_lib.pad(host, xc_lib.functional(level.xc).name, level.dtype, level.xc_chunk,
-                            _max_shape(own, min_shape))
-  label = None
-  if level.fock_labels:  # the evaluation's own labelling, so both mean the same PySCF run
-    label = evaluate.label([molecule], level.basis, level.xc, level.grid_level, level.eri).fock[0]
-  return problem, label, own, time.perf_counter() - start
-
-
-def bucketed_shape(host: integrals.HostIntegrals, xc_chunk: int) -> Shape:
-  """The shape `problem.pad` gives `host` by default (same size buckets)."""
-  sizes = (host.overlap.shape[0], host.weights.shape[0], host.eri_factor.shape[0],
-           len(host.atomic_numbers))
-  return problem_lib.default_shape(sizes, xc_chunk)
+  problem = build_problem(molecule, level, xc_chunk=xc_chunk, min_shape=min_shape)
+  fock = labels.label([molecule], level).fock[0] if fock_labels else None
+  return problem, fock, time.perf_counter() - start
 
 
 def _max_shape(*shapes: Shape) -> Shape:
@@ -162,7 +135,8 @@ class ProblemStream:
   """
 
   def __init__(self, conformers: Callable[[int], Molecule], batch_size: int, level: Level = Level(),
-               *, n_workers: int = 0, prefetch: int = 2, mol_repeats: int = 1,
+               *, xc_chunk: int = DEFAULT_XC_CHUNK, fock_labels: bool = False,
+               n_workers: int = 0, prefetch: int = 2, mol_repeats: int = 1,
                transform: Callable[[Molecule], Molecule] | None = None, process_index: int = 0,
                process_count: int = 1, pad_to: Shape | None = None,
                agree_shape: Callable[[Shape], Shape] | None = None,
@@ -173,7 +147,10 @@ class ProblemStream:
       conformers: index → Molecule, a pure function (e.g. `conformers.ThermalSampler`). Called in
         this process (it is cheap); only the molecules travel to the workers.
       batch_size: conformers per global batch (all processes together).
-      level: level of theory and padding.
+      level: level of theory of every problem.
+      xc_chunk: grid points per XC chunk of every problem.
+      fock_labels: also converge PySCF (float64) for every conformer's Fock matrix (supervised
+        runs; `Batch.fock_label`).
       n_workers: background worker processes; 0 builds inline in this process (tests, debugging).
       prefetch: global batches built ahead of the one being yielded. Finished problems wait in
         this process's memory (ethanol/def2-SVP, float32: 154 MB each).
@@ -195,18 +172,14 @@ class ProblemStream:
     if n_workers < 0 or prefetch < 0 or mol_repeats < 1:
       raise InputError(f"n_workers={n_workers}, prefetch={prefetch} must be ≥ 0 and "
                        f"mol_repeats={mol_repeats} ≥ 1")
-    xc_lib.functional(level.xc)  # unknown names fail here, not in a worker
-    if level.eri not in integrals.ERI_MODES or level.dtype not in problem_lib.DTYPES:
-      raise InputError(f"eri={level.eri!r} or dtype={level.dtype!r} is not supported")
     if n_workers and transform is not None:
       try:
         pickle.dumps(transform)
       except Exception:
         raise InputError(f"transform {transform!r} cannot be sent to worker processes; use a "
                          "module-level function") from None
-    if level.dtype == "float64":
-      jax.config.update("jax_enable_x64", True)  # as build_problem: else JAX computes in float32
     self.conformers, self.level, self.transform = conformers, level, transform
+    self.xc_chunk, self.fock_labels = xc_chunk, fock_labels
     self.batch_size, self.n_workers, self.prefetch = batch_size, n_workers, prefetch
     self.mol_repeats = mol_repeats
     self.local_size = batch_size // process_count
@@ -274,21 +247,27 @@ class ProblemStream:
       # PySCF's OpenMP loops on one thread, as in the workers. (numpy's BLAS keeps its threads:
       # they cannot change after import; the tests check that the bits still agree.)
       with lib.with_omp_threads(1):
-        results = [build(self.conformers(int(i)), self.level, self.transform, self.pad_to)
-                   for i in indices]
+        results = [self._build(i) for i in indices]
     else:
       self._submit_through(position + (self.prefetch + 1) * self.batch_size)
       results = [self._pending.pop(int(i)).result() for i in indices]
-    self.pad_to = self.agree_shape(_max_shape(self.pad_to, *(own for _, _, own, _ in results)))
-    members = [problem_lib.grow(p, self.pad_to) for p, _, _, _ in results]
+    # Each problem is padded to at least the running shape it was queued with, which never
+    # shrinks: the new running shape is the maximum of the old and the problems' own.
+    self.pad_to = self.agree_shape(_max_shape(self.pad_to, *(p.shapes for p, _, _ in results)))
+    members = [grow(p, self.pad_to) for p, _, _ in results]
     stacked = jax.tree.map(lambda *a: np.stack(a), *members)
-    labels = None
-    if self.level.fock_labels:
-      labels = np.zeros((len(results),) + stacked.overlap.shape[-2:], self.level.dtype)
-      for k, (_, f, _, _) in enumerate(results):
-        labels[k, :len(f), :len(f)] = f
+    fock = None
+    if self.fock_labels:
+      fock = np.zeros((len(results),) + stacked.overlap.shape[-2:], self.level.dtype)
+      for k, (_, f, _) in enumerate(results):
+        fock[k, :len(f), :len(f)] = f
     wait = time.perf_counter() - start
-    return Batch(stacked, indices, 0, wait, float(sum(t for *_, t in results)), labels)
+    return Batch(stacked, indices, 0, wait, float(sum(t for *_, t in results)), fock)
+
+  def _build(self, i: int):
+    """`build` of conformer i, in this process."""
+    return build(self.conformers(int(i)), self.level, self.xc_chunk, self.fock_labels,
+                 self.transform, self.pad_to)
 
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""
@@ -304,7 +283,8 @@ class ProblemStream:
           if int(i) not in self._pending:
             # The current padded shape as a hint: workers pad to it, so `grow` rarely copies.
             self._pending[int(i)] = self._pool.submit(
-                build, self.conformers(int(i)), self.level, self.transform, self.pad_to)
+                build, self.conformers(int(i)), self.level, self.xc_chunk, self.fock_labels,
+                self.transform, self.pad_to)
 
   def close(self) -> None:
     """Stops the workers: queued conformers are dropped, those being built are finished first.

@@ -2,11 +2,11 @@
 
 Data path:  H ──Xᵀ·X──▶ H' ──eigh──▶ P ──▶ ΔE = E[P] − E[P0]   (+ E_ref on the host)
 
-Inside, everything lives in the orthonormal basis φ' = φ X prepared by `problem.py`: the density is
+Inside, everything lives in the orthonormal basis φ' = φ X prepared by `build.py` on the host: the density is
 the projector P = U diag(occ) Uᵀ of H' = Xᵀ H X, never a float32 product X P Xᵀ. The public
 functions speak the AO basis (H, D, F as PySCF has them) and convert at the edge.
 
-Float32 stabilisation (../shared/NUMERICS.md has the measurements behind each choice):
+Float32 stabilisation (docs/numerics.md has the measurements behind each choice):
   1. The device never forms a total energy. It evaluates ΔE(ΔD) for ΔD = D − D0, relative to the
      MINAO reference density D0 whose energy E_ref = E_nuc + E[D0] (hundreds of Hartree) was computed
      on the host in float64. ΔE is ~1 Ha, so float32's relative 6e-8 is ~0.1 µHa, not ~20 µHa.
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpt.errors import InputError
-from qpt.problem import DFTProblem, build_problem, reference_energy  # noqa: F401  (public API)
+from qpt.problem import DFTProblem, reference_energy  # noqa: F401  (public API)
 
 GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it stays ≤ 1/(2·GAP_GUARD)
 

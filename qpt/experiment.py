@@ -7,6 +7,10 @@
 `run(config)` is what experiments/md17.py calls: mode=train trains (resuming from the workdir's
 latest checkpoint if there is one) and ends with the final evaluation; mode=eval only evaluates
 the workdir's (or `init_from`'s) latest parameters.
+
+The pieces a run is assembled from are public, so tools and benchmarks reuse them instead of
+wiring their own: `level`, `make_network`, `make_trainer` (optimizer and compiled step),
+`make_stream`, `sources`, `labelled_set`, `read_metrics`; `qpt.run_config` loads and checks configs.
 """
 
 from __future__ import annotations
@@ -18,28 +22,23 @@ import os
 import signal
 from typing import Callable
 
+import haiku as hk
 import jax
 import numpy as np
+import optax
 
-from qpt import backends, checkpoint, conformers, data, evaluate, frame, integrals
-from qpt import model as model_lib
-from qpt import metrics_log, molecules, plot, train as train_lib, xc as xc_lib
+from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels, metrics_log
+from qpt import model, molecules, plot, run_config
+from qpt.build import build_problem
 from qpt.errors import InputError, TrainingError
+from qpt.level import Level
 from qpt.molecule import Molecule
-from qpt.problem import DTYPES, build_problem
+from qpt.train import (LABELLED_LOSSES, TrainState, conformer_loss, init_state, make_optimizer,
+                       make_train_step)
 
-MODES = ("train", "eval")
 # Each conformer set is its own sampler stream, so they never share a conformer.
 VALIDATION_SEED_OFFSET = 500_009
 HELD_OUT_SEED_OFFSET = 1_000_003
-# Fields that may differ when resuming: they change neither the trajectory nor its meaning.
-# The device layout is among them: a checkpoint restores on any mesh (the trajectory then agrees
-# to float32 rounding, bitwise only on the same devices).
-RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
-                     "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation",
-                     "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
-                     "backend.emulate", "backend.coordinator_address", "backend.num_processes",
-                     "backend.process_id", "mesh.data", "mesh.model")
 
 
 def run(config, progress: bool = True) -> dict | None:
@@ -47,27 +46,6 @@ def run(config, progress: bool = True) -> dict | None:
   if config.mode == "eval":
     return evaluate_checkpoint(config)
   return train(config, progress)
-
-
-def check_config(config) -> None:
-  """One-line InputError for a config that cannot run, before anything is computed or written."""
-  if config.mode not in MODES:
-    raise InputError(f"mode={config.mode!r}: choose one of {', '.join(MODES)}")
-  train_lib.conformer_loss(config.loss, config.iterations, config.mixing)  # loss and mixing
-  model_lib.model_config(config.model.size)
-  xc_lib.functional(config.xc)
-  if config.eri not in integrals.ERI_MODES:
-    raise InputError(f"eri={config.eri!r}: choose one of {', '.join(integrals.ERI_MODES)}")
-  if config.dtype not in DTYPES:
-    raise InputError(f"dtype={config.dtype!r}: choose one of {', '.join(DTYPES)}")
-  if not config.data.md17_file:
-    molecules.get(config.molecule)
-  for key in ("train.steps", "train.batch_size", "log_every", "checkpoint.every",
-              "checkpoint.keep", "data.mol_repeats"):
-    section, field = key.split(".") if "." in key else (None, key)
-    value = (config[section] if section else config)[field]
-    if value < 1:
-      raise InputError(f"{key}={value}: must be at least 1")
 
 
 # ---- conformer sources --------------------------------------------------------------------------
@@ -107,9 +85,78 @@ def labelled_set(config, source: Callable[[int], Molecule], n: int, path: str):
   Labels are cached in `path` (reused while geometries and level of theory match).
   """
   canonical = [frame.canonical_molecule(source(i)) for i in range(n)]
-  labels, _ = evaluate.label_cached(path, canonical, config.basis, config.xc, config.grid_level,
-                                    config.eri)
-  return labels, evaluate.build_problems(labels, config.dtype)
+  reference, _ = labels.label_cached(path, canonical, level(config))
+  return reference, evaluate.problems_for(reference, config.dtype)
+
+
+# ---- the run's pieces ---------------------------------------------------------------------------
+
+
+def level(config) -> Level:
+  """The level of theory of a run (config fields basis, xc, grid_level, eri, dtype)."""
+  return Level.from_config(config)
+
+
+def make_network(config) -> hk.Transformed:
+  """The QPT transformer (dm-haiku) a config describes."""
+  return model.make_model(model.model_config(config.model.size, remat=config.model.remat))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a config trains with: the network, the optimizer and the compiled train step.
+
+  step: (state, problems, fock_labels) → (state, metrics), problems and labels placed by
+    `backend.put_batch` (`train.make_train_step`).
+  """
+
+  network: hk.Transformed
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  step: Callable
+  backend: backends.Backend
+  seed: int
+
+  def init_state(self, example, params: hk.Params | None = None) -> TrainState:
+    """Fresh parameters (or `params`, fine-tuning) and optimizer state, on the backend's devices;
+    `example` is one problem or a stacked batch."""
+    return init_state(self.network, self.optimizer, self.seed, example, self.backend,
+                                params)
+
+  def abstract_params(self, example) -> hk.Params:
+    """The parameters' shapes (they do not depend on `example`, which may be a batch)."""
+    if np.ndim(example.ao_mask) == 2:
+      example = jax.tree.map(lambda a: a[0], example)
+    return jax.eval_shape(self.network.init, jax.random.key(0), example)
+
+
+def make_trainer(config, backend: backends.Backend) -> Trainer:
+  """The network, optimizer and compiled step of `config` on `backend`."""
+  network = make_network(config)
+  optimizer, schedule = make_optimizer(config.train)
+  loss_fn = conformer_loss(config.loss, config.iterations, config.mixing)
+  step = make_train_step(network, optimizer, loss_fn, schedule, backend)
+  return Trainer(network, optimizer, schedule, step, backend, config.seed)
+
+
+def make_stream(config, source: Callable[[int], Molecule], backend: backends.Backend,
+                state: dict | None = None) -> data.ProblemStream:
+  """The training stream of `config` over `source`: this process's share of every global batch,
+  built by `data.workers` processes, in the canonical frame."""
+  return data.ProblemStream(source, config.train.batch_size, level(config),
+                            fock_labels=config.loss in LABELLED_LOSSES,
+                            n_workers=config.data.workers, prefetch=config.data.prefetch,
+                            mol_repeats=config.data.mol_repeats,
+                            transform=frame.canonical_molecule,
+                            process_index=backend.process_index,
+                            process_count=backend.process_count,
+                            pad_to=tuple(config.data.pad_to) or None,
+                            agree_shape=backend.max_across_processes, state=state)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of a run's metrics.jsonl (`metrics_log` says what each holds)."""
+  return metrics_log.read(workdir)
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -122,47 +169,34 @@ def train(config, progress: bool = True) -> dict | None:
   evaluation, orbax coordinates the checkpoints. Returns the final evaluation's metrics, or None
   if it did not run here (eval.n_conformers = 0, a signal stopped the run, or not process 0).
   """
-  check_config(config)
+  run_config.check(config)
   backend = backends.create(config)  # first: it must configure JAX before any device is used
   backend.check_batch_size(config.train.batch_size)
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
-  flat = _flatten(config.to_dict())
+  flat = run_config.flatten(config.to_dict())
   saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
   resume_step = saver.latest_step()
   stream_state = None
   if resume_step is not None:
     meta = saver.meta(resume_step)
-    _check_resumable(meta["config"], flat)
+    run_config.check_resumable(meta["config"], flat)
     stream_state = meta["stream"]
   if backend.is_primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(dict(config=flat, versions=_versions(), backend=backend.describe()), f, indent=1)
+    run_config.record(workdir, config, backend.describe())
 
-  model = _model(config)
-  tx, schedule = train_lib.make_optimizer(config.train)
-  loss_fn = train_lib.conformer_loss(config.loss, config.iterations, config.mixing)
-  step_fn = train_lib.make_train_step(model, tx, loss_fn, schedule, backend)
+  trainer = make_trainer(config, backend)
   conformer_sources = sources(config, workdir)
-  level = data.Level(config.basis, config.xc, config.grid_level, config.eri, config.dtype,
-                     fock_labels=config.loss in train_lib.LABELLED_LOSSES)
-  stream = data.ProblemStream(conformer_sources.train, config.train.batch_size, level,
-                              n_workers=config.data.workers, prefetch=config.data.prefetch,
-                              mol_repeats=config.data.mol_repeats,
-                              transform=frame.canonical_molecule,
-                              process_index=backend.process_index,
-                              process_count=backend.process_count,
-                              pad_to=tuple(config.data.pad_to) or None,
-                              agree_shape=backend.max_across_processes, state=stream_state)
+  stream = make_stream(config, conformer_sources.train, backend, stream_state)
   validate = None
   if backend.is_primary and config.eval.every and config.eval.n_validation:
-    validate = _validator(config, model, conformer_sources.validation, workdir)
+    validate = _validator(config, trainer.network, conformer_sources.validation, workdir)
   with stream, _StopOnSignal() as signals:
     batch = next(stream)
     params = None
     if config.init_from and resume_step is None:
-      params = checkpoint.load_params(config.init_from, _abstract_params(model, batch.problem))
-    state = train_lib.init_state(model, tx, config.seed, batch.problem, backend, params)
+      params = checkpoint.load_params(config.init_from, trainer.abstract_params(batch.problem))
+    state = trainer.init_state(batch.problem, params)
     if resume_step is not None:
       state, _ = saver.restore(backend.abstract(state))
     first_step = int(backend.to_host(state.step))
@@ -171,8 +205,8 @@ def train(config, progress: bool = True) -> dict | None:
     bad_in_a_row, stop = 0, False
     for step in range(first_step, config.train.steps):
       batch = batch or next(stream)  # the first batch was already taken to size the model
-      state, metrics = step_fn(state, backend.put_batch(batch.problem),
-                               backend.put_batch(batch.fock_label))
+      state, metrics = trainer.step(state, backend.put_batch(batch.problem),
+                                    backend.put_batch(batch.fock_label))
       metrics = backend.to_host(metrics)
       finite = bool(metrics["finite"])
       bad_in_a_row = 0 if finite else bad_in_a_row + 1
@@ -200,37 +234,27 @@ def train(config, progress: bool = True) -> dict | None:
     return None
   plot.training_curves(workdir)
   if config.eval.n_conformers and not stop:
-    return final_evaluation(config, model, backend.to_host(state.params),
+    return final_evaluation(config, trainer.network, backend.to_host(state.params),
                             conformer_sources.test, workdir)
   return None
 
 
-def _model(config):
-  return model_lib.make_model(model_lib.model_config(config.model.size, remat=config.model.remat))
-
-
-def _abstract_params(model, problem):
-  """The parameter shapes of `model`; they do not depend on the problem (which may be a batch)."""
-  if np.ndim(problem.ao_mask) == 2:
-    problem = jax.tree.map(lambda a: a[0], problem)
-  return jax.eval_shape(model.init, jax.random.key(0), problem)
-
-
 @functools.cache
-def _predictor(model):
-  """Jitted (params, problem) → H, compiled once per model and padded shape."""
-  return jax.jit(functools.partial(model_lib.hamiltonian, model))
+def predictor(network: hk.Transformed) -> Callable:
+  """Jitted (params, problem) → H, compiled once per network and padded shape."""
+  return jax.jit(functools.partial(model.hamiltonian, network))
 
 
-def _validator(config, model, source, workdir: str) -> Callable[[dict], dict]:
+def _validator(config, network, source, workdir: str) -> Callable[[dict], dict]:
   """params → validation metrics (`val_*` keys) on a fixed labelled set; no PySCF runs per call."""
-  labels, problems = labelled_set(config, source, config.eval.n_validation,
-                                  os.path.join(workdir, "validation_labels.npz"))
-  predict = _predictor(model)
+  reference, problems = labelled_set(config, source, config.eval.n_validation,
+                                     os.path.join(workdir, "validation_labels.npz"))
+  predict = predictor(network)
 
   def validate(params) -> dict:
-    metrics = evaluate.evaluate(lambda p: predict(params, p), problems, labels, config.iterations,
-                                config.mixing, baseline=False, scf_cycles=False)
+    metrics = evaluate.evaluate(lambda p: predict(params, p), problems, reference,
+                                config.iterations, config.mixing, baseline=False,
+                                scf_cycles=False)
     keys = ("energy_mae_uha", "energy_after_k_mae_uha", "eps_occ_mae_uha", "h_mae_fock_uha")
     return {f"val_{k}": metrics[k] for k in keys}
 
@@ -240,17 +264,17 @@ def _validator(config, model, source, workdir: str) -> Callable[[dict], dict]:
 # ---- evaluation ---------------------------------------------------------------------------------
 
 
-def final_evaluation(config, model, params, source, workdir: str) -> dict:
+def final_evaluation(config, network, params, source, workdir: str) -> dict:
   """Scores `params` on `eval.n_conformers` held-out conformers against PySCF (float64) labels.
 
   Labels are cached in workdir/labels.npz; results go to workdir/eval.json and are printed beside
   the MINAO baseline (H_init, no model).
   """
-  labels, problems = labelled_set(config, source, config.eval.n_conformers,
-                                  os.path.join(workdir, "labels.npz"))
-  predict = _predictor(model)
-  metrics = evaluate.evaluate(lambda p: predict(params, p), problems, labels, config.iterations,
-                              config.mixing)
+  reference, problems = labelled_set(config, source, config.eval.n_conformers,
+                                     os.path.join(workdir, "labels.npz"))
+  predict = predictor(network)
+  metrics = evaluate.evaluate(lambda p: predict(params, p), problems, reference,
+                              config.iterations, config.mixing)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(metrics, f, indent=1)
   m = metrics
@@ -268,48 +292,19 @@ def final_evaluation(config, model, params, source, workdir: str) -> dict:
 
 def evaluate_checkpoint(config) -> dict:
   """mode=eval: the final evaluation of the latest parameters in `init_from` or else `workdir`."""
-  check_config(config)
+  run_config.check(config)
+  backends.create(config)  # the device precision of the config, as in training
   workdir = os.path.abspath(config.workdir)
-  source = config.init_from or workdir
   os.makedirs(workdir, exist_ok=True)
-  model = _model(config)
+  network = make_network(config)
   test = sources(config, workdir).test
-  example = build_problem(frame.canonical_molecule(test(0)), config.basis, config.xc,
-                          config.grid_level, config.eri, config.dtype)
-  params = checkpoint.load_params(source, _abstract_params(model, example))
-  return final_evaluation(config, model, params, test, workdir)
+  example = build_problem(frame.canonical_molecule(test(0)), level(config))
+  like = jax.eval_shape(network.init, jax.random.key(0), example)
+  params = checkpoint.load_params(config.init_from or workdir, like)
+  return final_evaluation(config, network, params, test, workdir)
 
 
 # ---- bookkeeping --------------------------------------------------------------------------------
-
-
-def _check_resumable(saved: dict, wanted: dict) -> None:
-  """One-line InputError naming the first field that differs from the checkpointed run's.
-
-  A field the saved run did not have (added to QPT since) is accepted: new fields default to
-  the behaviour from before they existed.
-  """
-  for key in sorted(set(saved) | set(wanted)):
-    if key in RESUMABLE_CHANGES or key not in saved or saved[key] == wanted.get(key):
-      continue
-    raise InputError(f"workdir holds a run with {key}={saved.get(key)!r}, this config has "
-                     f"{wanted.get(key)!r}: use another workdir (or init_from to fine-tune)")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-def _versions() -> dict:
-  import importlib.metadata as md
-  return {p: md.version(p) for p in ("jax", "jaxlib", "dm-haiku", "optax", "pyscf", "numpy",
-                                     "ml-collections", "orbax-checkpoint")}
 
 
 class _StopOnSignal:

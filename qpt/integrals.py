@@ -2,7 +2,7 @@
 
 The device never sees a basis set or a grid builder, only arrays:
 
-  molecule ──PySCF──▶ HostIntegrals (float64, unpadded) ──problem.py──▶ DFTProblem (padded, device dtype)
+  molecule ──PySCF──▶ HostIntegrals (float64, unpadded) ──build.py──▶ DFTProblem (padded, device dtype)
 
 Why each piece is here rather than on the device:
   * S, Hcore, the ERI factor and AO values need libcint / PySCF's grids.
@@ -10,7 +10,7 @@ Why each piece is here rather than on the device:
     it — E_nuc + E[D0] and G0 = Hcore + J[D0] − a/2·K[D0] — are large numbers (hundreds of Hartree).
     They are computed here in float64 so that the device only ever handles the *difference*
     ΔD = D − D0, whose energy contribution is ~1 Ha: float32 then keeps µHa accuracy
-    (../shared/NUMERICS.md: 352 µHa naive vs 4 µHa this way, uracil/def2-SVP).
+    (docs/numerics.md: 352 µHa naive vs 4 µHa this way, uracil/def2-SVP).
 
 Electron repulsion reaches the device as one 3-index factor B (n_aux, n_ao, n_ao) with
 (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, so J and K are contracted the same way for both modes:
@@ -18,8 +18,8 @@ Electron repulsion reaches the device as one 3-index factor B (n_aux, n_ao, n_ao
     integrals), stopped when the largest remaining diagonal is below CHOLESKY_TOL. Every integral
     is then exact to that tolerance, and B is far smaller than the dense tensor
     (uracil/def2-SVP: 1.2 GB float32 dense vs ~80 MB).
-  * eri="df": density fitting with PySCF's JK-fit auxiliary basis `pyscf.df.make_auxbasis(mol)`,
-    exactly the tensor `dft.RKS(mol).density_fit()` uses (J and, for hybrids, K).
+  * eri="df": density fitting with PySCF's JK-fit auxiliary basis (`labels.auxiliary_basis`),
+    exactly the tensor the density-fitted PySCF reference (`labels.pyscf_rks`) uses for J and K.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ import pyscf.df
 import scipy.linalg.lapack
 from pyscf import ao2mo, dft, gto, lib, scf
 
-from qpt import xc as xc_lib
-from qpt.errors import InputError
+from qpt import labels
+from qpt.level import Level
 
-ERI_MODES = ("dense", "df")
 CHOLESKY_TOL = 1e-10  # Hartree; largest integral error of eri="dense" (energy effect ≪ 1 µHa)
 
 
@@ -77,14 +76,9 @@ class HostIntegrals:
   positions: np.ndarray
 
 
-def compute(mol: gto.Mole, xc: str, grid_level: int = 3, eri: str = "dense") -> HostIntegrals:
-  """All host-side arrays for `mol` (a built PySCF Mole) at the given level of theory."""
-  functional = xc_lib.functional(xc)
-  if eri not in ERI_MODES:
-    raise InputError(f"eri={eri!r}: choose one of {', '.join(ERI_MODES)}")
-  if not 0 <= int(grid_level) <= 9:
-    raise InputError(f"grid_level={grid_level}: PySCF grid levels are 0..9")
-
+def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
+  """All host-side arrays for `mol` (a built PySCF Mole, in `level.basis`) at `level`."""
+  functional = level.functional
   overlap = mol.intor_symmetric("int1e_ovlp")
   hcore = mol.intor_symmetric("int1e_kin") + mol.intor_symmetric("int1e_nuc")
   orthogonalizer = np.linalg.inv(np.linalg.cholesky(overlap)).T
@@ -93,13 +87,13 @@ def compute(mol: gto.Mole, xc: str, grid_level: int = 3, eri: str = "dense") -> 
   occupation = np.zeros(mol.nao)
   occupation[:n_occ] = 2.0
 
-  b, (j_ref, k_ref) = repulsion(mol, eri, density_ref)
+  b, (j_ref, k_ref) = repulsion(mol, level.eri, density_ref)
   a = functional.exact_exchange
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
-  ao, weights = quadrature(mol, xc, grid_level, density_ref, functional.is_gga)
+  ao, weights = quadrature(mol, level, density_ref)
   rho_ref = rho_on_grid(ao, density_ref)
-  e_xc_ref = float(np.dot(weights, np.asarray(functional_energy_density_host(xc, rho_ref))))
+  e_xc_ref = float(np.dot(weights, functional_energy_density_host(level.xc, rho_ref)))
   energy_nuc = mol.energy_nuc()
   energy_ref = (energy_nuc + np.vdot(density_ref, hcore) + 0.5 * np.vdot(density_ref, j_ref)
                 - 0.25 * a * np.vdot(density_ref, k_ref) + e_xc_ref)
@@ -133,7 +127,7 @@ def repulsion(mol: gto.Mole, eri: str,
   eri="df": B from density fitting, and J, K contracted from it as the device will.
   """
   if eri == "df":
-    b = lib.unpack_tril(pyscf.df.incore.cholesky_eri(mol, auxbasis=pyscf.df.make_auxbasis(mol)))
+    b = lib.unpack_tril(pyscf.df.incore.cholesky_eri(mol, auxbasis=labels.auxiliary_basis(mol)))
     return b, coulomb_exchange(b, density)
   packed = mol.intor("int2e", aosym="s8")  # half the work of the 4-fold matrix Cholesky needs
   j, k = scf.hf.dot_eri_dm(packed, density, hermi=1)
@@ -167,22 +161,20 @@ def coulomb_exchange(b: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np
 # ---- exchange-correlation quadrature ---------------------------------------------------------
 
 
-def quadrature(mol: gto.Mole, xc: str, grid_level: int, density_ref: np.ndarray,
-               is_gga: bool) -> tuple[np.ndarray, np.ndarray]:
-  """AO values (c, g, n) and weights (g,) on PySCF's grid, built exactly as `dft.RKS` builds it.
+def quadrature(mol: gto.Mole, level: Level,
+               density_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """AO values (c, g, n) and weights (g,) on the grid of the PySCF reference at `level`.
 
   PySCF drops grid points where the initial density is negligible (`small_rho_cutoff`) when it first
-  builds the grid; we call the same routine with the same MINAO density so both codes integrate on
-  the very same points.
+  builds the grid; the reference's RKS (`labels.pyscf_rks`) builds it from the MINAO density, and
+  so do we, with that very object: both codes integrate on the same points.
   """
-  ks = dft.RKS(mol, xc=xc)
-  ks.grids.level = int(grid_level)
-  ks.initialize_grids(mol, density_ref)
-  ao = dft.numint.NumInt().eval_ao(mol, ks.grids.coords, deriv=1 if is_gga else 0)
+  grids = labels.pyscf_rks(mol, level, density_ref=density_ref).grids
+  ao = dft.numint.NumInt().eval_ao(mol, grids.coords, deriv=1 if level.functional.is_gga else 0)
   # LDA: (g, n) → (1, g, n). Left in PySCF's memory order (points fastest): every use is a
   # matmul, which reads either order, and a transposing copy would cost more than eval_ao itself.
   ao = ao.reshape(-1, *ao.shape[-2:])
-  return ao, np.asarray(ks.grids.weights)
+  return ao, np.asarray(grids.weights)
 
 
 def rho_on_grid(ao: np.ndarray, density: np.ndarray) -> np.ndarray:

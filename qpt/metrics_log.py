@@ -15,7 +15,18 @@ import time
 
 import numpy as np
 
-from qpt import train as train_lib
+from qpt.errors import InputError
+from qpt.train import batch_energies
+
+
+def read(workdir: str) -> list[dict]:
+  """The records of workdir/metrics.jsonl, in order (InputError if there is no such file)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  try:
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  except OSError as e:
+    raise InputError(f"{path}: cannot read ({e.strerror})") from None
 
 
 class MetricsLog:
@@ -59,7 +70,7 @@ class MetricsLog:
     if not (write or self._progress):
       return
     per_conformer = np.asarray(metrics["per_conformer"], np.float64)
-    value = (float(np.mean(train_lib.batch_energies(metrics["energy_ref"], per_conformer)))
+    value = (float(np.mean(batch_energies(metrics["energy_ref"], per_conformer)))
              if loss == "energy" else float(np.mean(per_conformer)))
     elapsed = time.perf_counter() - self._start - self._paused
     record = dict(step=step, loss=value, grad_norm=float(metrics["grad_norm"]),

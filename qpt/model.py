@@ -30,7 +30,6 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pyscf.data import elements
 
 from qpt import dft
 from qpt.errors import InputError
@@ -113,9 +112,8 @@ def check_supported(problem: DFTProblem) -> None:
     return
   z = np.asarray(problem.atomic_numbers)
   if z.max() > MAX_Z:
-    symbol = elements.ELEMENTS[int(z.max())] if z.max() < len(elements.ELEMENTS) else "?"
-    raise InputError(f"element {symbol} (Z={int(z.max())}) is beyond the model's vocabulary "
-                     f"H..Kr (Z ≤ {MAX_Z})")
+    raise InputError(f"element Z={int(z.max())} is beyond the model's vocabulary H..Kr "
+                     f"(Z ≤ {MAX_Z})")
   l_max = int(np.asarray(problem.orbital_labels)[:, 2].max())
   if l_max > MAX_L:
     raise InputError(f"the basis has l={l_max} functions; the model reads s..g (l ≤ {MAX_L})")

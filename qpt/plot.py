@@ -1,12 +1,13 @@
 """Training curves from workdir/metrics.jsonl as a PNG (matplotlib, no display needed)."""
 
-import json
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: works on headless machines and in worker processes
 import matplotlib.pyplot as plt  # noqa: E402
+
+from qpt import metrics_log  # noqa: E402
 
 PANELS = (("loss", "loss (Hartree for loss=energy)"), ("grad_norm", "gradient norm"),
           ("lr", "learning rate"), ("unique_conformers_per_s", "unique conformers / s"),
@@ -15,11 +16,9 @@ PANELS = (("loss", "loss (Hartree for loss=energy)"), ("grad_norm", "gradient no
 
 def training_curves(workdir: str) -> str:
   """Writes workdir/training_curves.png from workdir/metrics.jsonl; returns the PNG's path."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = metrics_log.read(workdir)
   if not records:
-    raise ValueError(f"{path} holds no metrics yet")
+    raise ValueError(f"{os.path.join(workdir, 'metrics.jsonl')} holds no metrics yet")
   panels = [(key, label) for key, label in PANELS if any(key in r for r in records)]
   figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
   for ax, (key, label) in zip(axes[0], panels):

@@ -229,6 +229,7 @@ _ALIASES = {
     'slater,vwn5': 'lda,vwn',
     'pbe,pbe': 'pbe',
 }
+NAMES = tuple(_FUNCTIONALS)  # the functionals' normalised names (aliases also accepted)
 
 
 def _screened_energy(comp, rho, r13, rho43, inv43, sigma, single):

@@ -4,8 +4,10 @@ import os
 
 import jax
 
-# Float64 must be switchable per test (float32 arrays stay float32 when x64 is on).
-jax.config.update("jax_enable_x64", True)
+from qpt import backends
+
+# Float64 must be available to tests (float32 arrays stay float32 when it is on).
+backends.enable_float64()
 # Compiled programs survive between runs: a second `make test` skips most XLA compile time.
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))

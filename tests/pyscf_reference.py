@@ -28,7 +28,7 @@ def rks(molecule: str, basis: str, xc: str, eri: str = "dense", grid_level: int 
 @functools.cache
 def problem(molecule: str, basis: str, xc: str, eri: str = "dense", dtype: str = "float64",
             grid_level: int = 3) -> qpt.dft.DFTProblem:
-  return qpt.dft.build_problem(qpt.molecules.get(molecule), basis=basis, xc=xc,
+  return qpt.build_problem(qpt.molecules.get(molecule), basis=basis, xc=xc,
                                grid_level=grid_level, eri=eri, dtype=dtype)
 
 

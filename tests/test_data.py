@@ -8,10 +8,10 @@ import pytest
 from pyscf.data.nist import BOHR
 
 import qpt
-from qpt import conformers, data, evaluate, integrals, problem as problem_lib
+from qpt import conformers, data, labels
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data")
-LEVEL = data.Level(basis="sto-3g", xc="pbe", grid_level=0, xc_chunk=1024)
+LEVEL = qpt.Level(basis="sto-3g", xc="pbe", grid_level=0)
 
 
 @pytest.fixture(scope="module")
@@ -236,9 +236,9 @@ def _take(stream, n):
 
 def test_workers_yield_exactly_the_inline_stream(water_sampler):
   source = _WaterThenEthanol(water_sampler)
-  inline = _take(data.ProblemStream(source, 2, LEVEL, mol_repeats=2), 6)
+  inline = _take(data.ProblemStream(source, 2, LEVEL, xc_chunk=1024, mol_repeats=2), 6)
   env_before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-  with data.ProblemStream(source, 2, LEVEL, n_workers=2, prefetch=1, mol_repeats=2) as stream:
+  with data.ProblemStream(source, 2, LEVEL, xc_chunk=1024, n_workers=2, prefetch=1, mol_repeats=2) as stream:
     workers = [next(stream) for _ in range(6)]
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
       assert stream._pool.submit(os.getenv, name).result() == "1"  # workers: one thread
@@ -260,22 +260,22 @@ def test_workers_yield_exactly_the_inline_stream(water_sampler):
 
 def test_resume_reproduces_the_continuation(water_sampler):
   source = _WaterThenEthanol(water_sampler)
-  stream = data.ProblemStream(source, 2, LEVEL, mol_repeats=2)
+  stream = data.ProblemStream(source, 2, LEVEL, xc_chunk=1024, mol_repeats=2)
   full = _take(stream, 7)
   for k, where in ((3, (2, 1)), (4, (4, 0))):  # mid-repeat, and at a batch boundary
-    stream = data.ProblemStream(source, 2, LEVEL, mol_repeats=2)
+    stream = data.ProblemStream(source, 2, LEVEL, xc_chunk=1024, mol_repeats=2)
     for _ in range(k):
       next(stream)
     saved = stream.state
     assert (saved["stream_position"], saved["repeat"]) == where
-    resumed = data.ProblemStream(source, 2, LEVEL, mol_repeats=2, state=saved)
+    resumed = data.ProblemStream(source, 2, LEVEL, xc_chunk=1024, mol_repeats=2, state=saved)
     for a, b in zip(full[k:], _take(resumed, 7 - k)):
       _assert_same_batch(a, b)
 
 
 def test_processes_split_each_global_batch(water_sampler):
-  whole = _take(data.ProblemStream(water_sampler, 4, LEVEL), 2)
-  parts = [_take(data.ProblemStream(water_sampler, 4, LEVEL, process_index=p, process_count=2), 2)
+  whole = _take(data.ProblemStream(water_sampler, 4, LEVEL, xc_chunk=1024), 2)
+  parts = [_take(data.ProblemStream(water_sampler, 4, LEVEL, xc_chunk=1024, process_index=p, process_count=2), 2)
            for p in (0, 1)]
   for step, batch in enumerate(whole):
     np.testing.assert_array_equal(
@@ -286,44 +286,30 @@ def test_processes_split_each_global_batch(water_sampler):
 
 
 def test_transform_is_applied_before_building(water_sampler):
-  (batch,) = _take(data.ProblemStream(water_sampler, 1, LEVEL, transform=shift_by_one_bohr), 1)
+  (batch,) = _take(data.ProblemStream(water_sampler, 1, LEVEL, xc_chunk=1024, transform=shift_by_one_bohr), 1)
   np.testing.assert_allclose(batch.problem.positions[0, :3],
                              water_sampler.positions(0) + 1.0, rtol=1e-6)
 
 
 def test_fock_labels_are_pyscf_labels_of_the_transformed_conformers(water_sampler):
-  level = data.Level(basis="sto-3g", xc="pbe", grid_level=0, xc_chunk=1024, fock_labels=True)
-  (batch,) = _take(data.ProblemStream(water_sampler, 2, level, transform=shift_by_one_bohr), 1)
-  reference = evaluate.label([shift_by_one_bohr(water_sampler(i)) for i in (0, 1)], "sto-3g",
-                             "pbe", grid_level=0)
+  (batch,) = _take(data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, fock_labels=True,
+                                      transform=shift_by_one_bohr), 1)
+  reference = labels.label([shift_by_one_bohr(water_sampler(i)) for i in (0, 1)], LEVEL)
   assert batch.fock_label.shape == (2,) + batch.problem.overlap.shape[1:]
   assert batch.fock_label.dtype == np.float32
   np.testing.assert_allclose(batch.fock_label[:, :7, :7], reference.fock, atol=1e-6)
   assert not batch.fock_label[:, 7:].any() and not batch.fock_label[:, :, 7:].any()
-  (unlabelled,) = _take(data.ProblemStream(water_sampler, 2, LEVEL), 1)
+  (unlabelled,) = _take(data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024), 1)
   assert unlabelled.fock_label is None
-
-
-def test_grow_pads_exactly_like_pad(water):
-  host = integrals.compute(water.to_pyscf("sto-3g"), "pbe", grid_level=0)
-  small = problem_lib.pad(host, "pbe", "float32", 1024)
-  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4)))
-  grown, direct = problem_lib.grow(small, big_shape), problem_lib.pad(host, "pbe", "float32", 1024,
-                                                               big_shape)
-  assert grown.shapes == big_shape
-  _assert_same_batch(data.Batch(grown, np.zeros(1), 0, 0, 0),
-                     data.Batch(direct, np.zeros(1), 0, 0, 0))
 
 
 def test_bad_stream_options(water_sampler):
   with pytest.raises(qpt.InputError, match="multiple of process_count"):
-    data.ProblemStream(water_sampler, 3, LEVEL, process_count=2)
+    data.ProblemStream(water_sampler, 3, LEVEL, xc_chunk=1024, process_count=2)
   with pytest.raises(qpt.InputError, match="module-level function"):
-    data.ProblemStream(water_sampler, 2, LEVEL, n_workers=1, transform=lambda m: m)
-  with pytest.raises(qpt.InputError, match="XC functional"):
-    data.ProblemStream(water_sampler, 2, data.Level(xc="m06"))
+    data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, n_workers=1, transform=lambda m: m)
   with pytest.raises(qpt.InputError, match="lacks stream_position"):
-    data.ProblemStream(water_sampler, 2, LEVEL, state={"position": 2})
+    data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, state={"position": 2})
   with pytest.raises(qpt.InputError, match="does not fit"):
-    data.ProblemStream(water_sampler, 2, LEVEL, state={"stream_position": 3, "repeat": 0,
+    data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, state={"stream_position": 3, "repeat": 0,
                                                       "pad_to": [0, 0, 0, 0]})

@@ -102,7 +102,7 @@ def test_padded_orbitals_are_never_occupied_or_reported():
 def test_basis_missing_for_element_is_an_input_error():
   iodine = qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]])
   with pytest.raises(qpt.InputError, match="not defined for element I"):
-    qpt.dft.build_problem(iodine, basis="6-31g")
+    qpt.build_problem(iodine, basis="6-31g")
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
@@ -113,11 +113,11 @@ def test_basis_missing_for_element_is_an_input_error():
 ])
 def test_bad_options_are_input_errors(kwargs, fragment):
   with pytest.raises(qpt.InputError, match=fragment):
-    qpt.dft.build_problem(qpt.molecules.get("water"), basis="sto-3g", **kwargs)
+    qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", **kwargs)
 
 
 def test_pyscf_mole_is_accepted():
   mole = qpt.molecules.get("water").to_pyscf("sto-3g")
-  problem = qpt.dft.build_problem(mole, xc="lda,vwn", dtype="float64")
+  problem = qpt.build_problem(mole, xc="lda,vwn", dtype="float64")
   mf = ref.rks("water", "sto-3g", "lda,vwn")
   assert abs(qpt.dft.scf(problem).energy - mf.e_tot) < 1e-6

@@ -23,7 +23,7 @@ def benzene_d6h() -> qpt.Molecule:
 
 @functools.cache
 def benzene_problem(dtype):
-  return qpt.dft.build_problem(benzene_d6h(), basis="sto-3g", xc="b3lyp5", grid_level=1,
+  return qpt.build_problem(benzene_d6h(), basis="sto-3g", xc="b3lyp5", grid_level=1,
                                dtype=dtype)
 
 
@@ -98,9 +98,9 @@ def test_gradient_vanishes_at_the_converged_fock_matrix():
 
 def test_padding_has_no_effect_and_gets_no_gradient():
   mol = qpt.molecules.get("water")
-  small = qpt.dft.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64")
+  small = qpt.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64")
   n, g, n_aux, n_atoms = small.shapes
-  big = qpt.dft.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64",
+  big = qpt.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64",
                               pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2))
   h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
   rng = np.random.default_rng(0)
@@ -139,7 +139,7 @@ def rotation(seed):
 def test_energy_invariance(transform, tolerance):
   mol = qpt.molecules.get("water")
   moved = mol.with_positions(transform(mol.positions))
-  energies = [qpt.dft.scf(qpt.dft.build_problem(m, basis="def2-svp", xc="b3lyp5",
+  energies = [qpt.dft.scf(qpt.build_problem(m, basis="def2-svp", xc="b3lyp5",
                                                 dtype="float64")).energy for m in (mol, moved)]
   assert abs(energies[0] - energies[1]) < tolerance
 
@@ -148,7 +148,7 @@ def test_xc_chunk_size_does_not_change_the_energy():
   mol = qpt.molecules.get("water")
   energies = []
   for chunk in (1024, 4096):
-    problem = qpt.dft.build_problem(mol, basis="sto-3g", xc="b3lyp5", grid_level=1,
+    problem = qpt.build_problem(mol, basis="sto-3g", xc="b3lyp5", grid_level=1,
                                     dtype="float64", xc_chunk=chunk)
     h = qpt.dft.fock(problem, problem.density_ref)
     energies.append(float(qpt.dft.loss_energy_delta(problem, h)))

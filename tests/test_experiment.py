@@ -9,7 +9,7 @@ import pytest
 
 import qpt
 from experiments.configs import md17
-from qpt import checkpoint, conformers, evaluate, experiment
+from qpt import checkpoint, conformers, evaluate, experiment, labels, run_config
 
 
 def small_config(workdir, steps):
@@ -91,15 +91,15 @@ def test_validation_and_eval_mode_score_the_checkpointed_parameters(tmp_path):
     assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
   # The validation logged at step 2 is the final parameters' score on the validation set.
   logged = records(tmp_path)[-1]
-  labels = evaluate.load_labels(tmp_path / "validation_labels.npz")
-  assert len(labels) == 2 and not np.allclose(labels.positions, evaluate.load_labels(
+  validation = labels.load_labels(tmp_path / "validation_labels.npz")
+  assert len(validation) == 2 and not np.allclose(validation.positions, labels.load_labels(
       tmp_path / "labels.npz").positions)  # validation and test conformers differ
   assert logged["step"] == 2 and logged["val_energy_mae_uha"] > 0
   params = checkpoint.load_params(str(tmp_path), saved_state(tmp_path, 2)["params"])
-  model = experiment._model(c)
-  scores = evaluate.evaluate(lambda p: experiment._predictor(model)(params, p),
-                             evaluate.build_problems(labels), labels, c.iterations, c.mixing,
-                             baseline=False, scf_cycles=False)
+  network = experiment.make_network(c)
+  scores = evaluate.evaluate(lambda p: experiment.predictor(network)(params, p),
+                             evaluate.problems_for(validation), validation, c.iterations,
+                             c.mixing, baseline=False, scf_cycles=False)
   assert logged["val_energy_mae_uha"] == pytest.approx(scores["energy_mae_uha"], rel=1e-6)
 
 
@@ -126,6 +126,6 @@ def test_md17_files_give_disjoint_train_validation_and_test_frames(tmp_path):
 
 def test_fields_added_since_a_checkpoint_do_not_block_its_resumption():
   saved = {"xc": "b3lyp5", "train.steps": 100}
-  experiment._check_resumable(saved, {"xc": "b3lyp5", "train.steps": 200, "data.pad_to": []})
+  run_config.check_resumable(saved, {"xc": "b3lyp5", "train.steps": 200, "data.pad_to": []})
   with pytest.raises(qpt.InputError, match="xc='b3lyp5'"):
-    experiment._check_resumable(saved, {"xc": "pbe", "train.steps": 100})
+    run_config.check_resumable(saved, {"xc": "pbe", "train.steps": 100})

@@ -49,20 +49,20 @@ def test_df_factor_is_pyscfs_density_fitting():
 
 def test_grid_and_density_are_pyscfs():
   mf = ref.rks("water", "def2-svp", "pbe")
-  host = integrals.compute(mf.mol, "pbe", grid_level=3)
+  host = integrals.compute(mf.mol, qpt.Level(xc="pbe"))
   # Same pruned grid as the SCF PySCF ran (it prunes with the same MINAO density).
   np.testing.assert_array_equal(host.weights, mf.grids.weights)
   ao = mf._numint.eval_ao(mf.mol, mf.grids.coords, deriv=1)
   np.testing.assert_allclose(host.ao, ao, atol=1e-14)
   rho = mf._numint.eval_rho(mf.mol, ao, host.density_ref, xctype="GGA")
   np.testing.assert_allclose(host.rho_ref, rho, atol=1e-12)
-  lda = integrals.compute(mf.mol, "lda,vwn", grid_level=3)
+  lda = integrals.compute(mf.mol, qpt.Level(xc="lda,vwn"))
   assert lda.ao.shape == (1, *ao.shape[1:]) and lda.rho_ref.shape == (1, ao.shape[1])
 
 
 def test_reference_terms_are_pyscfs():
   mf = ref.rks("water", "def2-svp", "b3lyp5")
-  host = integrals.compute(mf.mol, "b3lyp5", grid_level=3)
+  host = integrals.compute(mf.mol, qpt.Level(xc="b3lyp5"))
   d0 = mf.get_init_guess(key="minao")
   np.testing.assert_allclose(host.density_ref, d0, atol=1e-14)
   assert abs(host.energy_ref - mf.energy_tot(d0)) < 1e-8

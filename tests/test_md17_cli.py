@@ -35,7 +35,7 @@ def assert_one_line_error(result, *words):
 @pytest.mark.parametrize("args, config, words", [
     (["--config.trian.steps=3"], "water", ["trian"]),
     (["--config.train.steps=many"], "water", ["many"]),
-    ([], "waterr", ["unknown molecule", "waterr"]),
+    ([], "waterr", ["unknown built-in molecule", "waterr"]),
     (["--config.mode=fit"], "water", ["mode='fit'"]),
     (["--config.loss=mse"], "water", ["loss='mse'"]),
 ])
@@ -47,10 +47,10 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path)
   from experiments.configs import md17 as configs
   c = configs.get_config("water")
   c.basis, c.grid_level = "sto-3g", 0
-  model = experiment._model(c)
-  example = qpt.dft.build_problem(frame.canonical_molecule(qpt.molecules.get("water")),
-                                  c.basis, c.xc, c.grid_level)
-  like = experiment._abstract_params(model, example)
+  network = experiment.make_network(c)
+  example = qpt.build_problem(frame.canonical_molecule(qpt.molecules.get("water")),
+                              experiment.level(c))
+  like = jax.eval_shape(network.init, jax.random.key(0), example)
   # What a run with a narrower element embedding would have saved.
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
   params["embedding/element"]["embeddings"] = np.zeros((37, 128), np.float32)

@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 import qpt
 from qpt import frame, model as qm
-from qpt.problem import bucket
+from qpt.build import bucket
 
 CONFIG = qm.model_config("tiny", d_model=32, n_layers=2, n_heads=4)
 MODEL = qm.make_model(CONFIG)
@@ -28,7 +28,7 @@ CHUNK = 4096  # grid points per XC chunk (the default)
 
 
 def build(molecule: qpt.Molecule, pad_to=None) -> qpt.dft.DFTProblem:
-  return qpt.dft.build_problem(molecule, basis=BASIS, xc=XC, grid_level=GRID_LEVEL, pad_to=pad_to)
+  return qpt.build_problem(molecule, basis=BASIS, xc=XC, grid_level=GRID_LEVEL, pad_to=pad_to)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import pytest
 
 import qpt
 from experiments.configs import md17
-from qpt import backends, evaluate, model as model_lib, train
+from qpt import backends, labels, model as model_lib, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -26,7 +26,7 @@ def water_batch():
   """Two water conformers (STO-3G, coarse grid), padded alike and stacked: a training batch."""
   mol = qpt.molecules.get("water")
   conformers = [mol, mol.with_positions(mol.positions * 1.02)]
-  problems = [qpt.dft.build_problem(m, basis="sto-3g", xc="b3lyp5", grid_level=1) for m in conformers]
+  problems = [qpt.build_problem(m, basis="sto-3g", xc="b3lyp5", grid_level=1) for m in conformers]
   assert problems[0].shapes == problems[1].shapes
   return jax.tree.map(lambda *a: np.stack(a), *problems)
 
@@ -36,10 +36,10 @@ def water_fock_labels():
   """PySCF's converged Fock matrices of `water_batch`'s conformers, zero-padded: (2, n, n)."""
   mol = qpt.molecules.get("water")
   conformers = [mol, mol.with_positions(mol.positions * 1.02)]
-  labels = evaluate.label(conformers, "sto-3g", "b3lyp5", grid_level=1)
+  reference = labels.label(conformers, qpt.Level("sto-3g", "b3lyp5", 1))
   n = water_batch().overlap.shape[-1]
   out = np.zeros((2, n, n), np.float32)
-  out[:, :7, :7] = labels.fock
+  out[:, :7, :7] = reference.fock
   return out
 
 
@@ -67,10 +67,10 @@ def compiled_step(loss="energy", iterations=1):
 def test_loss_falls(loss):
   tx, step = compiled_step(loss)
   state = train.init_state(tiny_model(), tx, 0, water_batch(), backend())
-  labels = water_fock_labels() if loss in train.LABELLED_LOSSES else None
+  fock = water_fock_labels() if loss in train.LABELLED_LOSSES else None
   losses = []
   for _ in range(8):
-    state, metrics = step(state, water_batch(), labels)
+    state, metrics = step(state, water_batch(), fock)
     assert bool(metrics["finite"])
     losses.append(float(np.mean(metrics["per_conformer"])))
   assert losses[-1] < losses[0]
@@ -113,13 +113,13 @@ def test_warmup_then_decay():
 
 
 def test_supervised_loss_is_the_mean_squared_error_to_the_label():
-  batch, labels = water_batch(), water_fock_labels()
+  batch, fock = water_batch(), water_fock_labels()
   model = tiny_model()
   first = jax.tree.map(lambda a: a[0], batch)
   params = jax.jit(model.init)(jax.random.key(0), first)
-  loss = train.conformer_loss("supervised", 0, 0.0)(model, params, first, labels[0])
+  loss = train.conformer_loss("supervised", 0, 0.0)(model, params, first, fock[0])
   h = np.asarray(model_lib.hamiltonian(model, params, first), np.float64)[:7, :7]
-  expected = np.mean((h - labels[0][:7, :7]) ** 2)  # real 7×7 block only: padding is masked out
+  expected = np.mean((h - fock[0][:7, :7]) ** 2)  # real 7×7 block only: padding is masked out
   assert expected > 1e-6  # H_init is not the answer
   assert float(loss) == pytest.approx(expected, rel=1e-4)
 

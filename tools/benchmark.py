@@ -54,9 +54,9 @@ Threads: both codes use every core by default (2 on the reference machine): PySC
 (OMP_NUM_THREADS unset → all cores; `pyscf_threads` in the machine record), XLA's CPU client
 through its own thread pool. Set OMP_NUM_THREADS only if you also restrict XLA, or the comparison
 is no longer like for like. On a shared 2-core machine expect ±2× run-to-run noise
-(../shared/NUMERICS.md).
+(docs/numerics.md).
 
-Reference (2-core AMD EPYC, b3lyp5, level-3 grid, def2-SVP; ../shared/NUMERICS.md): a naive dense
+Reference (2-core AMD EPYC, b3lyp5, level-3 grid, def2-SVP; docs/numerics.md): a naive dense
 float32 E+∇ took 0.02 s (water), 0.26 s (ethanol), 1.2 s (uracil), ratios 0.2–0.8 to one PySCF
 iteration; the first uracil compile took ~1 min.
 """
@@ -69,19 +69,15 @@ import sys
 import warnings
 
 import jax
+from bench import common, economics, energy, pipeline, scaling  # tools/bench, beside this script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # experiments/ (the configs) and tools/bench are not installed packages
-
-import qpt  # noqa: E402
-from qpt import cli  # noqa: E402
-from tools.bench import common, economics, energy, pipeline, scaling  # noqa: E402
+import qpt
+from qpt import cli
 
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
             "economics": economics.COMMAND}
-JAX_CACHE = os.path.join(ROOT, ".jax_cache")
-
+JAX_CACHE = os.path.join(common.ROOT, ".jax_cache")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

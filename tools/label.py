@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import qpt
-from qpt import cli, evaluate, frame
+from qpt import cli, frame, labels, level
 
 DISPLACEMENT_ANGSTROM = 0.05  # σ of the stand-in sampler, per Cartesian coordinate
 
@@ -41,8 +41,8 @@ def parse_args(argv):
   parser.add_argument("--basis", default="def2-svp")
   parser.add_argument("--xc", default="b3lyp5")
   parser.add_argument("--grid-level", type=int, default=3)
-  parser.add_argument("--eri", choices=["dense", "df"], default="dense")
-  parser.add_argument("--conv-tol", type=float, default=evaluate.CONV_TOL, help="Hartree")
+  parser.add_argument("--eri", choices=level.ERI_MODES, default="dense")
+  parser.add_argument("--conv-tol", type=float, default=labels.CONV_TOL, help="Hartree")
   parser.add_argument("--out", required=True, help="label file (.npz)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   return parser.parse_args(argv)
@@ -80,13 +80,13 @@ def conformers(args) -> list[qpt.Molecule]:
 
 def run(args) -> dict:
   start = time.perf_counter()
-  labels, reused = evaluate.label_cached(args.out, conformers(args), basis=args.basis, xc=args.xc,
-                                         grid_level=args.grid_level, eri=args.eri,
-                                         conv_tol=args.conv_tol)
-  return dict(out=args.out, conformers=len(labels), reused=reused, basis=labels.basis,
-              xc=labels.xc, grid_level=labels.grid_level, eri=labels.eri,
-              converged=int(np.sum(labels.converged)), mean_cycles=float(np.mean(labels.cycles)),
-              energy_min=float(labels.energy.min()), energy_max=float(labels.energy.max()),
+  theory = qpt.Level(args.basis, args.xc, args.grid_level, args.eri, "float64")
+  reference, reused = labels.label_cached(args.out, conformers(args), theory, args.conv_tol)
+  return dict(out=args.out, conformers=len(reference), reused=reused, basis=theory.basis,
+              xc=theory.xc, grid_level=theory.grid_level, eri=theory.eri,
+              converged=int(np.sum(reference.converged)),
+              mean_cycles=float(np.mean(reference.cycles)),
+              energy_min=float(reference.energy.min()), energy_max=float(reference.energy.max()),
               seconds=time.perf_counter() - start)
 
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import qpt
-from qpt import cli
+from qpt import backends, cli, level
 
 
 def parse_args(argv):
@@ -25,8 +25,8 @@ def parse_args(argv):
   parser.add_argument("--basis", default="def2-svp")
   parser.add_argument("--xc", default="b3lyp5")
   parser.add_argument("--grid-level", type=int, default=3)
-  parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-  parser.add_argument("--eri", choices=["dense", "df"], default="dense")
+  parser.add_argument("--dtype", choices=level.DTYPES, default="float32")
+  parser.add_argument("--eri", choices=level.ERI_MODES, default="dense")
   parser.add_argument("--max-iterations", type=int, default=50)
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   return parser.parse_args(argv)
@@ -35,8 +35,9 @@ def parse_args(argv):
 def run(args) -> dict:
   start = time.perf_counter()
   mol = cli.molecule_from_arguments(args)
-  problem = qpt.dft.build_problem(mol, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
-                                  eri=args.eri, dtype=args.dtype)
+  theory = qpt.Level(args.basis, args.xc, args.grid_level, args.eri, args.dtype)
+  backends.enable_float64(theory.dtype == "float64")
+  problem = qpt.build_problem(mol, theory)
   result = qpt.dft.scf(problem, max_iterations=args.max_iterations)
   return dict(molecule=mol.name, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
               dtype=args.dtype, eri=args.eri, energy=result.energy, converged=result.converged,

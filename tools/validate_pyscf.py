@@ -34,17 +34,13 @@ import warnings
 
 import jax
 import numpy as np
-import pyscf.df
-from pyscf import dft
 
 import qpt
-from qpt import cli, xc as xc_lib
+from qpt import backends, cli, labels, level, xc
 
-MOLECULES = ("water", "ethanol", "malondialdehyde", "uracil")
+MOLECULES = ("water", "ethanol", "malondialdehyde", "uracil")  # the default grid
 BASES = ("sto-3g", "6-31g", "def2-svp")
 FUNCTIONALS = ("lda,vwn", "pbe", "b3lyp5")
-ERI_MODES = ("dense", "df")
-DTYPES = ("float64", "float32")
 PYSCF_CONV_TOL = 1e-11  # Hartree; tight enough that PySCF's own error is ≪ 1 µHa
 UHA = 1e6  # µHa per Hartree
 JAX_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
@@ -78,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--xc", default=",".join(FUNCTIONALS),
                       help="comma list of functionals, e.g. lda,vwn,pbe,b3lyp5,b3lyp")
   parser.add_argument("--eri", default="dense", help="comma list of dense, df (default dense)")
-  parser.add_argument("--dtype", default=",".join(DTYPES), help="comma list of float64, float32")
+  parser.add_argument("--dtype", default="float64,float32", help="comma list of float64, float32")
   parser.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default 3)")
   parser.add_argument("--json", action="store_true", help="print a JSON list of rows, no table")
   parser.add_argument("--out", metavar="FILE", help="also write the JSON list of rows to FILE")
@@ -87,8 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.molecules = _choices(args.molecules, qpt.molecules.names(), "molecule")
     args.basis = _comma_list(args.basis.lower(), "basis")
     args.xc = split_functionals(args.xc)
-    args.eri = _choices(args.eri, ERI_MODES, "eri")
-    args.dtype = _choices(args.dtype, DTYPES, "dtype")
+    args.eri = _choices(args.eri, level.ERI_MODES, "eri")
+    args.dtype = _choices(args.dtype, level.DTYPES, "dtype")
   except qpt.InputError as e:
     parser.error(str(e))
   if not 0 <= args.grid_level <= 9:
@@ -122,12 +118,12 @@ def split_functionals(text: str) -> list[str]:
   while i < len(tokens):
     for j in range(min(len(tokens), i + 3), i, -1):
       try:
-        names.append(xc_lib.functional(",".join(tokens[i:j])).name)
+        names.append(xc.functional(",".join(tokens[i:j])).name)
         break
       except qpt.InputError:
         continue
     else:
-      xc_lib.functional(tokens[i])  # raises the library's one-line error for this token
+      xc.functional(tokens[i])  # raises the library's one-line error for this token
     i = j
   return list(dict.fromkeys(names))
 
@@ -135,16 +131,10 @@ def split_functionals(text: str) -> list[str]:
 # ---- one case -------------------------------------------------------------------------------
 
 
-def pyscf_reference(mol, xc: str, eri: str, grid_level: int) -> dict:
+def pyscf_reference(mol, theory: qpt.Level) -> dict:
   """PySCF's float64 RKS from its default MINAO start: energy, frontier orbitals, cycles."""
-  mf = dft.RKS(mol, xc=xc)
-  if eri == "df":  # the JK-fit basis QPT uses; PySCF's default for pure functionals is J-only
-    mf = mf.density_fit(auxbasis=pyscf.df.make_auxbasis(mol))
-  mf.grids.level = grid_level
-  mf.conv_tol = PYSCF_CONV_TOL
-  mf.verbose = 0
   start = time.perf_counter()
-  mf.kernel()
+  mf = labels.converge(labels.pyscf_rks(mol, theory, PYSCF_CONV_TOL))
   homo, lumo = _frontier(mf.mo_energy, mf.mo_occ)
   return dict(energy=float(mf.e_tot), homo=homo, lumo=lumo, iterations=int(mf.cycles),
               converged=bool(mf.converged), seconds=time.perf_counter() - start)
@@ -154,20 +144,16 @@ def _frontier(mo_energy: np.ndarray, mo_occ: np.ndarray) -> tuple[float, float]:
   return float(mo_energy[mo_occ > 0][-1]), float(mo_energy[mo_occ == 0][0])
 
 
-def qpt_scf(molecule: qpt.Molecule, basis: str, xc: str, eri: str, grid_level: int,
-            dtype: str) -> dict:
-  """Our SCF in `dtype` on a freshly built problem: energy, frontier orbitals, iterations.
+def qpt_scf(molecule: qpt.Molecule, theory: qpt.Level) -> dict:
+  """Our SCF in `theory.dtype` on a freshly built problem: energy, frontier orbitals, iterations.
 
-  Each dtype runs under its own `jax.enable_x64` setting: float32 exactly as a float32 user runs
-  it (x64 off, so a stray float64 constant cannot quietly raise the precision being validated),
-  float64 with x64 on. `build_problem` switches x64 on globally for float64; the context manager
-  overrides that global for the float32 rows that follow.
+  Each dtype runs exactly as a run of that dtype would (`backends.device_dtype`): float32 with
+  JAX's float64 off, so a stray float64 constant cannot quietly raise the precision being
+  validated; float64 with it on.
   """
-  with jax.enable_x64(dtype == "float64"):
+  with backends.device_dtype(theory.dtype):
     start = time.perf_counter()
-    problem = qpt.dft.build_problem(molecule, basis=basis, xc=xc, grid_level=grid_level, eri=eri,
-                                    dtype=dtype)
-    result = qpt.dft.scf(problem)
+    result = qpt.dft.scf(qpt.build_problem(molecule, theory))
     seconds = time.perf_counter() - start
   return dict(energy=result.energy, homo=result.homo, lumo=result.lumo,
               iterations=result.iterations, converged=result.converged, seconds=seconds)
@@ -259,13 +245,14 @@ def run(args: argparse.Namespace) -> bool:
   report.start()
   for m in args.molecules:
     for b in args.basis:
-      for xc in args.xc:
+      for functional in args.xc:
         for eri in args.eri:
           mol = moles[m, b]
-          ref = pyscf_reference(mol, xc, eri, args.grid_level)
+          theory = qpt.Level(b, functional, args.grid_level, eri, "float64")
+          ref = pyscf_reference(mol, theory)
           for dtype in args.dtype:
-            ours = qpt_scf(molecules[m], b, xc, eri, args.grid_level, dtype)
-            case = dict(molecule=m, basis=b, xc=xc, eri=eri, dtype=dtype)
+            ours = qpt_scf(molecules[m], theory.with_dtype(dtype))
+            case = dict(molecule=m, basis=b, xc=functional, eri=eri, dtype=dtype)
             report.add(make_row(case, mol.nao, ours, ref))
   report.finish()
   return all(r["passed"] for r in report.rows)

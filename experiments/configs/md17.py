@@ -1,56 +1,33 @@
 """QPT on the MD17 molecules: label-free training with the DFT energy as the only loss.
 
+Each command, what it runs, and what it should reach (2-core CPU; 50 held-out thermal conformers
+at 500 K for water, 25 for the others; def2-SVP, B3LYP5, tiny model, float32, k = 0). The run
+prints these numbers and writes them to WORKDIR/eval.json; docs/results.md has every measured run.
+
   python experiments/md17.py --config experiments/configs/md17.py:water          # = `make run`
+      ~8 min: energy MAE of E[D(H_pred)] ~70 µHa (MINAO baseline ~92,000), SCF-cycle ratio ~0.72
   python experiments/md17.py --config experiments/configs/md17.py:ethanol
-  python experiments/md17.py --config experiments/configs/md17.py:malondialdehyde
-  python experiments/md17.py --config experiments/configs/md17.py:uracil --config.workdir=runs/uracil
-  python experiments/md17.py --config experiments/configs/md17.py:water --config.mode=eval
+      ~40 min: energy MAE ~720 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
   python experiments/md17.py --config experiments/configs/md17.py:water --config.xc=pbe \
-      --config.workdir=workdir/water_pbe                  # PBE: QHNet's labels are PBE
+      --config.workdir=workdir/water_pbe                  # PBE, as QHNet's labels
+      ~8 min: energy MAE ~94 µHa (baseline ~110,000), SCF-cycle ratio ~0.70
+  python experiments/md17.py --config experiments/configs/md17.py:water --config.mode=eval
+      re-evaluates the latest checkpoint of workdir/water
+  python experiments/md17.py --config experiments/configs/md17.py:uracil --config.workdir=runs/uracil
+  python experiments/md17.py --config experiments/configs/md17.py:malondialdehyde
 
-Any field can be overridden on the command line (`--config.model.size=small`). Re-running the same
-command resumes from the latest checkpoint in `workdir`; `--config.init_from=WORKDIR` fine-tunes
-from another run's parameters with a fresh optimizer; `--config.data.md17_file=FILE.npz` trains on
-an MD17 trajectory's frames instead of thermal samples.
-
-Measured on a 2-core x86-64 CPU (def2-SVP, B3LYP5, tiny model, float32, k = 0; 50 held-out thermal
-conformers at 500 K; QHNet/QH9 units). Reproduce with the command line above; the numbers are in
-the run's eval.json.
-  water (the defaults: 1000 steps of batch 4, 2 workers; `make run`), 7.5 min in all
-  (0.35 s per step, 11 unique conformers/s, host wait 11%; the rest is the Hessian, compilation,
-  the PySCF labels and the final evaluation):
-      energy MAE of E[D(H_pred)]   70.7 µHa   (MINAO baseline 91,547 µHa)
-      occupied ε MAE, F[D(H_pred)]  2,813 µHa (baseline 209,607 µHa)
-      SCF-cycle ratio (PySCF from D(H_pred), conv_tol 1e-9)  0.72   (baseline 1.00)
-  ethanol (the per-molecule defaults below: 900 steps of batch 2, each problem for 2 steps;
-  ~40 min on a machine shared with other jobs, ~2 s per step, 0.4–0.5 unique conformers/s,
-  measured before the host build became 2.5× faster (docs/results.md, section 4);
-  25 held-out conformers):
-      energy MAE of E[D(H_pred)]   723 µHa    (MINAO baseline 87,423 µHa)
-      occupied ε MAE, F[D(H_pred)]  3,439 µHa (baseline 108,353 µHa)
-      H MAE of F[D(H_pred)] 299 µHa, ψ 99.94 %; SCF-cycle ratio 0.75 (baseline 1.00)
-      (validation energy MAE on the way: 6,023 / 1,394 / 686 µHa at steps 250 / 500 / 750)
-  water with --config.xc=pbe (like QHNet's labels), same 1000 steps: energy MAE 93.7 µHa
-  (baseline 109,877), H MAE of F[D(H_pred)] 365 µHa, ε 3,607 µHa, ψ 99.9994 %, SCF ratio 0.70.
-  malondialdehyde: not run yet (its cost is ethanol's).
-  Beside QHNet's supervised numbers (H MAE / ε MAE µHa / ψ %, PBE labels, days of GPU training):
-  water 10.79 / 33.76 / 99.99, ethanol 20.91 / 81.03 / 99.99 — ours after minutes on 2 CPU cores,
-  label-free, are water 287 / 2,813 / 99.9997 and ethanol 299 / 3,439 / 99.94 (F[D(H_pred)]).
-  Why ε lags E: E[D] is variational, so its error is second order in the density error, while
-  F[D]'s eigenvalues move at first order. Water, per occupied orbital (4 held-out conformers):
-  O 1s 8.5 mHa, valence 2.7–3.4 mHa, against 71 µHa in E.
+`:NAME` is any built-in molecule (`qpt.molecules.names()`). Any field can be overridden on the
+command line (`--config.model.size=small`). Re-running the same command resumes from the latest
+checkpoint in `workdir`; `--config.init_from=WORKDIR` fine-tunes from another run's parameters with
+a fresh optimizer; `--config.data.md17_file=FILE.npz` trains on an MD17 trajectory's frames
+instead of thermal samples.
 """
 
 import ml_collections
 
-MOLECULES = ("water", "ethanol", "malondialdehyde", "uracil", "aspirin", "benzene", "toluene",
-             "naphthalene", "salicylic_acid")
-
 
 def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
-  """The base configuration, specialised to one built-in molecule."""
-  if molecule not in MOLECULES:
-    raise ValueError(f"unknown molecule {molecule!r}; choose one of {', '.join(MOLECULES)}")
+  """The base configuration, specialised to one built-in molecule (checked when the run starts)."""
   c = ml_collections.ConfigDict()
   c.workdir = f"workdir/{molecule}"  # metrics.jsonl, eval.json, checkpoints/, config.json
   c.mode = "train"  # train | eval
@@ -125,7 +102,7 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.eval.n_validation = 10  # conformers in that validation set (disjoint from the test set)
   c.eval.n_conformers = 50  # held-out test conformers in the final evaluation (0: none)
 
-  # ---- beyond water: PySCF's host-side build (~2–4 s per ethanol/def2-SVP conformer and worker)
+  # ---- beyond water: PySCF's host-side build (~1 s per ethanol/def2-SVP conformer and worker)
   # sets the pace on 2 cores, so each problem serves two steps and the batch is smaller.
   if molecule != "water":
     c.train.batch_size = 2

@@ -9,10 +9,14 @@ backend also does what must happen before JAX touches a device: fake CPU devices
 `backend.coordinator_address` / `num_processes` / `process_id`, from the QPT_COORDINATOR_ADDRESS,
 QPT_NUM_PROCESSES, QPT_PROCESS_ID environment (set by tools/launch_local.py), or, under SLURM,
 Open MPI or on a TPU pod, from the environment JAX detects itself.
+
+float64 on the device is switched here and nowhere else: by `create` for a run's config, or by
+`enable_float64()` / `device_dtype(dtype)` for library use (float64 reference problems).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -46,10 +50,29 @@ def create(config) -> Backend:
     jax.config.update("jax_default_matmul_precision", kind.POLICY.matmul_precision)
   # float64 device arrays need x64; a float32-only policy switches it off so nothing can sneak in.
   if config.dtype == "float64":
-    jax.config.update("jax_enable_x64", True)
+    enable_float64()
   elif not kind.POLICY.float64:
-    jax.config.update("jax_enable_x64", False)
+    enable_float64(False)
   return backend
+
+
+def enable_float64(enabled: bool = True) -> None:
+  """Switches JAX's float64 on (or off) for this process.
+
+  Without it JAX silently computes float64 problems in float32; with it, float32 arrays still
+  compute in float32. Call it before building float64 problems outside a run (`create` does it
+  for a float64 config).
+  """
+  jax.config.update("jax_enable_x64", bool(enabled))
+
+
+@contextlib.contextmanager
+def device_dtype(dtype: str):
+  """A context in which `dtype` problems compute exactly as a run of that dtype would: float64
+  switched on for "float64", off for "float32" (so no stray float64 constant raises the precision
+  being measured)."""
+  with jax.enable_x64(dtype == "float64"):
+    yield
 
 
 def _set_cpu_devices(n: int) -> None:

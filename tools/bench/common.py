@@ -18,11 +18,12 @@ import pyscf
 from pyscf import lib
 
 import qpt
+from qpt import run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 BENCHMARK_SCRIPT = os.path.join(ROOT, "tools", "benchmark.py")
-
+MD17_CONFIG = os.path.join(ROOT, "experiments", "configs", "md17.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,11 @@ class Command:
   run: Callable[[argparse.Namespace], list[dict]]
   columns: tuple[tuple[str, str, str], ...] | dict[str, tuple[tuple[str, str, str], ...]]
   plot: Callable[[list[dict], str], None]
+
+
+def md17_config(molecule: str):
+  """experiments/configs/md17.py's config for a built-in molecule, as md17.py would run it."""
+  return run_config.load(f"{MD17_CONFIG}:{molecule}")
 
 
 def machine() -> dict:

@@ -4,13 +4,11 @@ labels + supervised training of the same model."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-
 import qpt
-from tools.bench.common import Command, comma_list, stamp
+from .common import Command, comma_list, md17_config, stamp
 
 # The issue's three targets, and chemical accuracy (1 kcal/mol = 1594 µHa) as a coarser rung that
 # shows how far each route got when the others are out of reach.
@@ -37,7 +35,6 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
   stream's workers as it trains, so their cost is inside its wall time; n_labels counts them."""
   import tempfile
 
-  from experiments.configs import md17
   from qpt import experiment
 
   routes = comma_list(args.routes)
@@ -49,7 +46,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
     root = args.workdir or scratch
     for name in comma_list(args.molecules):
       for route in routes:
-        c = md17.get_config(name)
+        c = md17_config(name)
         c.workdir = os.path.join(root, f"{name}_{route}")
         c.loss = "energy" if route == "qpt" else route
         c.train.steps, c.eval.every, c.eval.n_validation = args.steps, args.eval_every, args.held_out
@@ -57,8 +54,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
         if route == "supervised":
           c.data.mol_repeats = args.supervised_repeats
         experiment.train(c, progress=False)
-        with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
-          scored = [r for r in map(json.loads, f) if "val_energy_mae_uha" in r]
+        scored = [r for r in experiment.read_metrics(c.workdir) if "val_energy_mae_uha" in r]
         curve = dict(step=[r["step"] for r in scored], seconds=[r["seconds"] for r in scored],
                      energy_mae_uha=[r["val_energy_mae_uha"] for r in scored],
                      eps_occ_mae_uha=[r["val_eps_occ_mae_uha"] for r in scored])
@@ -82,7 +78,7 @@ def economics_run(args: argparse.Namespace) -> list[dict]:
 
 def plot(rows: list[dict], path: str) -> None:
   """Held-out energy and ε MAE against training wall time, one line per molecule and route."""
-  from tools.bench.common import pyplot, save_figure
+  from .common import pyplot, save_figure
   plt = pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   routes = {(r["molecule"], r["route"]): r["curve"] for r in rows}  # every target row has it

@@ -8,12 +8,11 @@ import resource
 import sys
 
 import jax
-import pyscf.df
-from pyscf import dft
+from pyscf import scf
 
 import qpt
-from qpt import xc as xc_lib
-from tools.bench.common import Command, comma_list, median_seconds, stamp, timed
+from qpt import labels, level
+from .common import Command, comma_list, median_seconds, stamp, timed
 
 ENERGY_STEPS = ((0, 0.0), (3, (0.0, 0.5, 0.0)))  # (k, mixing): the paper's unrolled loss and k = 0
 
@@ -23,7 +22,7 @@ def energy_arguments(parser: argparse.ArgumentParser):
                       help="comma list of built-in molecules")
   parser.add_argument("--basis", default="sto-3g,def2-svp", help="comma list of basis sets")
   parser.add_argument("--xc", default="b3lyp5", help="functional, PySCF's name (default b3lyp5)")
-  parser.add_argument("--eri", default="dense", choices=("dense", "df"))
+  parser.add_argument("--eri", default="dense", choices=level.ERI_MODES)
   parser.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default 3)")
   parser.add_argument("--repeats", type=int, default=5, help="timed runs per number (median)")
 
@@ -32,9 +31,6 @@ def energy_run(args: argparse.Namespace) -> list[dict]:
   """Rows for every molecule × basis × k, measured in that order."""
   if args.repeats < 1:
     raise qpt.InputError(f"--repeats {args.repeats}: need at least 1")
-  if not 0 <= args.grid_level <= 9:  # checked here: PySCF's setup runs before build_problem
-    raise qpt.InputError(f"--grid-level {args.grid_level}: PySCF grid levels are 0..9")
-  xc = xc_lib.functional(args.xc).name
   molecules = [qpt.molecules.get(m) for m in comma_list(args.molecules)]
   bases = comma_list(args.basis)
   for m in molecules:  # a missing basis fails now, not after an hour of timings
@@ -42,33 +38,32 @@ def energy_run(args: argparse.Namespace) -> list[dict]:
       m.to_pyscf(b)
   where = stamp()
   rows = []
+  theories = [qpt.Level(b, args.xc, args.grid_level, args.eri) for b in bases]  # checked first
   for molecule in molecules:
-    for basis in bases:
-      for row in energy_case(molecule, basis, xc, args.eri, args.grid_level, args.repeats):
+    for theory in theories:
+      for row in energy_case(molecule, theory, args.repeats):
         rows.append(dict(row, **where))
         print(f"# {row['molecule']} {row['basis']} k={row['k']}: {row['qpt_seconds']:.4f} s",
               file=sys.stderr, flush=True)  # progress; stdout stays the table or the JSON
   return rows
 
 
-def energy_case(molecule: qpt.Molecule, basis: str, xc: str, eri: str, grid_level: int,
-                repeats: int, steps=ENERGY_STEPS) -> list[dict]:
-  """Both codes on one molecule/basis: one row per (k, mixing) of `steps`."""
-  mol = molecule.to_pyscf(basis)
-  problem, build_seconds = timed(functools.partial(
-      qpt.dft.build_problem, molecule, basis=basis, xc=xc, grid_level=grid_level, eri=eri,
-      dtype="float32"))
+def energy_case(molecule: qpt.Molecule, theory: qpt.Level, repeats: int,
+                steps=ENERGY_STEPS) -> list[dict]:
+  """Both codes on one molecule at one level of theory: one row per (k, mixing) of `steps`."""
+  mol = molecule.to_pyscf(theory.basis)
+  problem, build_seconds = timed(functools.partial(qpt.build_problem, molecule, theory))
   problem = jax.tree.map(jax.numpy.asarray, problem)  # on the device once, not at every call
   h = jax.block_until_ready(jax.jit(qpt.dft.initial_fock)(problem))
   measured = [(k, loss_and_gradient(problem, h, k, mixing, repeats)) for k, mixing in steps]
   # QPT runs first, so in a fresh process this is its own peak (host arrays + CPU device buffers).
   peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   del problem, h
-  pyscf_setup, pyscf_seconds, n_grid = pyscf_iteration(mol, xc, eri, grid_level, repeats)
+  pyscf_setup, pyscf_seconds, n_grid = pyscf_iteration(mol, theory, repeats)
   rows = []
   for k, (trace_seconds, compile_seconds, qpt_seconds, device_bytes) in measured:
     rows.append(dict(
-        molecule=molecule.name, basis=basis, eri=eri, k=k, n_ao=mol.nao, n_grid=n_grid,
+        molecule=molecule.name, basis=theory.basis, eri=theory.eri, k=k, n_ao=mol.nao, n_grid=n_grid,
         device_mb=device_bytes / 2**20, peak_rss_mb=peak_rss_mb,
         qpt_seconds=qpt_seconds, pyscf_iteration_seconds=pyscf_seconds,
         ratio=qpt_seconds / pyscf_seconds, compile_seconds=compile_seconds,
@@ -100,8 +95,7 @@ def loss_and_gradient(problem, h, k: int, mixing,
           device_bytes)
 
 
-def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
-                    repeats: int) -> tuple[float, float, int]:
+def pyscf_iteration(mol, theory: qpt.Level, repeats: int) -> tuple[float, float, int]:
   """(setup seconds, median seconds of one SCF iteration, grid points) for PySCF's RKS.
 
   Setup is what PySCF builds before its first iteration and never again: the MINAO guess, the
@@ -109,15 +103,10 @@ def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
   `get_jk` would create on first use, or the DF tensors with the JK-fit basis QPT uses.
   """
   def setup():
-    mf = dft.RKS(mol, xc=xc)
-    if eri == "df":
-      mf = mf.density_fit(auxbasis=pyscf.df.make_auxbasis(mol))
-    mf.grids.level = grid_level
-    mf.verbose = 0
-    dm = mf.get_init_guess(mol, "minao")
-    mf.initialize_grids(mol, dm)
+    dm = scf.hf.init_guess_by_minao(mol)
+    mf = labels.pyscf_rks(mol, theory, density_ref=dm)
     h1e = mf.get_hcore(mol)
-    if eri == "df":
+    if theory.eri == "df":
       mf.with_df.build()
     else:
       mf._eri = mol.intor("int2e", aosym="s8")
@@ -136,7 +125,7 @@ def pyscf_iteration(mol, xc: str, eri: str, grid_level: int,
 def plot(rows: list[dict], path: str) -> None:
   """Ratios to PySCF per molecule/basis: E + ∇ at each k against one iteration (left), the host
   build against PySCF's setup (right). Below the line at 1, QPT is faster."""
-  from tools.bench.common import pyplot, save_figure
+  from .common import pyplot, save_figure
   plt = pyplot()
   cases = list(dict.fromkeys((r["molecule"], r["basis"]) for r in rows))
   ks = sorted({r["k"] for r in rows})

@@ -4,13 +4,10 @@ model's predictions against full PySCF SCFs."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
-
 import qpt
-from tools.bench.common import Command, comma_list, stamp, timed
+from .common import Command, comma_list, md17_config, stamp, timed
 
 
 def throughput_arguments(parser: argparse.ArgumentParser):
@@ -28,28 +25,26 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
   metrics after a warm-up, against full PySCF SCFs (minao start) of the same stream's conformers."""
   import tempfile
 
-  from experiments.configs import md17
-  from qpt import conformers, evaluate, experiment, frame
+  from qpt import experiment, frame, labels
 
   where = stamp()
-  config = md17.get_config(args.molecule)
-  config.basis = args.basis
-  sampler = conformers.ThermalSampler(qpt.molecules.get(args.molecule), config.data.temperature)
-  molecules = [frame.canonical_molecule(sampler(i)) for i in range(args.labels)]
-  _, label_seconds = timed(lambda: evaluate.label(molecules, config.basis, config.xc,
-                                                  config.grid_level, config.eri))
-  pyscf_rate = args.labels / label_seconds
   rows = []
+  with tempfile.TemporaryDirectory() as scratch:
+    config = md17_config(args.molecule)
+    config.basis = args.basis
+    train = experiment.sources(config, scratch).train
+    molecules = [frame.canonical_molecule(train(i)) for i in range(args.labels)]
+    _, label_seconds = timed(lambda: labels.label(molecules, experiment.level(config)))
+  pyscf_rate = args.labels / label_seconds
   for workers in (int(w) for w in comma_list(args.workers)):
     for repeats in (int(r) for r in comma_list(args.mol_repeats)):
       with tempfile.TemporaryDirectory() as workdir:
-        c = md17.get_config(args.molecule)
+        c = md17_config(args.molecule)
         c.workdir, c.basis, c.data.workers, c.data.mol_repeats = workdir, args.basis, workers, repeats
         c.train.batch_size, c.train.steps, c.log_every = args.batch, args.steps, 1
         c.eval.every, c.eval.n_conformers, c.checkpoint.every = 0, 0, args.steps
         experiment.train(c, progress=False)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-          records = [json.loads(line) for line in f]
+        records = experiment.read_metrics(workdir)
       first, last = records[len(records) // 4], records[-1]  # past compilation and pool start
       seen = lambda r: r["unique_conformers_per_s"] * r["seconds"]
       waited = lambda r: r["host_wait_fraction"] * r["seconds"]
@@ -70,7 +65,7 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
 def throughput_plot(rows: list[dict], path: str) -> None:
   """Unique conformers/s of training per (workers, mol_repeats) beside PySCF's labels/s, with the
   ratio and the host-wait fraction written on each bar."""
-  from tools.bench.common import pyplot, save_figure
+  from .common import pyplot, save_figure
   plt = pyplot()
   figure, ax = plt.subplots(figsize=(7, 4))
   names = [f"{r['workers']} workers\nmol_repeats {r['mol_repeats']}" for r in rows]
@@ -113,37 +108,27 @@ def inference_arguments(parser: argparse.ArgumentParser):
 
 
 def inference_run(args: argparse.Namespace) -> list[dict]:
-  """Per held-out conformer of the run's test stream, in the lab frame: qpt.predict (host problem
+  """Per held-out conformer of the run's test source, in the lab frame: qpt.predict (host problem
   build + device) vs PySCF's SCF from minao, and PySCF's cycles and time from the prediction."""
-  from qpt import conformers, evaluate, experiment
+  from qpt import experiment, labels, run_config
 
   if not args.workdir:
     raise qpt.InputError("--workdir: name a trained run (e.g. workdir/water after `make run`)")
-  try:
-    with open(os.path.join(args.workdir, "config.json")) as f:
-      config = json.load(f)["config"]
-  except (OSError, KeyError, ValueError):
-    raise qpt.InputError(f"{args.workdir}: no config.json of a training run") from None
+  config = run_config.saved(args.workdir)
+  theory = experiment.level(config)
+  test = experiment.sources(config, args.workdir).test
   params = qpt.load_params(args.workdir)
-  theory = dict(basis=config["basis"], xc=config["xc"], grid_level=config["grid_level"],
-                eri=config["eri"])
-  sampler = conformers.ThermalSampler(
-      qpt.molecules.get(config["molecule"]), config["data.temperature"],
-      seed=config["seed"] + experiment.HELD_OUT_SEED_OFFSET,
-      cache_dir=os.path.join(args.workdir, "cache"))
-  qpt.predict(params, sampler(0), **theory)  # compile once; not an inference cost
+  qpt.predict(params, test(0), theory)  # compile once; not an inference cost
   where = stamp()
   rows = []
   for i in range(args.n):
-    molecule = sampler(i)
-    prediction, predict_seconds = timed(lambda: qpt.predict(params, molecule, **theory))
-    mol = molecule.to_pyscf(theory["basis"])
-    pyscf_args = (theory["xc"], theory["grid_level"], theory["eri"])
-    minao = evaluate.pyscf_rks(mol, *pyscf_args)
-    restart = evaluate.pyscf_rks(mol, *pyscf_args)
-    _, scf_seconds = timed(minao.kernel)
-    _, restart_seconds = timed(lambda: restart.kernel(dm0=qpt.to_pyscf_dm0(prediction)))
-    rows.append(dict(molecule=config["molecule"], conformer=i, basis=theory["basis"],
+    molecule = test(i)
+    prediction, predict_seconds = timed(lambda: qpt.predict(params, molecule, theory))
+    mol = molecule.to_pyscf(theory.basis)
+    minao, restart = labels.pyscf_rks(mol, theory), labels.pyscf_rks(mol, theory)
+    _, scf_seconds = timed(lambda: labels.converge(minao))
+    _, restart_seconds = timed(lambda: labels.converge(restart, qpt.to_pyscf_dm0(prediction)))
+    rows.append(dict(molecule=config.molecule, conformer=i, basis=theory.basis,
                      predict_seconds=predict_seconds, pyscf_scf_seconds=scf_seconds,
                      ratio=predict_seconds / scf_seconds, cycles_minao=minao.cycles,
                      cycles_from_prediction=restart.cycles,
@@ -157,7 +142,7 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
 def inference_plot(rows: list[dict], path: str) -> None:
   """Per held-out conformer of each molecule: qpt.predict and PySCF's SCF from minao and from the
   prediction (seconds, left); PySCF's cycles from minao and from the prediction (right)."""
-  from tools.bench.common import pyplot, save_figure
+  from .common import pyplot, save_figure
   plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   for molecule, marker in zip(dict.fromkeys(r["molecule"] for r in rows), "os^vD"):

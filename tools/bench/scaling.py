@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 import qpt
-from tools.bench.common import (BENCHMARK_SCRIPT, Command, comma_list, median_seconds, stamp,
-                                timed)
+from .common import (BENCHMARK_SCRIPT, Command, comma_list, md17_config, median_seconds, stamp,
+                     timed)
 
 # Molecule/basis pairs from 24 to 358 AOs. def2-SVP for the molecules' sizes, then def2-TZVP to
 # pass 300 AOs (no built-in molecule has that many in def2-SVP).
@@ -102,10 +102,10 @@ def child(args: argparse.Namespace, extra: list[str], what: str, timeout: float)
 
 def size_case(args: argparse.Namespace) -> dict:
   """Energy + gradient at k = 0 (float32) and one PySCF iteration, for one molecule/basis/eri."""
-  from tools.bench import energy
+  from . import energy
 
   molecule, basis, eri = args.case.split("/")
-  (row,) = energy.energy_case(qpt.molecules.get(molecule), basis, "b3lyp5", eri, 3,
+  (row,) = energy.energy_case(qpt.molecules.get(molecule), qpt.Level(basis, "b3lyp5", 3, eri),
                               args.repeats, steps=((0, 0.0),))
   return row
 
@@ -127,26 +127,23 @@ def exponents(rows: list[dict]) -> list[dict]:
 
 
 def device_step(args: argparse.Namespace) -> dict:
-  """Median time of the real compiled train step (tiny model, energy loss, k = 0) on n devices."""
-  from experiments.configs import md17
-  from qpt import backends, frame, model as model_lib, train
+  """Median time of the real compiled train step of `make run`'s config (tiny model, energy loss,
+  k = 0) on n devices, every device given the same conformer."""
+  from qpt import backends, experiment, frame
 
-  config = md17.get_config("water")
+  config = md17_config("water")
   config.backend.cpu_devices, config.basis = args.child, args.basis
   backend = backends.create(config)
   backend.check_batch_size(args.batch)
-  problem = qpt.dft.build_problem(frame.canonical_molecule(qpt.molecules.get(args.molecule)),
-                                  basis=args.basis, xc=config.xc, grid_level=config.grid_level)
+  trainer = experiment.make_trainer(config, backend)
+  problem = qpt.build_problem(frame.canonical_molecule(qpt.molecules.get(args.molecule)),
+                              experiment.level(config))
   batch = jax.tree.map(lambda a: np.stack([a] * args.batch), problem)
-  model = model_lib.make_model(model_lib.model_config(config.model.size))
-  tx, schedule = train.make_optimizer(config.train)
-  step = train.make_train_step(model, tx, train.conformer_loss("energy", 0, ()), schedule, backend)
-  state = train.init_state(model, tx, 0, batch, backend)
+  holder = [trainer.init_state(batch)]
   batch = backend.put_batch(batch)
-  holder = [state]
 
   def one_step():
-    holder[0], metrics = step(holder[0], batch, None)
+    holder[0], metrics = trainer.step(holder[0], batch, None)
     jax.block_until_ready(metrics)
 
   _, first = timed(one_step)  # compile + first call
@@ -159,7 +156,7 @@ def device_step(args: argparse.Namespace) -> dict:
 def plot(rows: list[dict], path: str) -> None:
   """Left: seconds of E + ∇ (and one PySCF iteration) against n_ao, log-log, per ERI mode, with
   the fitted slopes. Right: seconds per conformer of the train step against device count."""
-  from tools.bench.common import pyplot, save_figure
+  from .common import pyplot, save_figure
   plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   fits = {r["eri"]: r for r in rows if r["part"] == "fit"}

@@ -1,15 +1,19 @@
-"""DFTProblem: size buckets, inert padding, the float64 reference energy in a float32 pytree."""
+"""The host builder: size buckets, inert padding, growing, the float64 reference energy in a float32
+pytree, PySCF's orbital order."""
 
 import jax
 import numpy as np
 import pytest
 
 import qpt
-from qpt import integrals, problem as problem_lib
+from qpt import build, integrals
+from qpt.problem import reference_energy
+
+PBE_STO3G = qpt.Level(basis="sto-3g", xc="pbe", grid_level=1)
 
 
 def test_buckets_are_monotone_and_tight():
-  sizes = [problem_lib.bucket(n, 4) for n in range(1, 2000)]
+  sizes = [build.bucket(n, 4) for n in range(1, 2000)]
   assert all(s >= n and s % 4 == 0 for n, s in zip(range(1, 2000), sizes))
   assert sizes == sorted(sizes)
   assert all(s <= 1.125 * n + 4 for n, s in zip(range(1, 2000), sizes))
@@ -19,16 +23,16 @@ def test_buckets_are_monotone_and_tight():
 def test_conformers_share_shapes():
   mol = qpt.molecules.get("water")
   moved = mol.with_positions(mol.positions * 1.03)
-  shapes = {qpt.dft.build_problem(m, basis="sto-3g", xc="pbe", grid_level=1).shapes
+  shapes = {qpt.build_problem(m, basis="sto-3g", xc="pbe", grid_level=1).shapes
             for m in (mol, moved)}
   assert len(shapes) == 1
 
 
 def test_padding_is_inert():
-  mol = qpt.molecules.get("water").to_pyscf("sto-3g")
-  host = integrals.compute(mol, "pbe", grid_level=1)
-  p = problem_lib.pad(host, "pbe", "float64", xc_chunk=1024)
-  n, g = mol.nao, len(host.weights)
+  water = qpt.molecules.get("water")
+  host = integrals.compute(water.to_pyscf("sto-3g"), PBE_STO3G)
+  p = qpt.build_problem(water, PBE_STO3G.with_dtype("float64"), xc_chunk=1024)
+  n, g = len(host.occupation), len(host.weights)
   n_pad = p.shapes[0]
   assert n_pad > n and p.shapes[1] % 1024 == 0
   np.testing.assert_array_equal(p.overlap[n:, n:], np.eye(n_pad - n))
@@ -39,26 +43,44 @@ def test_padding_is_inert():
   assert not p.ao_orth[..., n:].any() and not p.ao_orth[:, g:].any() and not p.weights[g:].any()
   assert not p.eri_orth[:, n:].any() and not p.eri_orth[..., n:].any()
   assert not p.occupation[n:].any() and p.ao_mask.sum() == n
+  np.testing.assert_array_equal(p.weights[:g], host.weights)  # float64: exactly the host's
 
 
 def test_reference_energy_survives_float32():
-  mol = qpt.molecules.get("water").to_pyscf("sto-3g")
-  host = integrals.compute(mol, "pbe", grid_level=1)
-  p = problem_lib.pad(host, "pbe", "float32", xc_chunk=1024)
+  water = qpt.molecules.get("water")
+  host = integrals.compute(water.to_pyscf("sto-3g"), PBE_STO3G)
+  p = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
   assert p.energy_ref.dtype == np.float32
-  assert abs(problem_lib.reference_energy(p) - host.energy_ref) < 1e-11
+  assert abs(reference_energy(p) - host.energy_ref) < 1e-11
   batch = jax.tree.map(lambda *a: np.stack(a), p, p)  # problems stack into batches
-  np.testing.assert_allclose(problem_lib.reference_energy(batch), [host.energy_ref] * 2, atol=1e-11)
+  np.testing.assert_allclose(reference_energy(batch), [host.energy_ref] * 2, atol=1e-11)
 
 
 def test_pad_to_smaller_than_problem_is_an_error():
   with pytest.raises(qpt.InputError, match="smaller than the problem"):
-    qpt.dft.build_problem(qpt.molecules.get("water"), basis="sto-3g", pad_to=(4, 4096, 16, 4))
+    qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", pad_to=(4, 4096, 16, 4))
+
+
+def test_grow_and_min_shape_pad_exactly_like_pad_to():
+  water = qpt.molecules.get("water")
+  small = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
+  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4)))
+  direct = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=big_shape)
+  at_least = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, min_shape=big_shape[:1] + (0,) * 3)
+  assert direct.shapes == big_shape and at_least.shapes == big_shape[:1] + small.shapes[1:]
+  for other in (build.grow(small, big_shape), build.grow(at_least, big_shape)):
+    leaves, tree = jax.tree.flatten(other)
+    direct_leaves, direct_tree = jax.tree.flatten(direct)
+    assert tree == direct_tree
+    for x, y in zip(leaves, direct_leaves):
+      assert x.dtype == y.dtype
+      np.testing.assert_array_equal(x, y)
 
 
 def test_orbital_labels_are_pyscfs():
-  mol = qpt.molecules.get("water").to_pyscf("def2-svp")
-  p = problem_lib.pad(integrals.compute(mol, "pbe", grid_level=1), "pbe", "float32", 1024)
+  water = qpt.molecules.get("water")
+  mol = water.to_pyscf("def2-svp")
+  p = qpt.build_problem(water, qpt.Level("def2-svp", "pbe", 1), xc_chunk=1024)
   n = mol.nao
   labels = np.asarray(p.orbital_labels)
   # PySCF's labels: '0 O 2px', '1 H 1s', ...; ours count shells per (atom, l) from 0.

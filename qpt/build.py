@@ -1,0 +1,169 @@
+"""The host builder: a molecule at a level of theory → a padded, bucketed `DFTProblem`.
+
+  molecule ──PySCF (integrals.py, float64)──▶ HostIntegrals ──orthonormal basis, cast, pad──▶ DFTProblem
+
+`build_problem` is the one way to make a problem: streams, evaluation, prediction and the tools all
+call it. Shapes are rounded up to size buckets (`bucket`), so conformers and molecules of similar
+size share one compiled program; `grow` pads an existing problem further, bit for bit as a larger
+`pad_to` would have, so problems of one batch can share a shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+from pyscf import gto
+
+from qpt import integrals
+from qpt.errors import InputError
+from qpt.level import Level
+from qpt.molecule import Molecule
+from qpt.problem import DEFAULT_XC_CHUNK, LAYOUT, DFTProblem, Shape
+
+_AO_BLOCK = 4096  # grid points per block of the AO transform: its float64 result stays in cache
+
+
+def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = None,
+                  xc: str | None = None, grid_level: int | None = None, eri: str | None = None,
+                  dtype: str | None = None, *, level: Level | None = None,
+                  xc_chunk: int = DEFAULT_XC_CHUNK, pad_to: Shape | None = None,
+                  min_shape: Shape | None = None) -> DFTProblem:
+  """The padded DFT problem for one conformer.
+
+  The level of theory is either a `Level` (`level=`, or in place of `basis`) or given field by
+  field; fields left out take `Level`'s defaults (def2-SVP, B3LYP5, grid level 3, dense ERIs,
+  float32).
+
+  Args:
+    molecule: a `qpt.Molecule` or a `pyscf.gto.Mole` (whose basis is used if none is given).
+    basis: basis set name as PySCF spells it ("def2-svp", "sto-3g", "6-31g").
+    xc: "lda,vwn", "pbe", "b3lyp5" or "b3lyp", with PySCF's meanings.
+    grid_level: PySCF grid level (0..9).
+    eri: "dense" (exact integrals, Cholesky-factored) or "df" (density fitting, JK-fit basis).
+    dtype: device precision. float64 needs JAX's float64 switched on first
+      (`qpt.backends.enable_float64()`): without it JAX would silently compute in float32.
+    level: the whole level of theory at once.
+    xc_chunk: grid points per XC chunk (bounds device memory).
+    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms); a problem larger than it is an error.
+    min_shape: pad at least to this shape, each size the larger of it and the problem's own bucket
+      (a stream's running shape).
+  """
+  molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
+  if level.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise InputError("dtype=float64 needs JAX's float64: call qpt.backends.enable_float64() first "
+                     "(a float64 config does it through its backend)")
+  host = integrals.compute(molecule.to_pyscf(level.basis), level)
+  sizes = (len(host.occupation), len(host.weights), len(host.eri_factor), len(host.positions))
+  if pad_to is None:
+    shape = default_shape(sizes, xc_chunk)
+    shape = shape if min_shape is None else tuple(max(a, b) for a, b in zip(shape, min_shape))
+  else:
+    shape = tuple(int(s) for s in pad_to)
+  if any(p < s for p, s in zip(shape, sizes)) or shape[1] % xc_chunk:
+    raise InputError(f"pad_to={shape} is smaller than the problem {sizes} or n_grid is "
+                     f"not a multiple of xc_chunk={xc_chunk}")
+  return _pad(host, level, xc_chunk, shape)
+
+
+def molecule_and_level(molecule: Molecule | gto.Mole, basis: str | Level | None = None,
+                       xc: str | None = None, grid_level: int | None = None,
+                       eri: str | None = None, dtype: str | None = None,
+                       level: Level | None = None) -> tuple[Molecule, Level]:
+  """A `Molecule` and a `Level` from `build_problem`'s arguments (a Mole's basis if none given)."""
+  if isinstance(basis, Level):
+    basis, level = None, basis
+  if isinstance(molecule, gto.Mole):
+    if molecule.cart:
+      raise InputError("pyscf Mole uses Cartesian d/f functions; QPT uses spherical ones")
+    if level is None and basis is None:
+      if not isinstance(molecule.basis, str):
+        raise InputError("pyscf Mole has a per-element basis; pass basis= with one basis name")
+      basis = molecule.basis
+    molecule = Molecule.from_pyscf(molecule)
+  given = {k: v for k, v in dict(basis=basis, xc=xc, grid_level=grid_level, eri=eri,
+                                 dtype=dtype).items() if v is not None}
+  if level is None:
+    return molecule, Level(**given)
+  if given:
+    raise InputError(f"give the level of theory once: level= or {', '.join(given)}, not both")
+  return molecule, level
+
+
+def bucket(n: int, multiple: int = 1) -> int:
+  """The smallest size ≥ n in a geometric ladder of 8 steps per octave (≤ 12.5% padding).
+
+  Sizes are multiples of `multiple`; conformers of one molecule, and molecules of similar size, land
+  on the same rung and so reuse one compiled program.
+  """
+  k = max(1, math.ceil(n / multiple))
+  if k > 16:
+    step = 2 ** (k.bit_length() - 4)  # k in [8·step, 16·step)
+    k = math.ceil(k / step) * step
+  return k * multiple
+
+
+def default_shape(sizes: Shape, xc_chunk: int) -> Shape:
+  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms)."""
+  return tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
+
+
+def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
+  """`problem` padded (further) to `shape`, each size ≥ the current one; bitwise as a build with
+  that `pad_to` would be."""
+  if problem.shapes == tuple(shape):
+    return problem
+  arrays = {name: np.asarray(getattr(problem, name)) for name in LAYOUT}
+  return dataclasses.replace(problem, **{name: _padded(name, a, shape, a.dtype)
+                                         for name, a in arrays.items()})
+
+
+def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shape) -> DFTProblem:
+  """Transforms host integrals to the device's representation, casts them, pads to `shape`.
+
+  Each field is written once, cast on the way, into its padded array: the AO values are the bulk
+  of a problem (ethanol/def2-SVP: 120 of 150 MB), and a float64 copy of φ X plus a second padded
+  copy cost the worker more than the integrals themselves.
+  """
+  dtype = level.dtype
+  x, x_inv = host.orthogonalizer, np.linalg.inv(host.orthogonalizer)
+  energy_hi = np.float32(host.energy_ref) if dtype == "float32" else host.energy_ref
+  real = dict(
+      overlap=host.overlap, hcore=host.hcore, density_ref=host.density_ref,
+      orthogonalizer=x, orthogonalizer_inv=x_inv,
+      eri_orth=np.einsum("ki,pkl,lj->pij", x, host.eri_factor, x, optimize=True),
+      fock_ref_nonxc_orth=x.T @ host.fock_ref_nonxc @ x,
+      density_ref_orth=x_inv @ host.density_ref @ x_inv.T,
+      weights=host.weights, rho_ref=host.rho_ref,
+      occupation=host.occupation, ao_mask=np.ones(len(host.occupation)),
+      energy_ref=np.array([energy_hi, host.energy_ref - np.float64(energy_hi)]),
+      positions=host.positions)
+  arrays = {name: _padded(name, a, shape, dtype) for name, a in real.items()}
+  arrays.update(orbital_labels=_padded("orbital_labels", host.orbital_labels, shape, np.int32),
+                atomic_numbers=_padded("atomic_numbers", host.atomic_numbers, shape, np.int32))
+  arrays["ao_orth"] = ao_orth = _padding("ao_orth", host.ao.shape, shape, dtype)
+  n_ao, n_grid = len(host.occupation), len(host.weights)
+  for start in range(0, n_grid, _AO_BLOCK):  # φ X a block of points at a time, cast as written
+    block = slice(start, min(start + _AO_BLOCK, n_grid))
+    ao_orth[:, block, :n_ao] = host.ao[:, block] @ x
+  return DFTProblem(**arrays, level=level, xc_chunk=xc_chunk)
+
+
+def _padding(name: str, real_shape: tuple[int, ...], shape: Shape, dtype) -> np.ndarray:
+  """The padded array of field `name` for real data of `real_shape`, holding only its padding."""
+  axes, fill = LAYOUT[name]
+  target = tuple(n if axis is None else shape[axis] for n, axis in zip(real_shape, axes))
+  new = np.full(target, 0 if fill == "identity" else fill, dtype=dtype)
+  if fill == "identity":  # padded AOs: orthonormal, decoupled functions
+    idx = np.arange(real_shape[-1], target[-1])
+    new[idx, idx] = 1
+  return new
+
+
+def _padded(name: str, real: np.ndarray, shape: Shape, dtype) -> np.ndarray:
+  """`real` cast to `dtype` and padded as `LAYOUT` says for field `name`."""
+  new = _padding(name, real.shape, shape, dtype)
+  new[tuple(slice(0, n) for n in real.shape)] = real
+  return new

@@ -1,0 +1,116 @@
+"""A run's config: loading a config file, checking it, recording it, and what may change on resume.
+
+Configs are ml-collections `get_config()` files (experiments/configs/); a run records its resolved
+config, flattened to "section.field" keys, in workdir/config.json and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from qpt import model, molecules, train
+from qpt.errors import InputError
+from qpt.level import Level
+
+MODES = ("train", "eval")
+# Fields that may differ when resuming: they change neither the trajectory nor its meaning.
+# The device layout is among them: a checkpoint restores on any mesh (the trajectory then agrees
+# to float32 rounding, bitwise only on the same devices).
+RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
+                     "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation",
+                     "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
+                     "backend.emulate", "backend.coordinator_address", "backend.num_processes",
+                     "backend.process_id", "mesh.data", "mesh.model")
+_AT_LEAST_ONE = ("train.steps", "train.batch_size", "log_every", "checkpoint.every",
+                 "checkpoint.keep", "data.mol_repeats")
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config a file names, as `--config` reads it: "path/to/config.py" or "path.py:argument"
+  (get_config(argument))."""
+  path, _, argument = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("qpt_config", path)
+  if module_spec is None or not os.path.isfile(path):
+    raise InputError(f"{path}: no such config file")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
+
+
+def check(config) -> None:
+  """One-line InputError for a config that cannot run, before anything is computed or written."""
+  if config.mode not in MODES:
+    raise InputError(f"mode={config.mode!r}: choose one of {', '.join(MODES)}")
+  train.conformer_loss(config.loss, config.iterations, config.mixing)  # loss and mixing
+  model.model_config(config.model.size)
+  Level.from_config(config)
+  if not config.data.md17_file:
+    molecules.get(config.molecule)
+  for key in _AT_LEAST_ONE:
+    value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
+    if value < 1:
+      raise InputError(f"{key}={value}: must be at least 1")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"train": {"steps": 5}} → {"train.steps": 5}; tuples become lists (as JSON has them)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def unflatten(flat: dict) -> ml_collections.ConfigDict:
+  """The ConfigDict a `flatten`ed dict came from (lists stay lists)."""
+  tree: dict = {}
+  for key, value in flat.items():
+    *sections, field = key.split(".")
+    node = tree
+    for section in sections:
+      node = node.setdefault(section, {})
+    node[field] = value
+  return ml_collections.ConfigDict(tree)
+
+
+def record(workdir: str, config, backend_description: str) -> None:
+  """Writes workdir/config.json: the resolved config, package versions and the devices."""
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(dict(config=flatten(config.to_dict()), versions=versions(),
+                   backend=backend_description), f, indent=1)
+
+
+def saved(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` recorded (its config.json)."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      return unflatten(json.load(f)["config"])
+  except (OSError, KeyError, ValueError):
+    raise InputError(f"{workdir}: no config.json of a training run") from None
+
+
+def check_resumable(saved_flat: dict, wanted_flat: dict) -> None:
+  """One-line InputError naming the first field that differs from the checkpointed run's.
+
+  A field the saved run did not have (added to QPT since) is accepted: new fields default to
+  the behaviour from before they existed.
+  """
+  for key in sorted(set(saved_flat) | set(wanted_flat)):
+    if key in RESUMABLE_CHANGES or key not in saved_flat or saved_flat[key] == wanted_flat.get(key):
+      continue
+    raise InputError(f"workdir holds a run with {key}={saved_flat.get(key)!r}, this config has "
+                     f"{wanted_flat.get(key)!r}: use another workdir (or init_from to fine-tune)")
+
+
+def versions() -> dict:
+  return {p: importlib.metadata.version(p)
+          for p in ("jax", "jaxlib", "dm-haiku", "optax", "pyscf", "numpy", "ml-collections",
+                    "orbax-checkpoint")}

@@ -1,0 +1,54 @@
+"""PySCF labels: converged MINAO runs at the level asked for, cached in label files."""
+
+import numpy as np
+import pytest
+from pyscf import lib
+
+import qpt
+from qpt import labels
+from tests.water_labels import BASIS, GRID_LEVEL, XC, load_tool, problems, reference
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_pyscf_thread():
+  """PySCF on one thread: these problems are tiny, and OpenMP threads spinning against XLA's (and
+  other jobs') cost ~10× on 2 cores."""
+  with lib.with_omp_threads(1):
+    yield
+
+
+def test_labels_are_converged_minao_runs():
+  assert len(reference()) == 2 and reference().converged.all()
+  assert (reference().cycles > 2).all()
+  n_occ = 5  # water: 10 electrons
+  np.testing.assert_allclose(np.einsum("cij,cji->c", reference().density,
+                                       [p.overlap[:7, :7] for p in problems()]), 2 * n_occ,
+                             atol=1e-5)
+  for f, d, p in zip(reference().fock, reference().density, problems()):  # self-consistent: FDS = SDF
+    fds = f @ d @ np.asarray(p.overlap, np.float64)[:7, :7]
+    assert np.abs(fds - fds.T).max() < 1e-4
+
+
+def test_label_files_are_reused(tmp_path, monkeypatch, capsys):
+  runs = []
+  converge = labels.converge
+  monkeypatch.setattr(labels, "converge", lambda mf, dm0=None: runs.append(1) or converge(mf, dm0))
+  tool = load_tool()
+  out = str(tmp_path / "water.npz")
+  argv = ["--molecule", "water", "--basis", BASIS, "--xc", XC, "--grid-level", str(GRID_LEVEL),
+          "--n", "1", "--seed", "0", "--out", out, "--json"]
+  assert tool.main(argv) == 0 and len(runs) == 1
+  assert tool.main(argv) == 0 and len(runs) == 1  # cached: PySCF did not run
+  # The same conformer from a positions file (Å) is the same geometry: reused too.
+  positions = tool.gaussian_conformers(qpt.molecules.get("water"), 1, seed=0)
+  np.save(tmp_path / "positions.npy", positions)
+  assert tool.main(argv + ["--positions", str(tmp_path / "positions.npy")]) == 0
+  assert len(runs) == 1 and '"reused": true' in capsys.readouterr().out.splitlines()[-1]
+  assert tool.main(argv + ["--seed", "1"]) == 0 and len(runs) == 2  # new geometry
+  assert tool.main(argv + ["--grid-level", "0"]) == 0 and len(runs) == 3  # new level of theory
+  stored = labels.load_labels(out)
+  assert stored.level == qpt.Level(BASIS, XC, 0, dtype="float64")
+  assert stored.positions.shape == (1, 3, 3)
+  np.testing.assert_allclose(stored.positions[0] * qpt.molecule.BOHR, positions[0], atol=1e-12)
+  assert tool.main(["--molecule", "water", "--positions", str(tmp_path / "nothing.npy"),
+                    "--out", out]) == 2
