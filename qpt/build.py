@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import numpy as np
 from pyscf import gto
 
-from qpt import integrals
+from qpt import backends, integrals
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
@@ -52,7 +51,7 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
       (a stream's running shape).
   """
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
-  if level.dtype == "float64" and not jax.config.jax_enable_x64:
+  if level.dtype == "float64" and not backends.float64_enabled():
     raise InputError("dtype=float64 needs JAX's float64: call qpt.backends.enable_float64() first "
                      "(a float64 config does it through its backend)")
   host = integrals.compute(molecule.to_pyscf(level.basis), level)

@@ -66,6 +66,11 @@ def enable_float64(enabled: bool = True) -> None:
   jax.config.update("jax_enable_x64", bool(enabled))
 
 
+def float64_enabled() -> bool:
+  """Whether float64 arrays compute in float64 in this process (`enable_float64`)."""
+  return bool(jax.config.jax_enable_x64)
+
+
 @contextlib.contextmanager
 def device_dtype(dtype: str):
   """A context in which `dtype` problems compute exactly as a run of that dtype would: float64
