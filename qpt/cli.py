@@ -1,8 +1,12 @@
-"""What QPT's command-line tools share: one-line usage errors and the molecule arguments."""
+"""What QPT's command-line tools share: one-line errors, the molecule arguments, the output."""
 
 import argparse
+import json
+import sys
+from typing import Callable
 
 from qpt import molecules
+from qpt.errors import InputError
 from qpt.molecule import Molecule
 
 
@@ -26,3 +30,16 @@ def molecule_from_arguments(args: argparse.Namespace) -> Molecule:
   if args.xyz:
     return Molecule.from_xyz(args.xyz, charge=args.charge)
   return molecules.get(args.molecule)
+
+
+def run_and_print(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,
+                  summary: Callable[[dict], str]) -> dict | None:
+  """`run(args)`, printed as one JSON object (`args.json`) or as `summary` of it; None after a bad
+  input, which is one line on stderr ("error: ...") for the caller to exit with code 2."""
+  try:
+    out = run(args)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return None
+  print(json.dumps(out) if args.json else summary(out))
+  return out

@@ -17,7 +17,6 @@ seconds. Water/def2-SVP/B3LYP5 at grid level 3 takes ~1 s per conformer on 2 cor
 Bad input: one line on stderr and exit code 2.
 """
 
-import json
 import sys
 import time
 
@@ -90,21 +89,18 @@ def run(args) -> dict:
               seconds=time.perf_counter() - start)
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  try:
-    out = run(args)
-  except qpt.InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.json:
-    print(json.dumps(out))
-  else:
-    how = "reused" if out["reused"] else "labelled"
-    print(f"{out['out']}: {out['conformers']} conformers {how} ({out['basis']}, {out['xc']}, "
+def summary(out: dict) -> str:
+  how = "reused" if out["reused"] else "labelled"
+  return (f"{out['out']}: {out['conformers']} conformers {how} ({out['basis']}, {out['xc']}, "
           f"grid {out['grid_level']}, eri={out['eri']}), {out['converged']} converged, "
           f"{out['mean_cycles']:.1f} SCF cycles on average, E in [{out['energy_min']:.8f}, "
           f"{out['energy_max']:.8f}] Ha, {out['seconds']:.1f} s")
+
+
+def main(argv=None) -> int:
+  out = cli.run_and_print(run, parse_args(argv), summary)
+  if out is None:
+    return 2
   return 0 if out["converged"] == out["conformers"] else 1
 
 

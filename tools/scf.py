@@ -9,7 +9,6 @@ converged, iterations, homo, lumo (Hartree), nao (real AOs), seconds (wall time:
 compilation included). Bad input: one line on stderr and exit code 2.
 """
 
-import json
 import sys
 import time
 
@@ -45,21 +44,18 @@ def run(args) -> dict:
               nao=int(np.sum(problem.ao_mask)), seconds=time.perf_counter() - start)
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  try:
-    out = run(args)
-  except qpt.InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.json:
-    print(json.dumps(out))
-  else:
-    state = "converged" if out["converged"] else "NOT converged"
-    print(f"{out['molecule']} {out['basis']} {out['xc']} ({out['dtype']}, eri={out['eri']}): "
+def summary(out: dict) -> str:
+  state = "converged" if out["converged"] else "NOT converged"
+  return (f"{out['molecule']} {out['basis']} {out['xc']} ({out['dtype']}, eri={out['eri']}): "
           f"E = {out['energy']:.10f} Ha, {state} in {out['iterations']} iterations, "
           f"HOMO {out['homo']:.6f} Ha, LUMO {out['lumo']:.6f} Ha, {out['nao']} AOs, "
           f"{out['seconds']:.1f} s")
+
+
+def main(argv=None) -> int:
+  out = cli.run_and_print(run, parse_args(argv), summary)
+  if out is None:
+    return 2
   return 0 if out["converged"] else 1
 
 
