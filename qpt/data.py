@@ -40,12 +40,13 @@ import jax
 import numpy as np
 from pyscf import lib
 
-from qpt import labels
+from qpt import backends, labels
 from qpt.build import build_problem, grow
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
 from qpt.problem import DEFAULT_XC_CHUNK, DFTProblem, Shape
+
 _SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
 
@@ -103,9 +104,12 @@ def _max_shape(*shapes: Shape) -> Shape:
   return tuple(int(max(s)) for s in zip(*shapes))
 
 
-def _init_worker() -> None:
+def _init_worker(float64: bool) -> None:
   # The environment already limits threads; this also covers a worker the pool restarts later.
   lib.num_threads(1)
+  # A worker builds what its parent could build: float64 problems only where the parent has
+  # switched float64 on (a spawned process starts with JAX's default).
+  backends.enable_float64(float64)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
@@ -274,7 +278,7 @@ class ProblemStream:
     if self._pool is None:
       self._pool = futures.ProcessPoolExecutor(
           self.n_workers, mp_context=multiprocessing.get_context("spawn"),
-          initializer=_init_worker)
+          initializer=_init_worker, initargs=(backends.float64_enabled(),))
     # Workers start on demand, at a submit: the single-threaded environment must be in place
     # then, to be inherited before they import numpy.
     with _single_threaded_env():

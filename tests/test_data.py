@@ -313,3 +313,14 @@ def test_bad_stream_options(water_sampler):
   with pytest.raises(qpt.InputError, match="does not fit"):
     data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, state={"stream_position": 3, "repeat": 0,
                                                       "pad_to": [0, 0, 0, 0]})
+
+
+def test_workers_build_float64_problems_when_the_parent_computes_in_float64(water_sampler):
+  # The tests run with float64 switched on (conftest); a spawned worker starts without it.
+  level = qpt.Level(basis="sto-3g", xc="pbe", grid_level=0, dtype="float64")
+  with data.ProblemStream(water_sampler, 1, level, xc_chunk=1024, n_workers=1,
+                          prefetch=0) as stream:
+    (worker,) = _take(stream, 1)
+  (inline,) = _take(data.ProblemStream(water_sampler, 1, level, xc_chunk=1024), 1)
+  assert worker.problem.overlap.dtype == np.float64
+  _assert_same_batch(worker, inline)
