@@ -23,7 +23,8 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), and the energy of the
      eigenvectors' residual norm errors, Σ_i occ_i ε_i δn_i, is subtracted (`_projector`).
 The Fock matrix is the gradient of the same ΔE, F = ∂E/∂P, so energy and Fock matrix can never
-disagree, and the SCF and the unrolled loss share one code path.
+disagree, and the SCF and the unrolled loss share one code path. Every public function traces its
+matmuls at full float32 precision (`precision.full_float32`), whatever the device's default.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpt.errors import InputError
+from qpt.precision import full_float32
 from qpt.problem import DFTProblem, reference_energy  # noqa: F401  (public API)
 
 GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it stays ≤ 1/(2·GAP_GUARD)
@@ -45,6 +47,7 @@ GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it s
 # ---- H → D -----------------------------------------------------------------------------------
 
 
+@full_float32
 def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Solves H C = S C ε. Returns ε (n,) Hartree ascending and C (n, n), padded orbitals last.
 
@@ -56,6 +59,7 @@ def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
   return eps, problem.orthogonalizer @ u
 
 
+@full_float32
 def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
   """D = Σ_i occ_i C_i C_iᵀ (n, n), AO basis, for the occupied eigenvectors of H C = S C ε."""
   x = problem.orthogonalizer
@@ -117,6 +121,7 @@ def _norm_deviation(u: jax.Array) -> jax.Array:
   return (dominant - 1.0) * (dominant + 1.0) + rest
 
 
+@full_float32  # traced when the gradient is, outside the forward's decorator
 def _projector_bwd(residuals, cotangents):
   """Daleckii–Krein: dP = U (Γ ∘ Uᵀ dH U) Uᵀ with Γ_ij = (f_i − f_j)/(ε_i − ε_j).
 
@@ -140,6 +145,7 @@ _occupied_projector.defvjp(_projector_fwd, _projector_bwd)
 # ---- D → ΔE ----------------------------------------------------------------------------------
 
 
+@full_float32
 def delta_energy(problem: DFTProblem, density: jax.Array) -> jax.Array:
   """E[D] − E_ref in Hartree (device dtype). `density`: (n, n) AO basis, electrons, padded.
 
@@ -199,6 +205,7 @@ def _xc_delta(problem: DFTProblem, dd: jax.Array) -> jax.Array:
   return jnp.sum(partial)
 
 
+@full_float32
 def fock(problem: DFTProblem, density: jax.Array) -> jax.Array:
   """Kohn–Sham Fock matrix F[D] = ∂E/∂D = Hcore + J − a/2 K + Vxc (n, n) Hartree, AO basis, padded.
 
@@ -209,6 +216,7 @@ def fock(problem: DFTProblem, density: jax.Array) -> jax.Array:
   return x_inv.T @ f_orth @ x_inv
 
 
+@full_float32
 def initial_fock(problem: DFTProblem) -> jax.Array:
   """H_init = F[D0] (n, n), AO basis: the Fock matrix of the MINAO density, a model's baseline."""
   x_inv = problem.orthogonalizer_inv
@@ -224,6 +232,7 @@ def _energy_and_fock(problem: DFTProblem, p: jax.Array) -> tuple[jax.Array, jax.
 # ---- the QPT loss ------------------------------------------------------------------------------
 
 
+@full_float32
 def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
                       mixing: float | Sequence[float] = 0.0) -> jax.Array:
   """E[D_k] − E_ref (Hartree, device dtype) after k unrolled SCF steps from D_0 = D(H).
@@ -236,6 +245,7 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   return _delta_energy(problem, p) - norm_energy
 
 
+@full_float32
 def unrolled_density(problem: DFTProblem, h: jax.Array, iterations: int = 0,
                      mixing: float | Sequence[float] = 0.0) -> jax.Array:
   """D_k (n, n), AO basis: the density whose energy `loss_energy_delta` returns."""
@@ -262,6 +272,7 @@ def _unrolled(problem, h, iterations, mixing) -> tuple[jax.Array, jax.Array]:
   return p, norm_energy
 
 
+@full_float32
 def loss_energy(problem: DFTProblem, h: jax.Array, iterations: int = 0,
                 mixing: float | Sequence[float] = 0.0) -> jax.Array:
   """The QPT loss: E[D_k] in Hartree, a differentiable scalar in the device dtype.
@@ -344,6 +355,7 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
 
 
 @functools.partial(jax.jit, static_argnums=5)
+@full_float32
 def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space):
   """The SCF in the orthonormal basis: (ΔE, F', P, ε, U, iterations, converged)."""
   n = p0.shape[0]

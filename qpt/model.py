@@ -17,7 +17,8 @@ Design, and why:
     Feed problems built in the canonical frame (`frame.to_canonical`) and map W back with
     `frame.ao_matrix_to_lab`; equivariance then holds wherever the frame is unique (see frame.py).
   * Padded AOs (ao_mask 0) are never attended to and get W = 0; padded atoms (Z = 0) add nothing.
-The network runs in float32 whatever the problem's dtype; W is returned in the problem's dtype.
+The network runs in float32 whatever the problem's dtype, its matmuls at full float32 precision;
+W is returned in the problem's dtype.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from qpt import dft
 from qpt.errors import InputError
+from qpt.precision import full_float32
 from qpt.problem import DFTProblem
 
 MAX_Z = 36  # element vocabulary H..Kr
@@ -262,6 +264,7 @@ def make_model(config: ModelConfig) -> hk.Transformed:
   Works under jax.jit and jax.vmap over stacked problems of equal padded shapes.
   """
 
+  @full_float32
   def forward(problem: DFTProblem, h_init: jax.Array | None = None) -> jax.Array:
     check_supported(problem)
     problem = jax.tree.map(jnp.asarray, problem)  # host (NumPy) leaves cannot take traced indices
@@ -276,6 +279,7 @@ def make_model(config: ModelConfig) -> hk.Transformed:
   return hk.without_apply_rng(hk.transform(forward))
 
 
+@full_float32
 def hamiltonian(model: hk.Transformed, params: hk.Params, problem: DFTProblem) -> jax.Array:
   """The predicted Kohn–Sham Hamiltonian H = H_init + W (n, n) Hartree, in the problem's dtype."""
   check_supported(problem)

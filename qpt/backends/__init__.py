@@ -46,8 +46,6 @@ def create(config) -> Backend:
   kind = KINDS[name]
   backend = Backend(kind.POLICY, kind.devices(b), config.mesh.data, config.mesh.model)
   backend.check_dtype(config.dtype)
-  if kind.POLICY.matmul_precision:
-    jax.config.update("jax_default_matmul_precision", kind.POLICY.matmul_precision)
   # float64 device arrays need x64; a float32-only policy switches it off so nothing can sneak in.
   if config.dtype == "float64":
     enable_float64()

@@ -38,15 +38,14 @@ class Policy:
     float64: whether float64 device arrays are allowed (reference runs).
     host_callbacks: whether a compiled step may call back into Python.
     static_shapes: whether every step must have the first step's shapes (no recompilation).
-    matmul_precision: jax_default_matmul_precision; "highest" keeps float32 matmuls in full
-      float32 (TPUs default to bf16 passes, Ampere GPUs to TF32 — both ruin the DFT energy).
+  Matmul precision is not a policy: the energy and the model pin full float32 themselves
+  (`qpt.precision`), on every device and whatever the caller's JAX setting.
   """
 
   name: str
   float64: bool = True
   host_callbacks: bool = True
   static_shapes: bool = False
-  matmul_precision: str | None = "highest"
 
 
 class Backend:

@@ -5,8 +5,7 @@ import jax
 
 from qpt.backends.base import Policy
 
-# XLA's CPU float32 matmuls are plain float32 already: nothing to raise.
-POLICY = Policy("cpu", matmul_precision=None)
+POLICY = Policy("cpu")
 
 
 def devices(backend_config) -> list:

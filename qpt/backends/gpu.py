@@ -1,7 +1,7 @@
 """GPU (CUDA/ROCm jaxlib plugins): float32 by default, float64 allowed for reference runs.
 
-float32 matmuls are pinned to full precision: Ampere and later would otherwise use TF32
-(10-bit mantissa), which costs the DFT energy milli-Hartrees.
+Ampere and later would run float32 matmuls as TF32 (10-bit mantissa) by default, which costs the
+DFT energy milli-Hartrees; QPT's device code pins full float32 itself (`qpt.precision`).
 """
 
 import jax

@@ -175,7 +175,8 @@ def plot(rows: list[dict], path: str) -> None:
            title="energy + gradient (k = 0, float32) vs one PySCF iteration")
   left.set_xticks([25, 50, 100, 200, 400], ["25", "50", "100", "200", "400"])
   left.xaxis.set_minor_formatter(plt.NullFormatter())
-  left.legend(fontsize=8)
+  if left.lines:
+    left.legend(fontsize=8)
   for molecule in dict.fromkeys(r["molecule"] for r in rows if r["part"] == "devices"):
     done = [r for r in rows if r["part"] == "devices" and r["molecule"] == molecule
             and r.get("seconds_per_conformer")]
