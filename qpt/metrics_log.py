@@ -30,8 +30,10 @@ def read(workdir: str) -> list[dict]:
 
 
 class MetricsLog:
-  """metrics.jsonl (one object per log step) and a one-line progress display on a terminal.
+  """metrics.jsonl (one object per log step) and the progress display.
 
+  Progress is a line redrawn at every step on a terminal; off a terminal (`make run > log`), one
+  printed line per log step, each with the step, loss, conformers/s and the ETA.
   `seconds` is training's wall time since this process started its loop, validation excluded;
   the rates (unique conformers/s, host-wait fraction) are over that time.
   """
@@ -39,8 +41,10 @@ class MetricsLog:
   def __init__(self, workdir: str, progress: bool, total_steps: int, start_step: int,
                write: bool = True):
     self._write = write
-    self._progress = progress and sys.stdout.isatty()
+    self._progress = progress
+    self._terminal = sys.stdout.isatty()
     self._total = total_steps
+    self._first = start_step
     self._start = time.perf_counter()
     self._wait = 0.0
     self._paused = 0.0
@@ -66,8 +70,9 @@ class MetricsLog:
     self._wait += batch.wait_seconds
     self._conformers += len(metrics["per_conformer"]) if batch.new_conformers else 0
     self._skipped += not finite
+    show = self._progress and (self._terminal or write)
     write = write and self._write
-    if not (write or self._progress):
+    if not (write or show):
       return
     per_conformer = np.asarray(metrics["per_conformer"], np.float64)
     value = (float(np.mean(batch_energies(metrics["energy_ref"], per_conformer)))
@@ -80,10 +85,17 @@ class MetricsLog:
     if write:
       self._file.write(json.dumps(record) + "\n")
       self._file.flush()
-    if self._progress:
-      shown = f"  val energy MAE {extra['val_energy_mae_uha']:.0f} µHa" if extra else ""
-      print(f"\rstep {step}/{self._total}  loss {value:.6f}  {elapsed:.0f} s{shown}   ",
-            end="", flush=True)
+    if show:
+      eta = elapsed / max(step - self._first, 1) * (self._total - step)
+      line = (f"step {step}/{self._total}  loss {value:.6f}  "
+              f"{record['unique_conformers_per_s']:.2f} conformers/s  {elapsed:.0f} s  "
+              f"ETA {eta:.0f} s")
+      if extra:
+        line += f"  val energy MAE {extra['val_energy_mae_uha']:.0f} µHa"
+      if self._terminal:
+        print(f"\r{line}   ", end="", flush=True)
+      else:
+        print(line, flush=True)
 
   @contextlib.contextmanager
   def paused(self):
@@ -95,7 +107,7 @@ class MetricsLog:
       self._paused += time.perf_counter() - started
 
   def close(self) -> None:
-    if self._progress:
+    if self._progress and self._terminal:
       print()
     if self._write:
       self._file.close()
