@@ -39,6 +39,7 @@ from typing import Mapping
 import numpy as np
 from pyscf.data import elements, nist, radii
 
+from qpt import threads
 from qpt.errors import InputError
 from qpt.molecule import Molecule
 
@@ -65,8 +66,8 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
   """The RHF Hessian (3N, 3N) in Hartree/Bohr², rows and columns ordered (atom, xyz).
 
   Computed once per geometry, basis and process, and once per `cache_dir` if one is given (a
-  `hessian-<name>-<hash>.npy` file). A cached file also makes restarts bitwise reproducible: PySCF's
-  threaded sums need not be.
+  `hessian-<name>-<hash>.npy` file), on one thread (`threads.one_thread`): a fresh run samples the
+  same conformers bit for bit whatever the machine's thread count.
   """
   key = hashlib.sha256(b"".join([
       np.ascontiguousarray(molecule.atomic_numbers, np.int64).tobytes(),
@@ -77,11 +78,12 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
   if h is None and path and os.path.exists(path):
     h = np.load(path)
   if h is None:
-    mf = molecule.to_pyscf(basis).RHF().run()
-    if not mf.converged:
-      raise InputError(f"{molecule.name}: RHF/{basis} did not converge; cannot build a Hessian")
-    n = molecule.n_atoms
-    h = mf.Hessian().kernel().transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+    with threads.one_thread():
+      mf = molecule.to_pyscf(basis).RHF().run()
+      if not mf.converged:
+        raise InputError(f"{molecule.name}: RHF/{basis} did not converge; cannot build a Hessian")
+      n = molecule.n_atoms
+      h = mf.Hessian().kernel().transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
     h = 0.5 * (h + h.T)
   if path and not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
@@ -212,14 +214,15 @@ class ThermalSampler:
     hess = np.asarray(hess, dtype=np.float64)
     if hess.shape != (n3, n3):
       raise InputError(f"{molecule.name}: Hessian has shape {hess.shape}, expected ({n3}, {n3})")
-    self.vibrations = vibrations(molecule, hess)
-    omega = np.maximum(np.abs(self.vibrations.frequencies), floor_frequency) / CM_PER_AU
-    sigma = np.sqrt(KB_HARTREE * self.temperature) / omega  # Bohr·√m_e per mode
-    u = self.vibrations.modes
-    # The symmetric square root U σ Uᵀ of the covariance (not U σ alone): unique, so a sign flip or
-    # a rotation among degenerate eigenvectors of a recomputed Hessian cannot change the samples.
-    inv_sqrt_m = np.repeat(1.0 / np.sqrt(self.vibrations.masses * AU_PER_AMU), 3)
-    self._transform = inv_sqrt_m[:, None] * ((u * sigma) @ u.T)  # (3N, 3N): ξ → Bohr
+    with threads.one_thread():  # LAPACK's eigh and BLAS: the same bits on any machine's threads
+      self.vibrations = vibrations(molecule, hess)
+      omega = np.maximum(np.abs(self.vibrations.frequencies), floor_frequency) / CM_PER_AU
+      sigma = np.sqrt(KB_HARTREE * self.temperature) / omega  # Bohr·√m_e per mode
+      u = self.vibrations.modes
+      # The symmetric square root U σ Uᵀ of the covariance (not U σ alone): unique, so a sign flip
+      # or a rotation among degenerate eigenvectors of a recomputed Hessian cannot change samples.
+      inv_sqrt_m = np.repeat(1.0 / np.sqrt(self.vibrations.masses * AU_PER_AMU), 3)
+      self._transform = inv_sqrt_m[:, None] * ((u * sigma) @ u.T)  # (3N, 3N): ξ → Bohr
 
   def displacement(self, rng: np.random.Generator) -> np.ndarray:
     """One unconstrained draw, (N, 3) Bohr."""

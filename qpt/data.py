@@ -6,8 +6,9 @@ Everything the stream yields is a pure function of the conformer source, the lev
 stream position, never of how it was computed:
   * global batch k holds conformers [k·B, (k+1)·B); process p of P builds the slice
     [k·B + p·B/P, k·B + (p+1)·B/P) of it, so processes need no communication;
-  * workers run PySCF single-threaded (OMP/OpenBLAS/MKL threads = 1, set in their environment before
-    numpy loads), because threaded sums may round differently from run to run;
+  * every build runs on one thread (`threads`: OMP/OpenBLAS/MKL threads = 1 in a worker's
+    environment before numpy loads, `one_thread()` inline), because threaded sums round
+    differently with the thread count and from run to run;
   * workers are started with "spawn": forking a process that runs JAX's threads can deadlock;
   * results are put back in stream order whichever worker finishes first;
   * the padded shape is a running maximum, part of the saved `state`, so a resumed stream pads
@@ -15,7 +16,7 @@ stream position, never of how it was computed:
 
 Workers return problems already padded (to their own buckets, at least the running shape when the
 conformer was queued); `grow` copies one only when the running shape has grown since. Inline
-building (n_workers=0) also runs PySCF on one thread, so it yields the workers' bits.
+building (n_workers=0) yields the workers' bits.
 
 Host cost is hidden two ways: `prefetch` batches are built ahead while the device trains, and with
 `mol_repeats` = r each batch is yielded for r consecutive steps (the paper's trick; its conformers
@@ -38,16 +39,13 @@ from typing import Callable, Mapping
 
 import jax
 import numpy as np
-from pyscf import lib
-
-from qpt import backends, labels
+from qpt import backends, labels, threads
 from qpt.build import build_problem, grow
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
 from qpt.problem import DEFAULT_XC_CHUNK, DFTProblem, Shape
 
-_SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
 
 
@@ -105,19 +103,39 @@ def _max_shape(*shapes: Shape) -> Shape:
 
 
 def _init_worker(float64: bool) -> None:
+  _exit_with_parent(os.getppid())
   # The environment already limits threads; this also covers a worker the pool restarts later.
-  lib.num_threads(1)
+  threads.limit_to_one_thread()
   # A worker builds what its parent could build: float64 problems only where the parent has
   # switched float64 on (a spawned process starts with JAX's default).
   backends.enable_float64(float64)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
+PARENT_CHECK_SECONDS = 1.0  # a worker notices its parent's death within about this
+
+
+def _exit_with_parent(parent: int) -> None:
+  """Ends this worker as soon as its parent is gone, however it died.
+
+  A SIGKILLed parent (preemption: the case resume exists for) cannot stop its pool, and a worker
+  waiting for work would otherwise live on, re-parented, forever. The worker is re-parented when
+  its parent dies, so a daemon thread watching its parent's pid sees it within a second.
+  """
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)  # nothing of this worker's is worth finishing: its results have no reader
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 @contextlib.contextmanager
 def _single_threaded_env():
   with _ENV_LOCK:
-    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
-    os.environ.update(_SINGLE_THREAD)
+    saved = {k: os.environ.get(k) for k in threads.SINGLE_THREAD_ENV}
+    os.environ.update(threads.SINGLE_THREAD_ENV)
     try:
       yield
     finally:
@@ -248,9 +266,7 @@ class ProblemStream:
     indices = self.local_indices(position)
     start = time.perf_counter()
     if self.n_workers == 0:
-      # PySCF's OpenMP loops on one thread, as in the workers. (numpy's BLAS keeps its threads:
-      # they cannot change after import; the tests check that the bits still agree.)
-      with lib.with_omp_threads(1):
+      with threads.one_thread():  # BLAS and OpenMP on one thread, as in the workers: same bits
         results = [self._build(i) for i in indices]
     else:
       self._submit_through(position + (self.prefetch + 1) * self.batch_size)

@@ -2,21 +2,21 @@
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
 import jax
 import numpy as np
+import psutil
 import pytest
 
 import qpt
 from qpt import checkpoint, experiment, frame
 from tests.processes import ENV, ROOT, md17_command
 
-def md17(*args, config="water"):
+def md17(*args, config="water", env=ENV):
   return subprocess.run(md17_command(*args, config=config), capture_output=True, text=True,
-                        cwd=ROOT, env=ENV, timeout=300)
+                        cwd=ROOT, env=env, timeout=300)
 
 
 def records(workdir):
@@ -63,31 +63,36 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path)
   assert_one_line_error(result, "['embedding/element']['embeddings']", "(37, 128)", "(37, 256)")
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_trajectory(tmp_path):
-  """SIGKILL mid-run (no chance to checkpoint at exit), then the same command: the logged losses
-  are bitwise those of a run that was never interrupted, each step logged once. (A worker builds
-  the problems, as in real runs: single-threaded PySCF is what makes them bitwise reproducible.)"""
+def test_a_killed_run_leaves_no_process_and_resumes_to_a_fresh_runs_trajectory(tmp_path):
+  """Two fresh runs with a multi-threaded environment (OMP_NUM_THREADS=2, as users' shells often
+  have it); the second is SIGKILLed mid-run (no chance to checkpoint or stop its workers): within
+  10 s no process of it remains, and the same command then resumes it to logged losses bitwise
+  those of the run that was never interrupted, each step logged once. Nothing is shared between
+  the two runs, not even the sampler's Hessian: every host computation that feeds training runs on
+  one thread (`qpt.threads`), so the bits cannot depend on the thread count."""
   tiny = ["--config.basis=sto-3g", "--config.grid_level=1", "--config.xc=lda,vwn",
           "--config.data.workers=1", "--config.data.prefetch=2", "--config.train.batch_size=2",
           "--config.train.steps=60", "--config.train.warmup_steps=1", "--config.log_every=1",
           "--config.checkpoint.every=4", "--config.eval.every=0", "--config.eval.n_conformers=0"]
-  straight = md17(*tiny, f"--config.workdir={tmp_path / 'straight'}")
+  threaded = dict(ENV, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+  straight = md17(*tiny, f"--config.workdir={tmp_path / 'straight'}", env=threaded)
   assert straight.returncode == 0, straight.stderr
   killed = tmp_path / "killed"
-  # The same sampler: conformers are bitwise functions of (Hessian, seed, index), and the RHF
-  # Hessian itself is computed with threaded BLAS (~1e-16 noise), so share the cached one.
-  shutil.copytree(tmp_path / "straight" / "cache", killed / "cache")
   command = md17_command(*tiny, f"--config.workdir={killed}")
-  process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+  process = subprocess.Popen(command, cwd=ROOT, env=threaded, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 240
   while not (killed / "checkpoints" / "8").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
+  run = psutil.Process(process.pid).children(recursive=True)  # its worker and resource tracker
+  assert run, "the run has no worker process: the leak check would prove nothing"
   process.kill()
   process.wait()
+  gone, alive = psutil.wait_procs(run, timeout=10)
+  assert not alive, [(p.pid, p.name(), p.cmdline()[-2:]) for p in alive]
   steps = lambda workdir: [r["step"] for r in records(workdir)]
   assert 8 <= max(steps(killed)) < 60  # killed mid-run, with steps logged past the checkpoint
-  resumed = md17(*tiny, f"--config.workdir={killed}")
+  resumed = md17(*tiny, f"--config.workdir={killed}", env=threaded)
   assert resumed.returncode == 0, resumed.stderr
   assert steps(killed) == steps(tmp_path / "straight") == list(range(1, 61))
   assert ([r["loss"] for r in records(killed)]
