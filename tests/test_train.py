@@ -10,6 +10,7 @@ import pytest
 import qpt
 from experiments.configs import md17
 from qpt import backends, labels, model as model_lib, train
+from tests import pyscf_reference as ref
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -21,12 +22,16 @@ def train_config(**overrides):
   return c
 
 
+def water_conformers() -> list[qpt.Molecule]:
+  mol = qpt.molecules.get("water")
+  return [mol, mol.with_positions(mol.positions * 1.02)]
+
+
 @functools.cache
 def water_batch():
   """Two water conformers (STO-3G, coarse grid), padded alike and stacked: a training batch."""
-  mol = qpt.molecules.get("water")
-  conformers = [mol, mol.with_positions(mol.positions * 1.02)]
-  problems = [qpt.build_problem(m, basis="sto-3g", xc="b3lyp5", grid_level=1) for m in conformers]
+  problems = [qpt.build_problem(m, basis="sto-3g", xc="b3lyp5", grid_level=1)
+              for m in water_conformers()]
   assert problems[0].shapes == problems[1].shapes
   return jax.tree.map(lambda *a: np.stack(a), *problems)
 
@@ -34,9 +39,7 @@ def water_batch():
 @functools.cache
 def water_fock_labels():
   """PySCF's converged Fock matrices of `water_batch`'s conformers, zero-padded: (2, n, n)."""
-  mol = qpt.molecules.get("water")
-  conformers = [mol, mol.with_positions(mol.positions * 1.02)]
-  reference = labels.label(conformers, qpt.Level("sto-3g", "b3lyp5", 1))
+  reference = labels.label(water_conformers(), qpt.Level("sto-3g", "b3lyp5", 1))
   n = water_batch().overlap.shape[-1]
   out = np.zeros((2, n, n), np.float32)
   out[:, :7, :7] = reference.fock
@@ -63,18 +66,36 @@ def compiled_step(loss="energy", iterations=1):
   return tx, step
 
 
-@pytest.mark.parametrize("loss", ["energy", "self_consistency", "supervised"])
-def test_loss_falls(loss):
-  tx, step = compiled_step(loss)
+def batch_energy(params) -> float:
+  """Mean E[D(H_θ)] of `water_batch` (float64 total, Hartree)."""
+  loss = train.conformer_loss("energy", 0, 0.0)
+  deltas = jax.vmap(lambda p: loss(tiny_model(), params, p, None))(water_batch())
+  return float(np.mean(train.batch_energies(water_batch().energy_ref, np.asarray(deltas))))
+
+
+@pytest.mark.parametrize("loss", [
+    "energy",
+    pytest.param("self_consistency", marks=pytest.mark.xfail(
+        strict=True, reason="issue 13: ‖H − F[D(H)]‖² does not bring the energy closer to the "
+                            "SCF's (its gap after 30 steps is 104 % of the initial gap here)")),
+    "supervised"])
+def test_training_moves_the_energy_towards_pyscfs_scf_energy(loss):
+  """30 steps of each loss (energy at k = 0): E[D(H_θ)] of the batch stays above PySCF's SCF
+  energy (variational; checked every 5 steps) and ends at least 10 % of the initial gap closer to
+  it (measured: energy 18 %, supervised 67 % of the gap left; the path need not be monotone)."""
+  tx, step = compiled_step(loss, iterations=0)
   state = train.init_state(tiny_model(), tx, 0, water_batch(), backend())
   fock = water_fock_labels() if loss in train.LABELLED_LOSSES else None
-  losses = []
-  for _ in range(8):
+  scf = np.mean([ref.scf_energy(m, "sto-3g", "b3lyp5", 1) for m in water_conformers()])
+  gaps, losses = [batch_energy(state.params) - scf], []
+  for i in range(30):
     state, metrics = step(state, water_batch(), fock)
     assert bool(metrics["finite"])
     losses.append(float(np.mean(metrics["per_conformer"])))
-  assert losses[-1] < losses[0]
-  assert int(state.step) == 8
+    if (i + 1) % 5 == 0:
+      gaps.append(batch_energy(state.params) - scf)
+  assert int(state.step) == 30 and losses[-1] < losses[0]
+  assert all(gap > 0 for gap in gaps) and gaps[-1] < 0.9 * gaps[0], gaps
 
 
 def test_non_finite_step_leaves_state_unchanged():
@@ -94,16 +115,19 @@ def test_non_finite_step_leaves_state_unchanged():
 
 
 def test_batch_energies_are_float64_totals():
+  """The reported energies are PySCF's E[D(H_θ)] of the model's H, to float32's few µHa."""
   batch = water_batch()
   model = tiny_model()
   params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(lambda a: a[0], batch))
-  deltas = [float(train.conformer_loss("energy", 0, 0.0)(model, params,
-                                                          jax.tree.map(lambda a: a[i], batch), None))
-            for i in range(2)]
+  deltas, expected = [], []
+  for i, molecule in enumerate(water_conformers()):
+    problem = jax.tree.map(lambda a: a[i], batch)
+    deltas.append(float(train.conformer_loss("energy", 0, 0.0)(model, params, problem, None)))
+    h = np.asarray(model_lib.hamiltonian(model, params, problem), np.float64)[:7, :7]
+    expected.append(ref.energy_of_hamiltonian(molecule, "sto-3g", "b3lyp5", 1, h))
   energies = train.batch_energies(batch.energy_ref, np.array(deltas, np.float32))
   assert energies.dtype == np.float64
-  # At init H ≈ H_init: the energy is close to E[D(H_init)], within the first SCF step's reach.
-  assert np.all(np.abs(energies - (-75.3)) < 0.2)
+  np.testing.assert_allclose(energies, expected, rtol=0, atol=2e-5)
 
 
 def test_warmup_then_decay():
