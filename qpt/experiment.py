@@ -191,7 +191,7 @@ def train(config, progress: bool = True) -> dict | None:
   validate = None
   if backend.is_primary and config.eval.every and config.eval.n_validation:
     validate = _validator(config, trainer.network, conformer_sources.validation, workdir)
-  with stream, _StopOnSignal() as signals:
+  with stream, _StopOnSignal() as signals, metrics_log.StepWatch() as watch:
     batch = next(stream)
     params = None
     if config.init_from and resume_step is None:
@@ -205,9 +205,11 @@ def train(config, progress: bool = True) -> dict | None:
     bad_in_a_row, stop = 0, False
     for step in range(first_step, config.train.steps):
       batch = batch or next(stream)  # the first batch was already taken to size the model
+      watch.started(step + 1)
       state, metrics = trainer.step(state, backend.put_batch(batch.problem),
                                     backend.put_batch(batch.fock_label))
       metrics = backend.to_host(metrics)
+      watch.finished()
       finite = bool(metrics["finite"])
       bad_in_a_row = 0 if finite else bad_in_a_row + 1
       # Every process must leave the loop at the same step, or the others wait in a collective.

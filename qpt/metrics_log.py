@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -111,3 +113,64 @@ class MetricsLog:
       print()
     if self._write:
       self._file.close()
+
+
+class StepWatch:
+  """Warns once on stderr when a train step runs far longer than the steps before it.
+
+  A step whose collective never completes (a device or process that stopped) blocks without
+  using any CPU; without this the run would sit silent forever. The warning comes when a step has
+  run for both `factor` × the median of the previous steps and `floor` seconds — or, for the first
+  step, which compiles the program, `first_floor` seconds. Use it as a context manager around the
+  loop and call `started()` / `finished()` around each step.
+  """
+
+  def __init__(self, factor: float = 10.0, floor: float = 60.0, first_floor: float = 600.0,
+               poll: float = 1.0, stream=None):
+    self.factor, self.floor, self.first_floor, self.poll = factor, floor, first_floor, poll
+    self._stream = stream
+    self._durations: list[float] = []
+    self._step: int | None = None
+    self._since = 0.0
+    self._lock = threading.Lock()
+    self._done = threading.Event()
+    self.warned = False
+
+  def limit(self) -> float:
+    """Seconds the current step may take before the warning."""
+    with self._lock:
+      if not self._durations:
+        return self.first_floor
+      return max(self.floor, self.factor * statistics.median(self._durations))
+
+  def started(self, step: int) -> None:
+    with self._lock:
+      self._step, self._since = step, time.monotonic()
+
+  def finished(self) -> None:
+    with self._lock:
+      self._durations.append(time.monotonic() - self._since)
+      self._step = None
+
+  def __enter__(self) -> StepWatch:
+    self._thread = threading.Thread(target=self._watch, name="step-watch", daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._done.set()
+    self._thread.join()
+
+  def _watch(self) -> None:
+    while not self._done.wait(self.poll) and not self.warned:
+      limit = self.limit()
+      with self._lock:
+        step, elapsed = self._step, time.monotonic() - self._since
+        median = statistics.median(self._durations) if self._durations else None
+      if step is not None and elapsed > limit:
+        usual = f"the median step took {median:.2f} s" if median else "it compiles the program"
+        print(f"warning: train step {step} has run for {elapsed:.0f} s ({usual}); a device or "
+              "process may have stopped in a collective. The run keeps waiting; stop it with "
+              "Ctrl-C or SIGTERM and re-run the command to resume from its last checkpoint.",
+              file=self._stream or sys.stderr, flush=True)
+        self.warned = True

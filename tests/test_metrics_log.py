@@ -1,8 +1,10 @@
 """metrics.jsonl and the progress display: off a terminal, one line per log step with the ETA."""
 
+import time
 import types
 
 import numpy as np
+import pytest
 
 from qpt import metrics_log
 
@@ -31,3 +33,29 @@ def test_off_a_terminal_progress_is_one_line_per_log_step_with_the_eta(tmp_path,
 def test_quiet_prints_nothing(tmp_path, capsys):
   log_steps(tmp_path, progress=False)
   assert capsys.readouterr().out == ""
+
+
+def test_a_step_far_slower_than_the_others_is_reported_once(capsys):
+  with metrics_log.StepWatch(factor=10, floor=1.0, first_floor=30, poll=0.02) as watch:
+    for step in range(1, 4):  # short steps: the limit is then max(1 s, 10 × their median)
+      watch.started(step)
+      watch.finished()
+    assert watch.limit() == pytest.approx(1.0)
+    watch.started(4)
+    time.sleep(0.1)
+    assert not watch.warned  # well within the limit
+    deadline = time.monotonic() + 30
+    while not watch.warned and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert watch.warned
+    watch.finished()
+    watch.started(5)
+    time.sleep(1.2)
+  err = capsys.readouterr().err
+  assert err.count("warning: train step") == 1 and "train step 4 has run for" in err
+  assert "the median step took 0.00 s" in err
+
+
+def test_the_first_step_compiles_and_has_its_own_limit():
+  watch = metrics_log.StepWatch(first_floor=600)
+  assert watch.limit() == 600
