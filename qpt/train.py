@@ -90,7 +90,8 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
 
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
-      per_conformer = jax.vmap(lambda p, f: loss_fn(model, params, p, f))(batch, fock_labels)
+      per_conformer = backend.map_conformers(lambda p, f: loss_fn(model, params, p, f), batch,
+                                             fock_labels)
       return jnp.mean(per_conformer), per_conformer
 
     (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)

@@ -38,6 +38,13 @@ class Policy:
     float64: whether float64 device arrays are allowed (reference runs).
     host_callbacks: whether a compiled step may call back into Python.
     static_shapes: whether every step must have the first step's shapes (no recompilation).
+    one_conformer_at_a_time: whether a device works through its conformers in sequence
+      (`lax.map`) rather than as one batch (`vmap`). XLA:CPU needs it: jaxlib's batched LAPACK
+      kernels (the eigh of a batch of conformers) split their batch into tasks on the intra-op
+      thread pool and wait for them there; when every pool thread is such a waiting kernel — two
+      fake devices on two cores, two or more conformers each — none of the tasks ever runs and
+      the step hangs. In sequence the kernels have one matrix and no tasks to wait for; it also
+      bounds memory at one conformer's intermediates.
   Matmul precision is not a policy: the energy and the model pin full float32 themselves
   (`qpt.precision`), on every device and whatever the caller's JAX setting.
   """
@@ -46,6 +53,7 @@ class Policy:
   float64: bool = True
   host_callbacks: bool = True
   static_shapes: bool = False
+  one_conformer_at_a_time: bool = False
 
 
 class Backend:
@@ -149,6 +157,13 @@ class Backend:
     return tuple(int(v) for v in np.max(gathered, axis=0))
 
   # ---- compiling ---------------------------------------------------------------------------------
+
+  def map_conformers(self, fn: Callable, *batched: Any) -> Any:
+    """fn over the leading (conformer) axis of each of `batched`, stacked: one conformer at a time
+    or as one batch, as the policy says (traced inside a device's program)."""
+    if self.policy.one_conformer_at_a_time:
+      return jax.lax.map(lambda args: fn(*args), batched)
+    return jax.vmap(fn)(*batched)
 
   def data_parallel(self, local_gradients: Callable) -> Callable:
     """(params, batch, labels) → (gradients, per_conformer) over the global batch.

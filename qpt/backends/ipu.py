@@ -11,7 +11,8 @@ import jax
 from qpt.backends.base import Policy
 from qpt.errors import InputError
 
-POLICY = Policy("ipu", float64=False, host_callbacks=False, static_shapes=True)
+POLICY = Policy("ipu", float64=False, host_callbacks=False, static_shapes=True,
+                one_conformer_at_a_time=True)  # small per-core memory (and emulation: XLA:CPU)
 
 
 def devices(backend_config) -> list:
