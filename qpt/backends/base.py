@@ -38,13 +38,13 @@ class Policy:
     float64: whether float64 device arrays are allowed (reference runs).
     host_callbacks: whether a compiled step may call back into Python.
     static_shapes: whether every step must have the first step's shapes (no recompilation).
-    one_conformer_at_a_time: whether a device works through its conformers in sequence
-      (`lax.map`) rather than as one batch (`vmap`). XLA:CPU needs it: jaxlib's batched LAPACK
-      kernels (the eigh of a batch of conformers) split their batch into tasks on the intra-op
-      thread pool and wait for them there; when every pool thread is such a waiting kernel — two
-      fake devices on two cores, two or more conformers each — none of the tasks ever runs and
-      the step hangs. In sequence the kernels have one matrix and no tasks to wait for; it also
-      bounds memory at one conformer's intermediates.
+    shared_thread_pool: whether the devices of one process share one intra-op thread pool (XLA:CPU's
+      fake devices do). Then, with more than one device in the process, each device works through
+      its conformers in sequence (`lax.map`) instead of as one batch (`vmap`): jaxlib's batched
+      LAPACK kernels (the eigh of a batch of conformers) split their batch into tasks on that pool
+      and wait for them there, and when every pool thread is such a waiting kernel — two fake
+      devices on two cores, two or more conformers each — no task ever runs and the step hangs.
+      In sequence each kernel has one matrix and nothing to wait for. One device keeps the batch.
   Matmul precision is not a policy: the energy and the model pin full float32 themselves
   (`qpt.precision`), on every device and whatever the caller's JAX setting.
   """
@@ -53,7 +53,7 @@ class Policy:
   float64: bool = True
   host_callbacks: bool = True
   static_shapes: bool = False
-  one_conformer_at_a_time: bool = False
+  shared_thread_pool: bool = False
 
 
 class Backend:
@@ -158,10 +158,16 @@ class Backend:
 
   # ---- compiling ---------------------------------------------------------------------------------
 
+  @property
+  def one_conformer_at_a_time(self) -> bool:
+    """Whether a device's conformers are mapped in sequence (see `Policy.shared_thread_pool`)."""
+    local = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+    return self.policy.shared_thread_pool and len(local) > 1
+
   def map_conformers(self, fn: Callable, *batched: Any) -> Any:
-    """fn over the leading (conformer) axis of each of `batched`, stacked: one conformer at a time
-    or as one batch, as the policy says (traced inside a device's program)."""
-    if self.policy.one_conformer_at_a_time:
+    """fn over the leading (conformer) axis of each of `batched`, stacked: as one batch, or one
+    conformer at a time where batched kernels could deadlock (traced inside a device's program)."""
+    if self.one_conformer_at_a_time:
       return jax.lax.map(lambda args: fn(*args), batched)
     return jax.vmap(fn)(*batched)
 

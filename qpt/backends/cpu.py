@@ -5,7 +5,7 @@ import jax
 
 from qpt.backends.base import Policy
 
-POLICY = Policy("cpu", one_conformer_at_a_time=True)  # batched LAPACK would deadlock: see Policy
+POLICY = Policy("cpu", shared_thread_pool=True)  # fake devices: see Policy
 
 
 def devices(backend_config) -> list:

@@ -11,8 +11,9 @@ import jax
 from qpt.backends.base import Policy
 from qpt.errors import InputError
 
+# shared_thread_pool: emulated on the CPU, its devices are XLA:CPU's.
 POLICY = Policy("ipu", float64=False, host_callbacks=False, static_shapes=True,
-                one_conformer_at_a_time=True)  # small per-core memory (and emulation: XLA:CPU)
+                shared_thread_pool=True)
 
 
 def devices(backend_config) -> list:
