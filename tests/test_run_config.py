@@ -1,0 +1,32 @@
+"""Configs: loaded as --config loads them, recorded in config.json and read back whole."""
+
+import os
+
+import pytest
+
+import qpt
+from experiments.configs import md17
+from qpt import experiment, run_config
+from tests.processes import ROOT
+
+CONFIG_FILE = os.path.join(ROOT, "experiments", "configs", "md17.py")
+
+
+def test_a_config_file_loads_with_its_argument():
+  ethanol = run_config.load(f"{CONFIG_FILE}:ethanol")
+  assert ethanol.to_dict() == md17.get_config("ethanol").to_dict()
+  assert run_config.load(CONFIG_FILE).molecule == "water"
+  with pytest.raises(qpt.InputError, match="no such config file"):
+    run_config.load("experiments/configs/nothing.py:water")
+
+
+def test_a_recorded_config_reads_back_as_the_run_had_it(tmp_path):
+  config = md17.get_config("uracil")
+  config.data.md17_split.test = 7
+  config.data.pad_to = (8, 4096, 16, 4)
+  run_config.record(str(tmp_path), config, "cpu: 1 device")
+  saved = run_config.saved(str(tmp_path))
+  assert run_config.flatten(saved.to_dict()) == run_config.flatten(config.to_dict())
+  assert experiment.level(saved) == experiment.level(config)
+  with pytest.raises(qpt.InputError, match="no config.json"):
+    run_config.saved(str(tmp_path / "elsewhere"))
