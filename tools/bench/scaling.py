@@ -177,11 +177,12 @@ def plot(rows: list[dict], path: str) -> None:
   left.xaxis.set_minor_formatter(plt.NullFormatter())
   if left.lines:
     left.legend(fontsize=8)
-  for molecule in dict.fromkeys(r["molecule"] for r in rows if r["part"] == "devices"):
+  for molecule, batch in dict.fromkeys((r["molecule"], r.get("batch")) for r in rows
+                                       if r["part"] == "devices"):
     done = [r for r in rows if r["part"] == "devices" and r["molecule"] == molecule
-            and r.get("seconds_per_conformer")]
+            and r.get("batch") == batch and r.get("seconds_per_conformer")]
     right.plot([r["devices"] for r in done], [r["seconds_per_conformer"] for r in done],
-               marker="o", label=molecule)
+               marker="o", label=f"{molecule}, batch {batch}")
   right.set_xticks(sorted({r["devices"] for r in rows if r["part"] == "devices"}))
   right.set(xlabel="fake CPU devices (2 physical cores)", ylabel="seconds per conformer",
             title="train step, fixed global batch", yscale="log")
