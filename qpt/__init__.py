@@ -4,13 +4,17 @@
   (molecule.py)  (integrals.py, build.py)   (problem.py)           (dft.py, xc.py)        (model.py)
 """
 
-from qpt import dft, molecules
-from qpt.build import build_problem
-from qpt.checkpoint import load_params
-from qpt.errors import InputError
-from qpt.inference import predict, to_pyscf_dm0
-from qpt.level import Level
-from qpt.molecule import Molecule
+from qpt import threads
+
+threads.single_threaded_blas()  # before any JAX eigh can run beside numpy: see qpt/threads.py
+
+from qpt import dft, molecules  # noqa: E402
+from qpt.build import build_problem  # noqa: E402
+from qpt.checkpoint import load_params  # noqa: E402
+from qpt.errors import InputError  # noqa: E402
+from qpt.inference import predict, to_pyscf_dm0  # noqa: E402
+from qpt.level import Level  # noqa: E402
+from qpt.molecule import Molecule  # noqa: E402
 
 __all__ = ["InputError", "Level", "Molecule", "build_problem", "dft", "load_params", "molecules",
            "predict", "to_pyscf_dm0"]

@@ -5,8 +5,16 @@ and with dynamic scheduling differently from run to run: the results differ in t
 (~1e-13 Ha in a logged energy, seen with OMP_NUM_THREADS=2). So the conformer sampler's Hessian
 and normal modes, every problem build and every stream label run on one thread — in a worker,
 whose environment is single-threaded from the start, and in this process, under `one_thread()` —
-whatever OMP_NUM_THREADS says. Evaluation labels and benchmarks keep all cores: their numbers are
-compared with tolerances, not bit for bit.
+whatever OMP_NUM_THREADS says. Evaluation labels and benchmarks keep PySCF's OpenMP threads:
+their numbers are compared with tolerances, not bit for bit.
+
+numpy's and SciPy's BLAS run on one thread in every QPT process, for correctness, not speed
+(`single_threaded_blas`, called when qpt is imported): jaxlib's CPU LAPACK kernels (the eigh of
+every energy) call SciPy's OpenBLAS from XLA's threads, and threaded OpenBLAS used at the same time
+from another thread — the host's numpy, or a second XLA program — intermittently returns wrong
+results (jax-ml/jax#38056: a matmul after an unblocked eigh; seen here once in five test suites as a
+3 mHa energy error with OMP_NUM_THREADS unset, never with 1). PySCF's own OpenMP loops are not
+BLAS and keep their threads.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ def one_thread():
   """Every BLAS and OpenMP pool of this process limited to one thread inside (~20 µs)."""
   with _controller().limit(limits=1):
     yield
+
+
+def single_threaded_blas() -> None:
+  """numpy's and SciPy's BLAS pools on one thread for the rest of this process (see above)."""
+  _controller().select(user_api="blas").limit(limits=1)
 
 
 def limit_to_one_thread() -> None:
