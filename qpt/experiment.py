@@ -120,14 +120,17 @@ class Trainer:
   def init_state(self, example, params: hk.Params | None = None) -> TrainState:
     """Fresh parameters (or `params`, fine-tuning) and optimizer state, on the backend's devices;
     `example` is one problem or a stacked batch."""
-    return init_state(self.network, self.optimizer, self.seed, example, self.backend,
-                                params)
+    return init_state(self.network, self.optimizer, self.seed, example, self.backend, params)
 
   def abstract_params(self, example) -> hk.Params:
-    """The parameters' shapes (they do not depend on `example`, which may be a batch)."""
-    if np.ndim(example.ao_mask) == 2:
-      example = jax.tree.map(lambda a: a[0], example)
-    return jax.eval_shape(self.network.init, jax.random.key(0), example)
+    return abstract_params(self.network, example)
+
+
+def abstract_params(network: hk.Transformed, example) -> hk.Params:
+  """The parameters' shapes (they do not depend on `example`, which may be a batch)."""
+  if np.ndim(example.ao_mask) == 2:
+    example = jax.tree.map(lambda a: a[0], example)
+  return jax.eval_shape(network.init, jax.random.key(0), example)
 
 
 def make_trainer(config, backend: backends.Backend) -> Trainer:
@@ -301,8 +304,7 @@ def evaluate_checkpoint(config) -> dict:
   network = make_network(config)
   test = sources(config, workdir).test
   example = build_problem(frame.canonical_molecule(test(0)), level(config))
-  like = jax.eval_shape(network.init, jax.random.key(0), example)
-  params = checkpoint.load_params(config.init_from or workdir, like)
+  params = checkpoint.load_params(config.init_from or workdir, abstract_params(network, example))
   return final_evaluation(config, network, params, test, workdir)
 
 
