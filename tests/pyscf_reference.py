@@ -68,12 +68,28 @@ def scf_energy(molecule: qpt.Molecule, basis: str, xc: str, grid_level: int) -> 
   return float(converged_rks(molecule, basis, xc, grid_level).e_tot)
 
 
+def occupied_projector(h: np.ndarray, s: np.ndarray, n_occ: int) -> np.ndarray:
+  """D = 2 C_occ C_occᵀ for H C = S C ε (float64, scipy)."""
+  c = scipy.linalg.eigh(h, s)[1][:, :n_occ]
+  return 2.0 * c @ c.T
+
+
+def unrolled_density(mf, h: np.ndarray, mixing=()) -> np.ndarray:
+  """D_k written out on the host: D_0 = D(H), then one PySCF Fock build and diagonalisation per
+  weight in `mixing`, mixed with the previous density (the last step never mixes)."""
+  s, n_occ = mf.get_ovlp(), mf.mol.nelectron // 2
+  d = occupied_projector(h, s, n_occ)
+  for step, m in enumerate(mixing):
+    new = occupied_projector(mf.get_fock(dm=d), s, n_occ)
+    d = new if step == len(mixing) - 1 else (1 - m) * new + m * d
+  return d
+
+
 def energy_of_hamiltonian(molecule: qpt.Molecule, basis: str, xc: str, grid_level: int,
                           h: np.ndarray) -> float:
   """E[D(H)] in float64 by PySCF, D(H) the occupied projector of a real-block H (Hartree)."""
   mf = converged_rks(molecule, basis, xc, grid_level)
-  c = scipy.linalg.eigh(h, mf.get_ovlp())[1][:, :molecule.n_electrons // 2]
-  return float(mf.energy_tot(dm=2 * c @ c.T))
+  return float(mf.energy_tot(dm=unrolled_density(mf, h)))
 
 
 def step_conformers(config, workdir: str, step: int) -> list[qpt.Molecule]:
@@ -89,13 +105,6 @@ def unrolled_minao_energy(molecule: qpt.Molecule, basis: str, xc: str, grid_leve
                           steps: int) -> float:
   """E[D_k] of `steps` + 1 plain SCF steps from the MINAO density (k unrolled steps from
   H_init = F[D_MINAO], no mixing), float64 on the host: an untrained QPT's loss."""
-  mf = dft.RKS(molecule.to_pyscf(basis), xc=xc)
-  mf.grids.level = grid_level
-  mf.verbose = 0
-  s = mf.get_ovlp()
-  d = mf.get_init_guess(key="minao")
-  n_occ = molecule.n_electrons // 2
-  for _ in range(steps + 1):
-    c = scipy.linalg.eigh(mf.get_fock(dm=d), s)[1][:, :n_occ]
-    d = 2 * c @ c.T
-  return float(mf.energy_tot(dm=d))
+  mf = converged_rks(molecule, basis, xc, grid_level)
+  h_init = mf.get_fock(dm=mf.get_init_guess(key="minao"))
+  return float(mf.energy_tot(dm=unrolled_density(mf, h_init, (0.0,) * steps)))
