@@ -1,6 +1,7 @@
 """TPU (single host or pod slice): float32 only (QPT's device code pins its matmuls at full
 float32, where the TPU's default would run them as bf16 passes). Pods: one process per host,
-started by the pod runtime; JAX finds the coordinator itself (`jax.distributed.initialize()` without arguments)."""
+started by the pod runtime; JAX finds the coordinator itself (`jax.distributed.initialize()`
+without arguments)."""
 
 import jax
 
