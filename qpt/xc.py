@@ -43,9 +43,9 @@ Second derivatives, float32: the QPT loss with k >= 1 unrolled SCF steps
 differentiates the Fock matrix, i.e. takes second derivatives of e; for a GGA
 d2e/dsigma2 ~ rho**-4, which is 1e40 at rho = 1e-10 and overflows float32
 (seen: NaN gradients for pbe and b3lyp5 at k = 1). Below rho = 1e-7 the
-float32 energy density is therefore replaced by its first-order expansion
-around the (stop-gradient) point itself: same value, same potential, zero
-curvature. Only the XC kernel in the far tails is dropped from gradients of
+float32 energy density is given a custom derivative there: same value, same
+potential, zero curvature (the potential is evaluated at a point constant to
+differentiation). Only the XC kernel in the far tails is dropped from gradients of
 k >= 1 losses; energies, Fock matrices and orbital energies are untouched.
 
 All masking uses the "double where" pattern: masked points are evaluated at a
@@ -333,14 +333,31 @@ def _float_dtype(rho, sigma):
 
 def _flat_curvature_below(f, rho, sigma, threshold):
   """f(rho, sigma) with exact value and first derivatives, and zero second derivatives where
-  rho < threshold: there f is evaluated as its linearisation around stop_gradient(rho, sigma)."""
-  high = rho >= threshold
-  exact = f(jnp.where(high, rho, 1.0), jnp.where(high, sigma, 0.0))  # double where: safe inputs
-  rho0, sigma0 = jax.lax.stop_gradient(rho), jax.lax.stop_gradient(sigma)
-  e0, vjp = jax.vjp(f, rho0, sigma0)
-  v_rho, v_sigma = vjp(jnp.ones_like(e0))
-  linear = e0 + v_rho * (rho - rho0) + v_sigma * (sigma - sigma0)
-  return jnp.where(high, exact, linear)
+  rho < threshold.
+
+  One evaluation of f and of its gradient, whatever the order of differentiation asked: the
+  potential (v_rho, v_sigma) is taken at a point that is constant to differentiation below the
+  threshold. `where(high, x, stop_gradient(x))` is a select, so the overflowing curvature of the
+  low points is dropped, never multiplied by zero (which would give NaN).
+  """
+
+  @jax.custom_jvp
+  def flat(rho, sigma):
+    return f(rho, sigma)
+
+  @flat.defjvp
+  def flat_jvp(primals, tangents):
+    rho, sigma = primals
+    high = rho >= threshold
+    at = (jnp.where(high, rho, jax.lax.stop_gradient(rho)),
+          jnp.where(high, sigma, jax.lax.stop_gradient(sigma)))
+    e, vjp = jax.vjp(f, *at)
+    v_rho, v_sigma = vjp(jnp.ones_like(e))
+    # The primal through `flat` itself, so that a derivative of this rule uses the rule again;
+    # in the forward pass it is the very computation of `e` (XLA evaluates it once).
+    return flat(rho, sigma), v_rho * tangents[0] + v_sigma * tangents[1]
+
+  return flat(rho, sigma)
 
 
 def functional(xc: str) -> Functional:
