@@ -20,7 +20,7 @@ from qpt import backends, integrals
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
-from qpt.problem import DEFAULT_XC_CHUNK, LAYOUT, DFTProblem, Shape
+from qpt.problem import DEFAULT_XC_CHUNK, LAYOUT, DFTProblem, Shape, as_shape
 
 _AO_BLOCK = 4096  # grid points per block of the AO transform: its float64 result stays in cache
 
@@ -46,7 +46,8 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
       (`qpt.backends.enable_float64()`): without it JAX would silently compute in float32.
     level: the whole level of theory at once.
     xc_chunk: grid points per XC chunk (bounds device memory).
-    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms); a problem larger than it is an error.
+    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms, n_occ); a problem larger than it is an
+      error (given 4 sizes, n_occ is the problem's own bucket).
     min_shape: pad at least to this shape, each size the larger of it and the problem's own bucket
       (a stream's running shape).
   """
@@ -55,15 +56,17 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
     raise InputError("dtype=float64 needs JAX's float64: call qpt.backends.enable_float64() first "
                      "(a float64 config does it through its backend)")
   host = integrals.compute(molecule.to_pyscf(level.basis), level)
-  sizes = (len(host.occupation), len(host.weights), len(host.eri_factor), len(host.positions))
+  sizes = (len(host.occupation), len(host.weights), len(host.eri_factor), len(host.positions),
+           int(np.count_nonzero(host.occupation)))
+  own = default_shape(sizes, xc_chunk)
   if pad_to is None:
-    shape = default_shape(sizes, xc_chunk)
-    shape = shape if min_shape is None else tuple(max(a, b) for a, b in zip(shape, min_shape))
+    shape = own if min_shape is None else tuple(max(a, b) for a, b in zip(own, as_shape(min_shape)))
   else:
-    shape = tuple(int(s) for s in pad_to)
-  if any(p < s for p, s in zip(shape, sizes)) or shape[1] % xc_chunk:
-    raise InputError(f"pad_to={shape} is smaller than the problem {sizes} or n_grid is "
-                     f"not a multiple of xc_chunk={xc_chunk}")
+    shape = as_shape(pad_to)
+    shape = shape[:4] + (shape[4] or own[4],)
+  if any(p < s for p, s in zip(shape, sizes)) or shape[1] % xc_chunk or shape[4] > shape[0]:
+    raise InputError(f"pad_to={shape} is smaller than the problem {sizes}, n_grid is not a "
+                     f"multiple of xc_chunk={xc_chunk}, or n_occ exceeds n_ao")
   return _pad(host, level, xc_chunk, shape)
 
 
@@ -105,14 +108,19 @@ def bucket(n: int, multiple: int = 1) -> int:
 
 
 def default_shape(sizes: Shape, xc_chunk: int) -> Shape:
-  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms)."""
-  return tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4)))
+  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms, n_occ).
+
+  n_occ never exceeds n_ao: the energy reads the n_occ lowest of n_ao orbitals.
+  """
+  shape = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4, 8)))
+  return shape[:4] + (min(shape[4], shape[0]),)
 
 
 def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
   """`problem` padded (further) to `shape`, each size ≥ the current one; bitwise as a build with
   that `pad_to` would be."""
-  if problem.shapes == tuple(shape):
+  shape = as_shape(shape)
+  if problem.shapes == shape:
     return problem
   arrays = {name: np.asarray(getattr(problem, name)) for name in LAYOUT}
   return dataclasses.replace(problem, **{name: _padded(name, a, shape, a.dtype)
@@ -134,19 +142,21 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
       orthogonalizer=x, orthogonalizer_inv=x_inv,
       eri_orth=np.einsum("ki,pkl,lj->pij", x, host.eri_factor, x, optimize=True),
       fock_ref_nonxc_orth=x.T @ host.fock_ref_nonxc @ x,
+      exchange_ref_orth=x.T @ host.exchange_ref @ x,
       density_ref_orth=x_inv @ host.density_ref @ x_inv.T,
-      weights=host.weights, rho_ref=host.rho_ref,
-      occupation=host.occupation, ao_mask=np.ones(len(host.occupation)),
+      weights=host.weights, exc_ref=host.exc_ref,
+      occupation=host.occupation[:np.count_nonzero(host.occupation)],
+      ao_mask=np.ones(len(host.occupation)),
       energy_ref=np.array([energy_hi, host.energy_ref - np.float64(energy_hi)]),
       positions=host.positions)
   arrays = {name: _padded(name, a, shape, dtype) for name, a in real.items()}
   arrays.update(orbital_labels=_padded("orbital_labels", host.orbital_labels, shape, np.int32),
                 atomic_numbers=_padded("atomic_numbers", host.atomic_numbers, shape, np.int32))
-  arrays["ao_orth"] = ao_orth = _padding("ao_orth", host.ao.shape, shape, dtype)
-  n_ao, n_grid = len(host.occupation), len(host.weights)
+  c, n_grid, n_ao = host.ao.shape
+  arrays["ao_orth"] = ao_orth = _padding("ao_orth", (n_grid, c, n_ao), shape, dtype)
   for start in range(0, n_grid, _AO_BLOCK):  # φ X a block of points at a time, cast as written
     block = slice(start, min(start + _AO_BLOCK, n_grid))
-    ao_orth[:, block, :n_ao] = host.ao[:, block] @ x
+    ao_orth[block, :, :n_ao] = np.moveaxis(host.ao[:, block] @ x, 0, 1)
   return DFTProblem(**arrays, level=level, xc_chunk=xc_chunk)
 
 

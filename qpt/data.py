@@ -44,7 +44,7 @@ from qpt.build import build_problem, grow
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
-from qpt.problem import DEFAULT_XC_CHUNK, DFTProblem, Shape
+from qpt.problem import DEFAULT_XC_CHUNK, DFTProblem, Shape, as_shape
 
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
 
@@ -83,7 +83,7 @@ class Batch:
 
 def build(molecule: Molecule, level: Level, xc_chunk: int, fock_labels: bool,
           transform: Callable[[Molecule], Molecule] | None = None,
-          min_shape: Shape = (0, 0, 0, 0)) -> tuple[DFTProblem, np.ndarray | None, float]:
+          min_shape: Shape = (0, 0, 0, 0, 0)) -> tuple[DFTProblem, np.ndarray | None, float]:
   """One conformer's problem, padded to its own bucket and at least `min_shape`.
 
   Returns:
@@ -180,7 +180,7 @@ class ProblemStream:
       transform: Molecule → Molecule applied to each conformer before building (e.g. a canonical
         frame). Must be picklable for workers: a module-level function, not a lambda.
       process_index, process_count: this process's slice of each global batch.
-      pad_to: smallest padded (n_ao, n_grid, n_aux, n_atoms) to use.
+      pad_to: smallest padded (n_ao, n_grid, n_aux, n_atoms, n_occ) to use (4 sizes: n_occ as needed).
       agree_shape: called with this process's padded shape for each new batch, returns the shape
         to use — with several processes, the maximum over them (a host collective every process
         reaches in step), so all feed one compiled program.
@@ -207,7 +207,7 @@ class ProblemStream:
     self.local_size = batch_size // process_count
     self._offset = process_index * self.local_size
     self.stream_position, self.repeat = 0, 0  # next global conformer index; uses of it so far
-    self.pad_to: Shape = tuple(pad_to) if pad_to is not None else (0, 0, 0, 0)
+    self.pad_to: Shape = as_shape(pad_to) if pad_to else (0, 0, 0, 0, 0)
     self.agree_shape = agree_shape or (lambda shape: shape)
     self._current: Batch | None = None  # the batch being repeated
     self._pending: dict = {}  # global conformer index → Future of `build`
@@ -227,10 +227,10 @@ class ProblemStream:
     """Continues from a saved `state`: the next batch is the one the saved stream would yield."""
     try:
       position, repeat = int(state["stream_position"]), int(state["repeat"])
-      pad_to = tuple(int(s) for s in state["pad_to"])
-    except (KeyError, TypeError, ValueError):
+      pad_to = as_shape(state["pad_to"])  # 4 sizes in checkpoints from before n_occ
+    except (KeyError, TypeError, ValueError, InputError):
       raise InputError(f"stream state {state!r} lacks stream_position, repeat or pad_to") from None
-    if len(pad_to) != 4 or position < 0 or position % self.batch_size or not 0 <= repeat < self.mol_repeats:
+    if position < 0 or position % self.batch_size or not 0 <= repeat < self.mol_repeats:
       raise InputError(f"stream state {dict(state)} does not fit batch_size={self.batch_size}, "
                        f"mol_repeats={self.mol_repeats}")
     self.stream_position, self.repeat = position, repeat

@@ -10,11 +10,11 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
   1. The device never forms a total energy. It evaluates ΔE(ΔD) for ΔD = D − D0, relative to the
      MINAO reference density D0 whose energy E_ref = E_nuc + E[D0] (hundreds of Hartree) was computed
      on the host in float64. ΔE is ~1 Ha, so float32's relative 6e-8 is ~0.1 µHa, not ~20 µHa.
-       ΔE = tr(ΔD·G0) + ½ tr(ΔD·J[ΔD]) − a/4 tr(ΔD·K[ΔD]) + Σ_g w_g (e(ρ0+Δρ) − e(ρ0))
+       ΔE = tr(ΔD·G0) + ½ tr(ΔD·J[ΔD]) − a/4 tr(ΔD·K[ΔD]) + Σ_g w_g (e(ρ) − e(ρ0))
      with G0 = Hcore + J[D0] − a/2 K[D0] from the host. The Coulomb term of the naive formula is
      where float32 lost most (−386 µHa on uracil): here it acts on the small ΔD only.
-  2. The XC difference is taken per grid point, e(ρ0+Δρ) − e(ρ0), with ρ0 from the host and both
-     terms evaluated by the same float32 code, so their rounding biases cancel before summation.
+  2. The XC difference is taken per grid point, e(ρ) − e(ρ0), with e(ρ0) the host's float64 value:
+     the XC term is the one float32 handles well even as a total (~1 µHa on uracil).
   3. Reductions are two-level: per-chunk partial sums of the quadrature, then a sum of those,
      so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
   4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
@@ -23,7 +23,10 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), and the energy of the
      eigenvectors' residual norm errors, Σ_i occ_i ε_i δn_i, is subtracted (`_projector`).
 The Fock matrix is the gradient of the same ΔE, F = ∂E/∂P, so energy and Fock matrix can never
-disagree, and the SCF and the unrolled loss share one code path. Every public function traces its
+disagree, and the SCF and the unrolled loss share one code path. The loss's last density is
+idempotent, P = Y Yᵀ with Y the m occupied orbitals, and its energy is contracted with Y
+(`_delta_energy_occupied`): exchange and the XC quadrature then cost n_aux·n²·m and g·n·m rather
+than n_aux·n³ and g·n² (ethanol/def2-SVP: n = 72, m = 13). Every public function traces its
 matmuls at full float32 precision (`precision.full_float32`), whatever the device's default.
 """
 
@@ -39,7 +42,7 @@ import numpy as np
 
 from qpt.errors import InputError
 from qpt.precision import full_float32
-from qpt.problem import DFTProblem, reference_energy  # noqa: F401  (public API)
+from qpt.problem import DFTProblem, mo_occupations, reference_energy  # noqa: F401  (public API)
 
 GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it stays ≤ 1/(2·GAP_GUARD)
 
@@ -73,7 +76,14 @@ def _to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
 
 
 def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """P (n, n) for an orthonormal-basis H', and the first-order energy of P's norm errors.
+  """P = Y Yᵀ (n, n) for an orthonormal-basis H', and the norm-error energy (see `_orbitals`)."""
+  y, norm_energy = _orbitals(problem, h_orth)
+  return y @ y.T, norm_energy
+
+
+def _orbitals(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Y = U_occ diag(√occ) (n, m) for an orthonormal-basis H' (P = Y Yᵀ), and the first-order
+  energy of Y's norm errors.
 
   Why the second output: a float32 eigenvector u_i is normalised only to ~1e-7, and once rounded to
   float32 no rescaling can do better. A norm error δn_i moves E by ε_i·δn_i to first order; for
@@ -82,7 +92,7 @@ def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.A
   of H' (equal to F's at self-consistency), removes it. It carries no gradient: it is a rounding
   correction.
   """
-  return _occupied_projector(_masked(problem, h_orth), problem.occupation)
+  return _occupied_orbitals(_masked(problem, h_orth), problem.occupation)
 
 
 def _masked(problem: DFTProblem, h_orth: jax.Array) -> jax.Array:
@@ -94,16 +104,18 @@ def _masked(problem: DFTProblem, h_orth: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _occupied_projector(h_orth: jax.Array, occupation: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """P = U diag(occ) Uᵀ for the eigenvectors U of a symmetric h_orth (ascending eigenvalues),
-  and Σ_i occ_i ε_i (‖u_i‖² − 1), the energy of U's norm errors (see `_projector`)."""
-  return _projector_fwd(h_orth, occupation)[0]
+def _occupied_orbitals(h_orth: jax.Array, occupation: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Y = U[:, :m] diag(√occ) for the eigenvectors U of a symmetric h_orth (ascending eigenvalues;
+  occupation (m,) of the m lowest), and Σ_i occ_i ε_i (‖u_i‖² − 1), the energy of U's norm errors
+  (see `_orbitals`)."""
+  return _orbitals_fwd(h_orth, occupation)[0]
 
 
-def _projector_fwd(h_orth, occupation):
+def _orbitals_fwd(h_orth, occupation):
+  m = occupation.shape[0]
   eps, u = jnp.linalg.eigh(h_orth)
-  norm_energy = jnp.sum(occupation * eps * _norm_deviation(u))
-  return ((u * occupation) @ u.T, norm_energy), (eps, u, occupation)
+  norm_energy = jnp.sum(occupation * eps[:m] * _norm_deviation(u[:, :m]))
+  return (u[:, :m] * jnp.sqrt(occupation), norm_energy), (eps, u, occupation)
 
 
 def _norm_deviation(u: jax.Array) -> jax.Array:
@@ -122,24 +134,30 @@ def _norm_deviation(u: jax.Array) -> jax.Array:
 
 
 @full_float32  # traced when the gradient is, outside the forward's decorator
-def _projector_bwd(residuals, cotangents):
-  """Daleckii–Krein: dP = U (Γ ∘ Uᵀ dH U) Uᵀ with Γ_ij = (f_i − f_j)/(ε_i − ε_j).
+def _orbitals_bwd(residuals, cotangents):
+  """Daleckii–Krein: dH' = U (Γ ∘ G) Uᵀ with Γ_ij = (f_i − f_j)/(ε_i − ε_j), G = Uᵀ P̄ U.
 
-  Γ vanishes unless one orbital is occupied and the other is not, so degenerate occupied (or
-  virtual) orbitals never divide by zero; the occupied–virtual denominator is broadened by
-  GAP_GUARD, bounding the gradient when HOMO and LUMO nearly touch. The norm-error energy gets
-  no gradient.
+  Whatever the energy is computed from, it depends on Y only through P = Y Yᵀ, so Ȳ = 2 P̄ Y and
+  Uᵀ Ȳ holds G's occupied columns, scaled by 2√occ — all Γ needs, for Γ vanishes unless one
+  orbital is occupied and the other is not. So degenerate occupied (or virtual) orbitals never
+  divide by zero; the occupied–virtual denominator is broadened by GAP_GUARD, bounding the
+  gradient when HOMO and LUMO nearly touch. The norm-error energy gets no gradient.
   """
-  eps, u, occ = residuals
-  p_bar = cotangents[0]
+  eps, u, occupation = residuals
+  n, m = u.shape[0], occupation.shape[0]
+  occ = jnp.zeros(n, u.dtype).at[:m].set(occupation)
+  scale = jnp.where(occupation > 0, 0.5 / jnp.sqrt(jnp.where(occupation > 0, occupation, 1.0)), 0.0)
+  columns = (u.T @ cotangents[0]) * scale  # (n, m): G[:, j] for the occupied j
+  virtual_rows = jnp.zeros((n, n), u.dtype).at[:, :m].set(
+      jnp.where((occ == 0)[:, None], columns, 0.0))  # G[a, i], a virtual, i occupied
+  g = virtual_rows + virtual_rows.T
   d_eps = eps[:, None] - eps[None, :]
   d_occ = occ[:, None] - occ[None, :]
   gamma = d_occ * d_eps / (d_eps**2 + GAP_GUARD**2)
-  g = u.T @ (0.5 * (p_bar + p_bar.T)) @ u
-  return u @ (gamma * g) @ u.T, jnp.zeros_like(occ)
+  return u @ (gamma * g) @ u.T, jnp.zeros_like(occupation)
 
 
-_occupied_projector.defvjp(_projector_fwd, _projector_bwd)
+_occupied_orbitals.defvjp(_orbitals_fwd, _orbitals_bwd)
 
 
 # ---- D → ΔE ----------------------------------------------------------------------------------
@@ -157,16 +175,40 @@ def delta_energy(problem: DFTProblem, density: jax.Array) -> jax.Array:
 
 
 def _delta_energy(problem: DFTProblem, p: jax.Array) -> jax.Array:
-  """E[P] − E_ref for an orthonormal-basis density P (n, n)."""
+  """E[P] − E_ref for any orthonormal-basis density P (n, n): what Fock matrices differentiate."""
   dp = p - problem.density_ref_orth
-  b = problem.eri_orth
+  energy = _one_electron_and_coulomb(problem, dp)
   a = problem.functional.exact_exchange
-  fit = jnp.einsum("pij,ij->p", b, dp)
-  energy = _trace(dp, problem.fock_ref_nonxc_orth) + 0.5 * jnp.sum(fit * fit)
   if a:
-    bd = b @ dp  # (n_aux, n, n); tr(ΔP K[ΔP]) = Σ_Q tr(B_Q ΔP B_Q ΔP)
+    bd = problem.eri_orth @ dp  # (n_aux, n, n); tr(ΔP K[ΔP]) = Σ_Q tr(B_Q ΔP B_Q ΔP)
     energy -= 0.25 * a * jnp.sum(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
-  return energy + _xc_delta(problem, dp)
+  return energy + _xc_delta(problem, functools.partial(_density_on_grid, p))
+
+
+def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
+  """E[Y Yᵀ] − E_ref for occupied orbitals Y (n, m): the same energy as `_delta_energy`, at a cost
+  that follows the electrons. Exchange and the density on the grid are contracted with Y
+  (n_aux·n²·m and g·n·m instead of n_aux·n³ and g·n²); exchange through
+      tr(ΔP K[ΔP]) = Σ_Q ‖Yᵀ B_Q Y‖² − 2 tr(Yᵀ K[P0] Y) + tr(P0 K[P0]),
+  with K[P0] from the host. Only for idempotent P = Y Yᵀ, i.e. the loss's last density.
+  """
+  dp = y @ y.T - problem.density_ref_orth
+  energy = _one_electron_and_coulomb(problem, dp)
+  a = problem.functional.exact_exchange
+  if a:
+    by = problem.eri_orth @ y  # (n_aux, n, m)
+    yby = jnp.einsum("im,qin->qmn", y, by)
+    k_ref = problem.exchange_ref_orth
+    exchange = (jnp.sum(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(y @ y.T, k_ref)
+                + _trace(problem.density_ref_orth, k_ref))
+    energy -= 0.25 * a * exchange
+  return energy + _xc_delta(problem, functools.partial(_density_on_grid_occupied, y))
+
+
+def _one_electron_and_coulomb(problem: DFTProblem, dp: jax.Array) -> jax.Array:
+  """tr(ΔP G0) + ½ tr(ΔP J[ΔP]) for ΔP = P − P0 (n, n), orthonormal basis."""
+  fit = jnp.einsum("pij,ij->p", problem.eri_orth, dp)
+  return _trace(dp, problem.fock_ref_nonxc_orth) + 0.5 * jnp.sum(fit * fit)
 
 
 def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -174,34 +216,48 @@ def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(jnp.sum(a * b, axis=1))
 
 
-def _xc_delta(problem: DFTProblem, dd: jax.Array) -> jax.Array:
-  """Σ_g w_g (e(ρ0 + Δρ) − e(ρ0)), in chunks of grid points.
+def _density_on_grid(p: jax.Array, ao: jax.Array) -> jax.Array:
+  """ρ (and ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν for GGA) (c, chunk) of a density P (n, n) from a chunk of
+  AO values ao (chunk, c, n)."""
+  ao_p = ao[:, 0] @ p  # (chunk, n); P symmetric
+  return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(ao[:, x] * ao_p, axis=-1)
+                    for x in range(ao.shape[1])])
 
-  A scan over chunks with rematerialisation: peak memory is one chunk's (c, chunk, n) intermediates,
-  forward and backward, whatever n_grid is.
+
+def _density_on_grid_occupied(y: jax.Array, ao: jax.Array) -> jax.Array:
+  """ρ = Σ_i ψ_i² (and ∇ρ = 2 Σ_i ψ_i ∇ψ_i) (c, chunk) of P = Y Yᵀ from a chunk of AO values
+  ao (chunk, c, n), with ψ = φ Y. One (chunk·c, n) × (n, m) product: a plain 2-D matmul, which
+  XLA's CPU backend runs many times faster than a contraction over two axes."""
+  chunk, c, n = ao.shape
+  psi = (ao.reshape(chunk * c, n) @ y).reshape(chunk, c, -1)
+  return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(psi[:, x] * psi[:, 0], axis=-1)
+                    for x in range(c)])
+
+
+def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
+  """Σ_g w_g (e(ρ_g) − e(ρ0_g)), in chunks of grid points; `density_on_grid` maps a chunk of AO
+  values (chunk, c, n) to ρ (and ∇ρ) (c, chunk).
+
+  e(ρ0) per point is the host's float64 libxc value (`exc_ref`): the same number E_ref holds, so
+  the difference is exact but for the float32 rounding of e(ρ) itself (docs/numerics.md §1: XC
+  loses ~1 µHa in float32 even as a total). A scan over chunks with rematerialisation: peak
+  memory is one chunk's intermediates, forward and backward, whatever n_grid is.
   """
   functional = problem.functional
-  c, g, n = problem.ao_orth.shape
+  g, c, n = problem.ao_orth.shape
   chunks = g // problem.xc_chunk
-  ao = problem.ao_orth.reshape(c, chunks, problem.xc_chunk, n).swapaxes(0, 1)
-  rho_ref = problem.rho_ref.reshape(c, chunks, problem.xc_chunk).swapaxes(0, 1)
+  ao = problem.ao_orth.reshape(chunks, problem.xc_chunk, c, n)
+  exc_ref = problem.exc_ref.reshape(chunks, problem.xc_chunk)
   weights = problem.weights.reshape(chunks, problem.xc_chunk)
-
-  def energy_density(rho):  # rho: (c, chunk) = ρ and, for GGA, ∇ρ
-    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
-    return functional.energy_density(rho[0], sigma)
 
   @jax.checkpoint
   def chunk_energy(_, inputs):
-    ao_k, rho_ref_k, w_k = inputs
-    ao_d = ao_k[0] @ dd  # (chunk, n)
-    d_rho = jnp.sum(ao_d * ao_k[0], axis=-1)[None]
-    if functional.is_gga:  # ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν  (P symmetric)
-      d_rho = jnp.concatenate([d_rho, 2.0 * jnp.einsum("xgi,gi->xg", ao_k[1:4], ao_d)])
-    e = energy_density(rho_ref_k + d_rho) - energy_density(rho_ref_k)
-    return None, jnp.sum(w_k * e)
+    ao_k, exc_ref_k, w_k = inputs
+    rho = density_on_grid(ao_k)
+    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
+    return None, jnp.sum(w_k * (functional.energy_density(rho[0], sigma) - exc_ref_k))
 
-  _, partial = jax.lax.scan(chunk_energy, None, (ao, rho_ref, weights))
+  _, partial = jax.lax.scan(chunk_energy, None, (ao, exc_ref, weights))
   return jnp.sum(partial)
 
 
@@ -241,16 +297,16 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   step or a sequence of k values (the paper: k = 3, mixing (0, 0.5, 0)). The last step never mixes,
   so D_k is idempotent and E[D_k] stays a variational upper bound of the SCF energy.
   """
-  p, norm_energy = _unrolled(problem, h, iterations, mixing)
-  return _delta_energy(problem, p) - norm_energy
+  y, norm_energy = _unrolled(problem, h, iterations, mixing)
+  return _delta_energy_occupied(problem, y) - norm_energy
 
 
 @full_float32
 def unrolled_density(problem: DFTProblem, h: jax.Array, iterations: int = 0,
                      mixing: float | Sequence[float] = 0.0) -> jax.Array:
   """D_k (n, n), AO basis: the density whose energy `loss_energy_delta` returns."""
-  x = problem.orthogonalizer
-  return x @ _unrolled(problem, h, iterations, mixing)[0] @ x.T
+  x, y = problem.orthogonalizer, _unrolled(problem, h, iterations, mixing)[0]
+  return x @ (y @ y.T) @ x.T
 
 
 def mixing_schedule(iterations: int, mixing: float | Sequence[float]) -> tuple[float, ...]:
@@ -263,13 +319,16 @@ def mixing_schedule(iterations: int, mixing: float | Sequence[float]) -> tuple[f
 
 
 def _unrolled(problem, h, iterations, mixing) -> tuple[jax.Array, jax.Array]:
-  """(P_k, the norm-error energy of its last diagonalisation), orthonormal basis."""
+  """(Y_k with P_k = Y_k Y_kᵀ, the norm-error energy of its last diagonalisation), orthonormal
+  basis. The intermediate densities may be mixed, so their Fock matrices take the general path."""
   m = mixing_schedule(iterations, mixing)
-  p, norm_energy = _projector(problem, _to_orthonormal(problem, h))
+  y, norm_energy = _orbitals(problem, _to_orthonormal(problem, h))
+  p = None
   for i in range(iterations):
-    p_new, norm_energy = _projector(problem, _energy_and_fock(problem, p)[1])
-    p = p_new if i == iterations - 1 else (1.0 - m[i]) * p_new + m[i] * p
-  return p, norm_energy
+    p_i = y @ y.T
+    p = p_i if p is None else (1.0 - m[i - 1]) * p_i + m[i - 1] * p
+    y, norm_energy = _orbitals(problem, _energy_and_fock(problem, p)[1])
+  return y, norm_energy
 
 
 @full_float32
@@ -351,7 +410,7 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
   n_real = int(np.sum(problem.ao_mask))
   return SCFResult(reference_energy(problem) + float(e_delta), x_inv.T @ f_orth @ x_inv,
                    x @ p @ x.T, eps[:n_real].astype(np.float64), (x @ u)[:, :n_real],
-                   np.asarray(problem.occupation)[:n_real], int(iterations), bool(converged))
+                   mo_occupations(problem), int(iterations), bool(converged))
 
 
 @functools.partial(jax.jit, static_argnums=5)

@@ -20,7 +20,7 @@ from qpt import dft, frame, model as model_lib
 from qpt.build import build_problem, molecule_and_level
 from qpt.level import Level
 from qpt.molecule import Molecule
-from qpt.problem import DFTProblem, reference_energy
+from qpt.problem import DFTProblem, mo_occupations, reference_energy
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,7 +91,7 @@ def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level
   return Prediction(hamiltonian=to_lab(h), density=to_lab(d), fock=to_lab(f),
                     energy=reference_energy(problem) + float(delta), mo_energy=eps,
                     mo_coeff=r_ao @ c,
-                    mo_occ=np.asarray(problem.occupation, np.float64)[:n], molecule=molecule,
+                    mo_occ=mo_occupations(problem), molecule=molecule,
                     level=level)
 
 

@@ -47,10 +47,11 @@ class HostIntegrals:
     eri_factor: (n_aux, n, n) B with (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, Hartree^½.
     density_ref: (n, n) D0, the MINAO density (electrons; tr(D0 S) = n_electrons).
     fock_ref_nonxc: (n, n) G0 = Hcore + J[D0] − a/2·K[D0], Hartree (a: exact-exchange fraction).
+    exchange_ref: (n, n) K[D0], Hartree.
     energy_ref: E_nuc + E[D0], Hartree: the total energy of the reference density.
     ao: (c, g, n) AO values and, for GGA, their x, y, z derivatives (Bohr^-3/2, Bohr^-5/2).
     weights: (g,) quadrature weights, Bohr^3.
-    rho_ref: (c, g) ρ0 and, for GGA, ∇ρ0 on the grid (electrons/Bohr^3, /Bohr^4).
+    exc_ref: (g,) e_xc(ρ0) = ρ0·ε_xc per grid point, Hartree/Bohr^3 (PySCF's libxc).
     occupation: (n,) 2 for the n_electrons/2 lowest orbitals, else 0.
     energy_nuc: nuclear repulsion, Hartree.
     hcore: (n, n) kinetic + nuclear attraction, Hartree.
@@ -64,10 +65,11 @@ class HostIntegrals:
   eri_factor: np.ndarray
   density_ref: np.ndarray
   fock_ref_nonxc: np.ndarray
+  exchange_ref: np.ndarray
   energy_ref: float
   ao: np.ndarray
   weights: np.ndarray
-  rho_ref: np.ndarray
+  exc_ref: np.ndarray
   occupation: np.ndarray
   energy_nuc: float
   hcore: np.ndarray
@@ -92,13 +94,13 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
   ao, weights = quadrature(mol, level, density_ref)
-  rho_ref = rho_on_grid(ao, density_ref)
-  e_xc_ref = float(np.dot(weights, functional_energy_density_host(level.xc, rho_ref)))
+  exc_ref = functional_energy_density_host(level.xc, rho_on_grid(ao, density_ref))
+  e_xc_ref = float(np.dot(weights, exc_ref))
   energy_nuc = mol.energy_nuc()
   energy_ref = (energy_nuc + np.vdot(density_ref, hcore) + 0.5 * np.vdot(density_ref, j_ref)
                 - 0.25 * a * np.vdot(density_ref, k_ref) + e_xc_ref)
-  return HostIntegrals(overlap, orthogonalizer, b, density_ref, fock_ref_nonxc, float(energy_ref),
-                       ao, weights, rho_ref, occupation, float(energy_nuc), hcore,
+  return HostIntegrals(overlap, orthogonalizer, b, density_ref, fock_ref_nonxc, k_ref,
+                       float(energy_ref), ao, weights, exc_ref, occupation, float(energy_nuc), hcore,
                        orbital_labels(mol), mol.atom_charges(), mol.atom_coords(unit="Bohr"))
 
 

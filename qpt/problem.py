@@ -13,9 +13,11 @@ docs/numerics.md).
 Shapes are rounded up to size buckets (`build.bucket`), so conformers and molecules of similar size
 share one compiled program. Padding is inert by construction (`LAYOUT` says how each field pads):
   * padded AOs have S = X = X⁻¹ = 1 on their diagonal and zero everywhere else (AO values, ERI
-    factor, reference density), and occupation 0;
-  * padded grid points have weight 0, AO values 0 and ρ0 = 0;
-  * padded auxiliary functions have a zero ERI factor.
+    factor, reference density and exchange);
+  * padded grid points have weight 0, AO values 0 and e_xc(ρ0) = 0;
+  * padded auxiliary functions have a zero ERI factor;
+  * padded occupied orbitals have occupation 0 (the energy reads only the `n_occ` lowest orbitals,
+    so its cost follows the electrons, not the basis).
 `dft.py` masks padded rows/columns of every Hamiltonian and pins their eigenvalues far above the
 real spectrum, so padded orbitals are never occupied and get zero gradient.
 """
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from qpt import xc as xc_lib
+from qpt.errors import InputError
 from qpt.level import Level
 
 DEFAULT_XC_CHUNK = 4096  # grid points per XC chunk: bounds device memory at chunk × n_ao × 4 values
@@ -36,16 +39,20 @@ DEFAULT_XC_CHUNK = 4096  # grid points per XC chunk: bounds device memory at chu
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DFTProblem:
-  """A padded DFT problem. n = n_ao (padded), g = n_grid (padded, a multiple of xc_chunk), c = 1 or 4.
+  """A padded DFT problem. n = n_ao (padded), g = n_grid (padded, a multiple of xc_chunk), c = 1 or 4,
+  m = n_occ (padded number of occupied orbitals).
 
   AO basis (device dtype, `level.dtype`; meanings as in `integrals.HostIntegrals`):
     overlap (n, n), hcore (n, n) Hartree, density_ref (n, n) the MINAO density D0,
     orthogonalizer (n, n) X, orthogonalizer_inv (n, n) X⁻¹ = Lᵀ.
   Orthonormal basis (what the energy reads):
     eri_orth (n_aux, n, n) Xᵀ B_P X; fock_ref_nonxc_orth (n, n) Xᵀ G0 X, Hartree;
-    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ; ao_orth (c, g, n) φ X and its gradients.
+    exchange_ref_orth (n, n) K[P0] = Xᵀ K[D0] X, Hartree;
+    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ; ao_orth (g, c, n) φ X and its gradients, points
+    first so that a chunk of points is one contiguous (chunk·c, n) matrix.
   Grid and bookkeeping:
-    weights (g,) Bohr³, rho_ref (c, g) ρ0 (and ∇ρ0), occupation (n,), ao_mask (n,) 1 for real AOs;
+    weights (g,) Bohr³; exc_ref (g,) e_xc(ρ0) per point, Hartree/Bohr³ (float64 libxc values, cast);
+    occupation (m,) of the m lowest orbitals (2, or 0 for padding); ao_mask (n,) 1 for real AOs;
     energy_ref (2,): E_nuc + E[D0] in Hartree split as hi + lo so float32 carries it to ~1e-13
       relative; `reference_energy` adds them in float64 on the host.
   What a model reads besides (a = n_atoms, padded):
@@ -63,10 +70,11 @@ class DFTProblem:
   orthogonalizer_inv: jax.Array
   eri_orth: jax.Array
   fock_ref_nonxc_orth: jax.Array
+  exchange_ref_orth: jax.Array
   density_ref_orth: jax.Array
   ao_orth: jax.Array
   weights: jax.Array
-  rho_ref: jax.Array
+  exc_ref: jax.Array
   occupation: jax.Array
   ao_mask: jax.Array
   energy_ref: jax.Array
@@ -85,10 +93,10 @@ class DFTProblem:
     return self.overlap.dtype
 
   @property
-  def shapes(self) -> tuple[int, int, int, int]:
-    """(n_ao, n_grid, n_aux, n_atoms), padded: the program's static shape."""
+  def shapes(self) -> Shape:
+    """(n_ao, n_grid, n_aux, n_atoms, n_occ), padded: the program's static shape."""
     return (self.overlap.shape[-1], self.weights.shape[-1], self.eri_orth.shape[-3],
-            self.positions.shape[-2])
+            self.positions.shape[-2], self.occupation.shape[-1])
 
 
 def reference_energy(problem: DFTProblem | np.ndarray) -> float | np.ndarray:
@@ -101,16 +109,38 @@ def reference_energy(problem: DFTProblem | np.ndarray) -> float | np.ndarray:
   return float(total) if total.ndim == 0 else total
 
 
-Shape = tuple[int, int, int, int]  # (n_ao, n_grid, n_aux, n_atoms)
-_AO, _GRID, _AUX, _ATOM = range(4)
+def mo_occupations(problem: DFTProblem) -> np.ndarray:
+  """(n_real,) float64 on the host: the occupation of every real orbital, lowest energy first."""
+  n_real = int(np.sum(problem.ao_mask))
+  occ = np.zeros(n_real)
+  occupied = np.asarray(problem.occupation, np.float64)
+  occ[:min(len(occupied), n_real)] = occupied[:n_real]
+  return occ
+
+
+Shape = tuple[int, int, int, int, int]  # (n_ao, n_grid, n_aux, n_atoms, n_occ)
+SHAPE_NAMES = ("n_ao", "n_grid", "n_aux", "n_atoms", "n_occ")
+_AO, _GRID, _AUX, _ATOM, _OCC = range(5)
 LAYOUT = dict(  # field → (which size each axis has, None = fixed; what padding holds)
     overlap=((_AO, _AO), "identity"), hcore=((_AO, _AO), 0), density_ref=((_AO, _AO), 0),
     orthogonalizer=((_AO, _AO), "identity"), orthogonalizer_inv=((_AO, _AO), "identity"),
     eri_orth=((_AUX, _AO, _AO), 0), fock_ref_nonxc_orth=((_AO, _AO), 0),
-    density_ref_orth=((_AO, _AO), 0), ao_orth=((None, _GRID, _AO), 0), weights=((_GRID,), 0),
-    rho_ref=((None, _GRID), 0), occupation=((_AO,), 0), ao_mask=((_AO,), 0),
-    energy_ref=((None,), 0), orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0),
+    exchange_ref_orth=((_AO, _AO), 0), density_ref_orth=((_AO, _AO), 0),
+    ao_orth=((_GRID, None, _AO), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
+    occupation=((_OCC,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0),
+    orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0),
     positions=((_ATOM, None), 0))
+
+
+def as_shape(sizes) -> Shape:
+  """A padded shape from 5 sizes, or from the 4 that checkpoints and configs written before
+  n_occ was a size hold (n_occ 0 then: each problem's own bucket)."""
+  sizes = tuple(int(s) for s in sizes)
+  if len(sizes) == 4:
+    sizes += (0,)
+  if len(sizes) != 5 or min(sizes) < 0:
+    raise InputError(f"a padded shape is ({', '.join(SHAPE_NAMES)}); got {sizes}")
+  return sizes
 
 
 assert set(LAYOUT) == {f.name for f in dataclasses.fields(DFTProblem)

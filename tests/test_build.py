@@ -38,11 +38,14 @@ def test_padding_is_inert():
   np.testing.assert_array_equal(p.overlap[n:, n:], np.eye(n_pad - n))
   np.testing.assert_array_equal(p.orthogonalizer[n:, n:], np.eye(n_pad - n))
   for a in (p.overlap, p.orthogonalizer, p.orthogonalizer_inv, p.density_ref, p.hcore,
-            p.density_ref_orth, p.fock_ref_nonxc_orth):
+            p.density_ref_orth, p.fock_ref_nonxc_orth, p.exchange_ref_orth):
     assert not a[n:, :n].any() and not a[:n, n:].any()
-  assert not p.ao_orth[..., n:].any() and not p.ao_orth[:, g:].any() and not p.weights[g:].any()
+  assert not p.ao_orth[..., n:].any() and not p.ao_orth[g:].any() and not p.weights[g:].any()
+  assert not p.exc_ref[g:].any()
   assert not p.eri_orth[:, n:].any() and not p.eri_orth[..., n:].any()
-  assert not p.occupation[n:].any() and p.ao_mask.sum() == n
+  n_occ = water.to_pyscf("sto-3g").nelectron // 2
+  assert p.shapes[4] >= n_occ and not p.occupation[n_occ:].any() and p.ao_mask.sum() == n
+  np.testing.assert_array_equal(p.occupation[:n_occ], 2.0)
   np.testing.assert_array_equal(p.weights[:g], host.weights)  # float64: exactly the host's
 
 
@@ -56,6 +59,13 @@ def test_reference_energy_survives_float32():
   np.testing.assert_allclose(reference_energy(batch), [host.energy_ref] * 2, atol=1e-11)
 
 
+def test_pad_to_with_four_sizes_keeps_its_own_n_occ():
+  water = qpt.molecules.get("water")
+  own = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
+  four = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=own.shapes[:4])
+  assert four.shapes == own.shapes
+
+
 def test_pad_to_smaller_than_problem_is_an_error():
   with pytest.raises(qpt.InputError, match="smaller than the problem"):
     qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", pad_to=(4, 4096, 16, 4))
@@ -64,9 +74,9 @@ def test_pad_to_smaller_than_problem_is_an_error():
 def test_grow_and_min_shape_pad_exactly_like_pad_to():
   water = qpt.molecules.get("water")
   small = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
-  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4)))
+  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4, 4)))
   direct = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=big_shape)
-  at_least = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, min_shape=big_shape[:1] + (0,) * 3)
+  at_least = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, min_shape=big_shape[:1] + (0,) * 4)
   assert direct.shapes == big_shape and at_least.shapes == big_shape[:1] + small.shapes[1:]
   for other in (build.grow(small, big_shape), build.grow(at_least, big_shape)):
     leaves, tree = jax.tree.flatten(other)

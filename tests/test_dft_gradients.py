@@ -96,12 +96,13 @@ def test_gradient_vanishes_at_the_converged_fock_matrix():
   assert at_scf < 1e-6
 
 
-def test_padding_has_no_effect_and_gets_no_gradient():
+@pytest.mark.parametrize("xc", ["pbe", "b3lyp5"])  # b3lyp5: exchange through the occupied orbitals
+def test_padding_has_no_effect_and_gets_no_gradient(xc):
   mol = qpt.molecules.get("water")
-  small = qpt.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64")
-  n, g, n_aux, n_atoms = small.shapes
-  big = qpt.build_problem(mol, basis="sto-3g", xc="pbe", grid_level=1, dtype="float64",
-                              pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2))
+  small = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64")
+  n, g, n_aux, n_atoms, n_occ = small.shapes
+  big = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64",
+                          pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2, n_occ + 3))
   h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
   rng = np.random.default_rng(0)
   h_big = rng.standard_normal((n + 5, n + 5)) * 10  # garbage in the padding

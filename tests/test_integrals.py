@@ -54,10 +54,11 @@ def test_grid_and_density_are_pyscfs():
   np.testing.assert_array_equal(host.weights, mf.grids.weights)
   ao = mf._numint.eval_ao(mf.mol, mf.grids.coords, deriv=1)
   np.testing.assert_allclose(host.ao, ao, atol=1e-14)
-  rho = mf._numint.eval_rho(mf.mol, ao, host.density_ref, xctype="GGA")
-  np.testing.assert_allclose(host.rho_ref, rho, atol=1e-12)
+  # e_xc(ρ0) per point sums to PySCF's own XC energy of the MINAO density (nr_rks).
+  e_xc = mf._numint.nr_rks(mf.mol, mf.grids, "pbe", host.density_ref)[1]
+  assert abs(np.dot(host.weights, host.exc_ref) - e_xc) < 1e-10
   lda = integrals.compute(mf.mol, qpt.Level(xc="lda,vwn"))
-  assert lda.ao.shape == (1, *ao.shape[1:]) and lda.rho_ref.shape == (1, ao.shape[1])
+  assert lda.ao.shape == (1, *ao.shape[1:]) and lda.exc_ref.shape == (ao.shape[1],)
 
 
 def test_reference_terms_are_pyscfs():
@@ -69,6 +70,7 @@ def test_reference_terms_are_pyscfs():
   # G0 + Vxc[D0] is PySCF's Fock matrix of the MINAO density.
   vxc = mf._numint.nr_rks(mf.mol, mf.grids, "b3lyp5", d0)[2]
   np.testing.assert_allclose(host.fock_ref_nonxc + vxc, mf.get_fock(dm=d0), atol=1e-8)
+  np.testing.assert_allclose(host.exchange_ref, mf.get_k(dm=d0), atol=1e-8)
   # X orthonormalises the AO basis.
   x = host.orthogonalizer
   np.testing.assert_allclose(x.T @ host.overlap @ x, np.eye(mf.mol.nao), atol=1e-12)
