@@ -146,7 +146,7 @@ def make_stream(config, source: Callable[[int], Molecule], backend: backends.Bac
                 state: dict | None = None) -> data.ProblemStream:
   """The training stream of `config` over `source`: this process's share of every global batch,
   built by `data.workers` processes, in the canonical frame."""
-  return data.ProblemStream(source, config.train.batch_size, level(config),
+  return data.ProblemStream(source, config.train.batch_size, Level.from_config(config, stream=True),
                             fock_labels=config.loss in LABELLED_LOSSES,
                             n_workers=config.data.workers, prefetch=config.data.prefetch,
                             mol_repeats=config.data.mol_repeats,

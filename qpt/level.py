@@ -59,9 +59,19 @@ class Level:
       raise InputError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
   @classmethod
-  def from_config(cls, config) -> Level:
-    """The level a run's config names (its fields basis, xc, grid_level, eri, dtype)."""
-    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+  def from_config(cls, config, stream: bool = False) -> Level:
+    """The level a run's config names (its fields basis, xc, grid_level, eri, dtype): what the
+    run is evaluated at. stream=True: what its training stream builds at — the same, on the grid
+    of `data.grid_level` unless that is −1 (a training grid may be coarser than the evaluation's).
+    """
+    level = cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+    training_grid = config.data.get("grid_level", -1) if stream else -1
+    if training_grid == -1:
+      return level
+    try:
+      return dataclasses.replace(level, grid_level=training_grid)
+    except InputError as e:
+      raise InputError(f"data.{e}") from None
 
   @property
   def functional(self) -> xc_lib.Functional:

@@ -48,7 +48,7 @@ def check(config) -> None:
     raise InputError(f"mode={config.mode!r}: choose one of {', '.join(MODES)}")
   train.conformer_loss(config.loss, config.iterations, config.mixing)  # loss and mixing
   model.model_config(config.model.size)
-  Level.from_config(config)
+  Level.from_config(config, stream=True)  # also the evaluation's level
   if not config.data.md17_file:
     molecules.get(config.molecule)
   for key in _AT_LEAST_ONE:

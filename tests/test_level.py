@@ -53,3 +53,15 @@ def test_float64_needs_float64_switched_on_first():
     with pytest.raises(qpt.InputError, match="enable_float64"):
       qpt.build_problem(water, basis="sto-3g", grid_level=0, dtype="float64")
   assert qpt.build_problem(water, basis="sto-3g", grid_level=0, dtype="float64").dtype == np.float64
+
+
+def test_the_training_stream_may_use_its_own_grid():
+  from experiments.configs import md17
+  config = md17.get_config("water")
+  assert Level.from_config(config, stream=True) == Level.from_config(config)  # −1: the same grid
+  config.data.grid_level = 1
+  assert Level.from_config(config, stream=True) == Level(grid_level=1)
+  assert Level.from_config(config).grid_level == 3  # evaluation stays on the run's grid
+  config.data.grid_level = 12
+  with pytest.raises(qpt.InputError, match="data.grid_level=12"):
+    Level.from_config(config, stream=True)
