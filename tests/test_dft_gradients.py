@@ -166,3 +166,23 @@ def test_float32_loss_and_gradient_track_float64():
   e32, g32 = vg(p32, h.astype(np.float32))
   assert abs(float(e32) - float(e64)) < 20e-6
   np.testing.assert_allclose(g32, g64, atol=1e-3 * float(jnp.abs(g64).max()))
+
+
+@pytest.mark.parametrize("xc", ["pbe", "b3lyp5"])
+def test_occupied_orbital_energy_is_the_general_energy(xc):
+  """The loss's energy through Y (P = Y Yᵀ) is the general E[P], value and gradient, off the
+  SCF solution too (float64, water/def2-SVP, n_occ padded beyond the electrons)."""
+  from qpt import dft
+  problem = ref.problem("water", "def2-svp", xc, grid_level=1)
+  h = np.asarray(dft.fock(problem, problem.density_ref)) + 0.05 * random_symmetric(problem, 3)
+
+  def general(h):  # the pre-occupied-orbital path: E[P(H)] minus the same norm correction
+    p, norm_energy = dft._projector(problem, dft._to_orthonormal(problem, h))
+    return dft._delta_energy(problem, p) - norm_energy
+
+  e_general, g_general = jax.value_and_grad(general)(h)
+  e_loss, g_loss = jax.value_and_grad(dft.loss_energy_delta, argnums=1)(problem, h)
+  assert problem.shapes[4] > 5  # padded occupied slots are exercised
+  assert abs(float(e_loss) - float(e_general)) < 1e-10
+  np.testing.assert_allclose(np.asarray(g_loss), np.asarray(g_general), atol=1e-9)
+  assert np.abs(np.asarray(g_general)).max() > 1e-3  # away from the minimum: a real comparison
