@@ -145,9 +145,11 @@ def make_trainer(config, backend: backends.Backend) -> Trainer:
 def make_stream(config, source: Callable[[int], Molecule], backend: backends.Backend,
                 state: dict | None = None) -> data.ProblemStream:
   """The training stream of `config` over `source`: this process's share of every global batch,
-  built by `data.workers` processes, in the canonical frame."""
-  return data.ProblemStream(source, config.train.batch_size, Level.from_config(config, stream=True),
-                            fock_labels=config.loss in LABELLED_LOSSES,
+  built by `data.workers` processes, in the canonical frame. Label-free losses train on the grid
+  of `data.grid_level`; a labelled loss's problems and PySCF labels are at the run's own level."""
+  labelled = config.loss in LABELLED_LOSSES  # labels stay at the level the run is judged at
+  return data.ProblemStream(source, config.train.batch_size,
+                            Level.from_config(config, stream=not labelled), fock_labels=labelled,
                             n_workers=config.data.workers, prefetch=config.data.prefetch,
                             mol_repeats=config.data.mol_repeats,
                             transform=frame.canonical_molecule,

@@ -58,10 +58,13 @@ def test_float64_needs_float64_switched_on_first():
 def test_the_training_stream_may_use_its_own_grid():
   from experiments.configs import md17
   config = md17.get_config("water")
+  config.data.grid_level = -1
   assert Level.from_config(config, stream=True) == Level.from_config(config)  # −1: the same grid
   config.data.grid_level = 1
   assert Level.from_config(config, stream=True) == Level(grid_level=1)
   assert Level.from_config(config).grid_level == 3  # evaluation stays on the run's grid
+  config.grid_level = 0
+  assert Level.from_config(config, stream=True).grid_level == 0  # never finer than evaluation's
   config.data.grid_level = 12
   with pytest.raises(qpt.InputError, match="data.grid_level=12"):
     Level.from_config(config, stream=True)
