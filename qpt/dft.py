@@ -320,15 +320,66 @@ def mixing_schedule(iterations: int, mixing: float | Sequence[float]) -> tuple[f
 
 def _unrolled(problem, h, iterations, mixing) -> tuple[jax.Array, jax.Array]:
   """(Y_k with P_k = Y_k Y_kᵀ, the norm-error energy of its last diagonalisation), orthonormal
-  basis. The intermediate densities may be mixed, so their Fock matrices take the general path."""
+  basis. Each intermediate density is kept as a short sum Σ_j c_j Y_j Y_jᵀ (mixing adds a term,
+  a zero mixing drops the old ones), so its Fock matrix is contracted with orbitals too."""
   m = mixing_schedule(iterations, mixing)
   y, norm_energy = _orbitals(problem, _to_orthonormal(problem, h))
-  p = None
+  density = ()  # ((c_j, Y_j), ...): P = Σ_j c_j Y_j Y_jᵀ
   for i in range(iterations):
-    p_i = y @ y.T
-    p = p_i if p is None else (1.0 - m[i - 1]) * p_i + m[i - 1] * p
-    y, norm_energy = _orbitals(problem, _energy_and_fock(problem, p)[1])
+    mixed = tuple((m[i - 1] * c, y_j) for c, y_j in density) if i and m[i - 1] else ()
+    density = ((1.0 - m[i - 1] if i else 1.0, y),) + mixed
+    y, norm_energy = _orbitals(problem, _fock_of_orbitals(problem, density))
   return y, norm_energy
+
+
+def _fock_of_orbitals(problem: DFTProblem, density) -> jax.Array:
+  """F' = ∂E/∂P (n, n) for P = Σ_j c_j Y_j Y_jᵀ given as ((c_j, Y_j), ...), orthonormal basis:
+  G0 + J[ΔP] − a/2 (K[P] − K[P0]) + Vxc[ρ], written out rather than differentiated, so that
+  exchange costs n_aux·n²·m per term and the XC quadrature one g·n² product (Vxc) instead of
+  two. The same matrix as `_energy_and_fock`'s (tests/test_dft_gradients.py)."""
+  b = problem.eri_orth
+  n_aux, n, _ = b.shape
+  p = sum(c * (y @ y.T) for c, y in density)
+  fit = jnp.einsum("pij,ij->p", b, p - problem.density_ref_orth)
+  f = problem.fock_ref_nonxc_orth + (fit @ b.reshape(n_aux, n * n)).reshape(n, n)
+  a = problem.functional.exact_exchange
+  if a:
+    exchange = -problem.exchange_ref_orth
+    for c, y in density:  # K[Y Yᵀ] = Σ_Q (B_Q Y)(B_Q Y)ᵀ, as one (n, n_aux·m) product
+      by = (b.reshape(n_aux * n, n) @ y).reshape(n_aux, n, -1).transpose(1, 0, 2).reshape(n, -1)
+      exchange = exchange + c * (by @ by.T)
+    f = f - 0.5 * a * exchange
+  f = f + _xc_potential(problem, density)
+  return 0.5 * (f + f.T)
+
+
+def _xc_potential(problem: DFTProblem, density) -> jax.Array:
+  """Vxc (n, n) = Σ_g [∂E/∂ρ φφᵀ + ∂E/∂∇ρ·(∇φ φᵀ + φ ∇φᵀ)] = Wᵀφ + φᵀW, W = ½ ∂E/∂ρ φ + ∂E/∂∇ρ·∇φ,
+  for P = Σ_j c_j Y_j Y_jᵀ, in chunks of grid points (weights are inside ∂E/∂ρ)."""
+  functional = problem.functional
+  g, c, n = problem.ao_orth.shape
+  chunks = g // problem.xc_chunk
+  ao = problem.ao_orth.reshape(chunks, problem.xc_chunk, c, n)
+  weights = problem.weights.reshape(chunks, problem.xc_chunk)
+
+  @jax.checkpoint
+  def chunk_potential(potential, inputs):
+    ao_k, w_k = inputs
+    rho = sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density)
+
+    def quadrature(rho):
+      sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
+      return jnp.sum(w_k * functional.energy_density(rho[0], sigma))
+
+    d_rho = jax.grad(quadrature)(rho)  # (c, chunk): ∂E/∂ρ and ∂E/∂∇ρ
+    w_mat = 0.5 * d_rho[0][:, None] * ao_k[:, 0]
+    for x in range(1, c):
+      w_mat = w_mat + d_rho[x][:, None] * ao_k[:, x]
+    part = w_mat.T @ ao_k[:, 0]
+    return potential + part + part.T, None
+
+  potential, _ = jax.lax.scan(chunk_potential, jnp.zeros((n, n), problem.dtype), (ao, weights))
+  return potential
 
 
 @full_float32

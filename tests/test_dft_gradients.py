@@ -186,3 +186,19 @@ def test_occupied_orbital_energy_is_the_general_energy(xc):
   assert abs(float(e_loss) - float(e_general)) < 1e-10
   np.testing.assert_allclose(np.asarray(g_loss), np.asarray(g_general), atol=1e-9)
   assert np.abs(np.asarray(g_general)).max() > 1e-3  # away from the minimum: a real comparison
+
+
+@pytest.mark.parametrize("xc", ["lda,vwn", "b3lyp5"])
+def test_fock_of_orbitals_is_the_energys_gradient(xc):
+  """The unrolled loss's written-out Fock matrix of a mixed Σ c_j Y_j Y_jᵀ is ∂E/∂P (float64)."""
+  from qpt import dft
+  problem = ref.problem("water", "def2-svp", xc, grid_level=1)
+  h0 = dft._to_orthonormal(problem, dft.fock(problem, problem.density_ref))
+  y0 = dft._orbitals(problem, h0)[0]
+  y1 = dft._orbitals(problem, h0 + 0.1 * random_symmetric(problem, 4))[0]
+  density = ((0.3, y0), (0.7, y1))
+  p = 0.3 * y0 @ y0.T + 0.7 * y1 @ y1.T
+  expected = np.asarray(dft._energy_and_fock(problem, p)[1])
+  np.testing.assert_allclose(np.asarray(dft._fock_of_orbitals(problem, density)), expected,
+                             atol=1e-10)
+  assert np.abs(expected).max() > 1.0
