@@ -23,10 +23,12 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), and the energy of the
      eigenvectors' residual norm errors, Σ_i occ_i ε_i δn_i, is subtracted (`_projector`).
 The Fock matrix is the gradient of the same ΔE, F = ∂E/∂P, so energy and Fock matrix can never
-disagree, and the SCF and the unrolled loss share one code path. The loss's last density is
+disagree (the SCF, `fock` and `initial_fock` differentiate `_delta_energy`). The loss's last density is
 idempotent, P = Y Yᵀ with Y the m occupied orbitals, and its energy is contracted with Y
 (`_delta_energy_occupied`): exchange and the XC quadrature then cost n_aux·n²·m and g·n·m rather
-than n_aux·n³ and g·n² (ethanol/def2-SVP: n = 72, m = 13). Every public function traces its
+than n_aux·n³ and g·n² (ethanol/def2-SVP: n = 72, m = 13). The unrolled steps keep each density
+as a short sum Σ_j c_j Y_j Y_jᵀ and write its Fock matrix out (`_fock_of_orbitals`), checked
+against ∂E/∂P in the tests. Every public function traces its
 matmuls at full float32 precision (`precision.full_float32`), whatever the device's default.
 """
 
