@@ -72,9 +72,10 @@ def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
 
 
 def _to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
-  """H' = Xᵀ H X. Rounding here only perturbs the Hamiltonian: energies change at second order."""
+  """H' = Xᵀ H X in the problem's dtype (a float64 H from the host is rounded here, once). Rounding
+  here only perturbs the Hamiltonian: energies change at second order."""
   x = problem.orthogonalizer
-  return x.T @ h @ x
+  return x.T @ jnp.asarray(h, problem.dtype) @ x
 
 
 def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
