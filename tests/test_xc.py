@@ -37,8 +37,11 @@ RTOL = 1e-10
 # (2e-9, 700) and by 4% at (1.5e-12, 7000), while ours stays at 2e-15
 # (test_pbe_c_is_exact_in_tails). The PBE total e and vrho still agree with
 # PySCF to 1e-10 there (exchange dominates); only vsigma below this density is
-# compared at 1e-7 instead.
-PBE_VSIGMA_LIBXC_NOISY_BELOW = 1e-9
+# compared at 1e-7 instead. The bound was 1e-9 until a water grid point at
+# rho = 2.8e-9 missed 1e-10 (1.2e-10): at rho = 5.8e-9 on that grid libxc's
+# correlation vsigma is off by 5e-6 against 60-digit arithmetic (ours 1e-15),
+# which is 7.6e-11 of the total vsigma there, and its error grows as rho falls.
+PBE_VSIGMA_LIBXC_NOISY_BELOW = 1e-8
 
 
 @pytest.fixture
