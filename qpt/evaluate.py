@@ -1,8 +1,18 @@
 """Scoring predicted Hamiltonians against PySCF labels, with the field's metrics.
 
-  problem ──predict_h──▶ H ──▶ D(H) ──▶ F[D(H)] ──▶ ε, C, gap
+  problem ──predict_h──▶ H ──▶ ε_raw = eig(H, S)
+                          └──▶ D(H) ──▶ F[D(H)] ──▶ ε, C, gap
                                  ├──▶ E[D(H)];  D_k after the loss's k steps ──▶ F[D_k], E[D_k]
+                                 ├──▶ n refinement SCF steps on the device ──▶ ε, E "refined"
                                  └──▶ PySCF restarted from dm0 = D(H): cycles
+
+Three products of a model are scored, and each key says which:
+  raw H          h_mae_uha, eps_occ_raw_mae_uha — H itself, as supervised models (QHNet) report;
+  F[D(H)]        h_mae_fock_uha, eps_occ_mae_uha, eps_all_mae_uha, psi_*, gap_mae_uha,
+                 energy_mae_uha (E[D(H)]) — the model plus one Fock build;
+  refined        *_refined — after `refine_steps` DIIS SCF steps on the device from D(H)
+                 (`dft.refine`), at refine_time_ratio of PySCF's full SCF.
+`eps_occ_*` covers the occupied orbitals, `eps_all_*` every orbital (the paper's convention).
 
 Labels come from `qpt.labels` (PySCF, float64); this module only scores.
 
@@ -20,6 +30,7 @@ host (`reference_energy(problem) + ΔE`).
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -31,11 +42,31 @@ from pyscf.data.nist import HARTREE2EV
 from qpt import dft
 from qpt.build import build_problem, grow
 from qpt.errors import InputError
-from qpt.labels import Labels, restart_cycles
+from qpt.labels import Labels, restart_cycles, scf_seconds
 from qpt.problem import DFTProblem, reference_energy
 
 UHA = 1e6  # µHa per Hartree
 MEV = 1e3 * HARTREE2EV  # meV per Hartree
+PYSCF_TIMINGS = 3  # conformers whose full PySCF SCF is timed for refine_time_ratio
+
+
+MEANING = {  # stored in eval.json beside the numbers: which product of the model each key scores
+    "h_mae_uha": "raw H: MAE of the predicted H against PySCF's converged Fock matrix (µHa)",
+    "eps_occ_raw_mae_uha": "raw H: occupied orbital energies of eig(H, S) against PySCF's (µHa)",
+    "h_mae_fock_uha": "F[D(H)] (model + one Fock build): MAE against PySCF's Fock matrix (µHa)",
+    "eps_occ_mae_uha": "F[D(H)] (model + one Fock build): occupied orbital energies (µHa)",
+    "eps_all_mae_uha": "F[D(H)] (model + one Fock build): all orbital energies, the paper's (µHa)",
+    "energy_mae_uha": "E[D(H)]: the energy of the predicted density against PySCF's SCF (µHa)",
+    "energy_after_k_mae_uha": "E[D_k] after the loss's k unrolled steps (µHa)",
+    "scf_cycle_ratio": "PySCF cycles from D(H) over cycles from MINAO, ratio of the totals",
+    "scf_cycle_ratio_per_conformer": "the same, mean of per-conformer ratios (QH9's definition)",
+    "refine_steps": "n: DIIS SCF steps on the device from D(H) before the *_refined scores",
+    "eps_occ_mae_uha_refined": "after n refinement steps: occupied orbital energies (µHa)",
+    "eps_all_mae_uha_refined": "after n refinement steps: all orbital energies (µHa)",
+    "energy_mae_uha_refined": "after n refinement steps: energy (µHa)",
+    "refine_time_ratio": "device time of the n steps over PySCF's full SCF from MINAO (setup incl.)",
+    "*_minao": "the same for the no-model start H_init = F[D_MINAO]",
+}
 
 
 def problems_for(labels: Labels, dtype: str = "float32", **kwargs) -> list[DFTProblem]:
@@ -81,6 +112,7 @@ def _conformer_scores(problem: DFTProblem, labels: Labels, i: int, h: jax.Array,
   s = real(problem.overlap)
   # Host float64 eigensolver: the metric should not carry the device's float32 eigenvector noise.
   eps, c = scipy.linalg.eigh(real(out["fock"]), s)
+  eps_raw = scipy.linalg.eigvalsh(0.5 * (real(h) + real(h).T), s)
   c_occ, c_ref_occ = c[:, :o], c_ref[:, :o]
   cosine = np.abs(np.sum(c_occ * c_ref_occ, axis=0)) / (
       np.linalg.norm(c_occ, axis=0) * np.linalg.norm(c_ref_occ, axis=0))
@@ -91,6 +123,8 @@ def _conformer_scores(problem: DFTProblem, labels: Labels, i: int, h: jax.Array,
       h_mae_fock=np.mean(np.abs(real(out["fock"]) - f_ref)),
       h_mae_after_k=np.mean(np.abs(real(out["fock_k"]) - f_ref)),
       eps_occ_mae=np.mean(np.abs(eps[:o] - eps_ref[:o])),
+      eps_all_mae=np.mean(np.abs(eps - eps_ref)),
+      eps_occ_raw_mae=np.mean(np.abs(eps_raw[:o] - eps_ref[:o])),
       energy_mae=abs(energy - labels.energy[i]),
       energy_after_k_mae=abs(energy_k - labels.energy[i]),
       gap_mae=abs((eps[o] - eps[o - 1]) - (eps_ref[o] - eps_ref[o - 1])),
@@ -100,22 +134,46 @@ def _conformer_scores(problem: DFTProblem, labels: Labels, i: int, h: jax.Array,
   return scores, real(out["density"])
 
 
+def _refined_scores(problem: DFTProblem, labels: Labels, i: int, h: jax.Array,
+                    steps: int) -> tuple[dict[str, float], float]:
+  """Errors (Hartree) after `steps` on-device SCF steps from D(H), and their wall time (s)."""
+  start = time.perf_counter()
+  refined = dft.refine(problem, jnp.asarray(h, problem.dtype), steps)
+  seconds = time.perf_counter() - start
+  o = int(np.sum(labels.mo_occ[i] > 0))
+  eps_ref = labels.mo_energy[i]
+  return dict(eps_occ_mae_refined=np.mean(np.abs(refined.mo_energy[:o] - eps_ref[:o])),
+              eps_all_mae_refined=np.mean(np.abs(refined.mo_energy - eps_ref)),
+              energy_mae_refined=abs(refined.energy - labels.energy[i])), seconds
+
+
+def _in_units(key: str) -> str:
+  """A score's key in eval.json: energy_mae → energy_mae_uha, energy_mae_refined →
+  energy_mae_uha_refined (today's keys keep their names; refined ones append a suffix)."""
+  base, refined = (key[:-len("_refined")], "_refined") if key.endswith("_refined") else (key, "")
+  return f"{base}_uha{refined}"
+
+
 def _summary(scores: list[dict[str, float]], cycles: list | None, labels: Labels,
              suffix: str) -> dict[str, float]:
   """Means over conformers in the field's units, with `suffix` appended to every key."""
   mean = lambda key: float(np.mean([s[key] for s in scores]))
-  out = {f"{k}_uha": UHA * mean(k) for k in scores[0] if "_mae" in k}
+  out = {_in_units(k): UHA * mean(k) for k in scores[0] if "_mae" in k}
   out.update(psi_cos_percent=100 * mean("psi_cos"), psi_subspace_percent=100 * mean("psi_subspace"),
              energy_mae_mev=MEV * mean("energy_mae"))
   if cycles is not None:  # (cycles, converged) per conformer
     out["scf_cycle_ratio"] = float(np.mean([c for c, _ in cycles]) / np.mean(labels.cycles))
+    # QH9's definition: the mean of per-conformer ratios (the line above is a ratio of totals).
+    out["scf_cycle_ratio_per_conformer"] = float(np.mean(
+        [c / max(int(ref), 1) for (c, _), ref in zip(cycles, labels.cycles)]))
     out["scf_unconverged"] = sum(not ok for _, ok in cycles)  # their cycles are capped at max_cycle
   return {k + suffix: v for k, v in out.items()}
 
 
 def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DFTProblem],
              labels: Labels, iterations: int = 0, mixing: float | Sequence[float] = 0.0,
-             baseline: bool = True, scf_cycles: bool = True) -> dict[str, float]:
+             baseline: bool = True, scf_cycles: bool = True,
+             refine_steps: int = 0) -> dict[str, float]:
   """Scores predicted Hamiltonians against PySCF labels of the same conformers.
 
   Args:
@@ -125,18 +183,26 @@ def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DF
     iterations, mixing: the loss's unrolled SCF steps k and mixing, for h_after_k / energy_after_k.
     baseline: also score H_init = F[D_MINAO] (the no-model start), keys suffixed `_minao`.
     scf_cycles: run PySCF from the predicted density (costs one SCF per conformer and model).
+    refine_steps: also score after this many DIIS SCF steps on the device from D(H) (model and
+      baseline alike), and time them against PySCF's full SCF from MINAO (setup included) on the
+      first few conformers: refine_time_ratio.
 
   Returns:
-    Means over conformers (real AO block only): h_mae_uha, h_mae_fock_uha, h_mae_after_k_uha,
-    eps_occ_mae_uha, psi_cos_percent, psi_subspace_percent, energy_mae_uha, energy_mae_mev,
-    energy_after_k_mae_uha, gap_mae_uha, scf_cycle_ratio, scf_unconverged (a count),
-    n_conformers; the same for the baseline with suffix `_minao`, where PySCF starts from the
-    MINAO density itself (ratio ≈ 1).
+    Means over conformers (real AO block only; the module docstring says which product each
+    scores): h_mae_uha, eps_occ_raw_mae_uha, h_mae_fock_uha, h_mae_after_k_uha, eps_occ_mae_uha,
+    eps_all_mae_uha, psi_cos_percent, psi_subspace_percent, energy_mae_uha, energy_mae_mev,
+    energy_after_k_mae_uha, gap_mae_uha, scf_cycle_ratio (ratio of totals),
+    scf_cycle_ratio_per_conformer (mean of ratios, QH9's), scf_unconverged (a count),
+    n_conformers, refine_steps, and with refine_steps > 0 eps_occ_mae_uha_refined,
+    eps_all_mae_uha_refined, energy_mae_uha_refined, refine_time_ratio; the same for the baseline
+    with suffix `_minao`, where PySCF starts from the MINAO density itself (ratio ≈ 1).
   """
   if len(problems) != len(labels):
     raise InputError(f"{len(problems)} problems for {len(labels)} labelled conformers")
   mixing = dft.mixing_schedule(iterations, mixing)
+  refine_steps = dft.check_refine(refine_steps)
   n, a = labels.fock.shape[-1], len(labels.atomic_numbers)
+  refine_seconds = []
   runs = {"": [[], []], "_minao": [[], []]}  # suffix → (scores, cycles)
   for i, problem in enumerate(problems):
     if not problem.level.same_theory(labels.level):
@@ -151,12 +217,20 @@ def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DF
       starts["_minao"] = h_init(problem)
     for suffix, h in starts.items():
       scores, density = _conformer_scores(problem, labels, i, h, mixing)
+      if refine_steps:
+        refined, seconds = _refined_scores(problem, labels, i, h, refine_steps)
+        scores.update(refined)
+        refine_seconds.append(seconds)  # the first call of a shape compiles: dropped below
       runs[suffix][0].append(scores)
       if scf_cycles:
         # The baseline's PySCF run starts from the MINAO density itself, not from D(H_init).
         dm0 = density if suffix == "" else np.asarray(problem.density_ref, np.float64)[:n, :n]
         runs[suffix][1].append(restart_cycles(labels, i, dm0))
-  metrics = {"n_conformers": len(problems)}
+  metrics = {"n_conformers": len(problems), "refine_steps": refine_steps}
+  if refine_steps:
+    warm = refine_seconds[1:] or refine_seconds
+    pyscf = [scf_seconds(labels, i) for i in range(min(PYSCF_TIMINGS, len(labels)))]
+    metrics["refine_time_ratio"] = float(np.median(warm) / np.median(pyscf))
   for suffix, (scores, cycles) in runs.items():
     if scores:
       metrics.update(_summary(scores, cycles if scf_cycles else None, labels, suffix))

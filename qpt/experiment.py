@@ -137,7 +137,8 @@ def make_trainer(config, backend: backends.Backend) -> Trainer:
   """The network, optimizer and compiled step of `config` on `backend`."""
   network = make_network(config)
   optimizer, schedule = make_optimizer(config.train)
-  loss_fn = conformer_loss(config.loss, config.iterations, config.mixing)
+  loss_fn = conformer_loss(config.loss, config.iterations, config.mixing,
+                          config.self_consistency_weight)
   step = make_train_step(network, optimizer, loss_fn, schedule, backend)
   return Trainer(network, optimizer, schedule, step, backend, config.seed)
 
@@ -281,17 +282,26 @@ def final_evaluation(config, network, params, source, workdir: str) -> dict:
                                      os.path.join(workdir, "labels.npz"))
   predict = predictor(network)
   metrics = evaluate.evaluate(lambda p: predict(params, p), problems, reference,
-                              config.iterations, config.mixing)
+                              config.iterations, config.mixing,
+                              refine_steps=config.eval.refine_steps)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(metrics, f, indent=1)
-  m = metrics
+    json.dump({**metrics, "meaning": evaluate.MEANING}, f, indent=1)
+  m, n = metrics, metrics["refine_steps"]
+  refined = (f"  after {n} SCF steps on the device:  occupied ε {m['eps_occ_mae_uha_refined']:.1f} | "
+             f"{m['eps_occ_mae_uha_refined_minao']:.1f} µHa, energy "
+             f"{m['energy_mae_uha_refined']:.1f} | {m['energy_mae_uha_refined_minao']:.1f} µHa "
+             f"({m['refine_time_ratio']:.2f} of a PySCF SCF's time)\n") if n else ""
   print(f"held-out {config.molecule}, {m['n_conformers']} conformers (model | MINAO baseline):\n"
         f"  energy MAE of E[D(H_pred)], k = 0  {m['energy_mae_uha']:10.1f} | "
         f"{m['energy_mae_uha_minao']:10.1f} µHa\n"
         f"  occupied ε MAE of F[D(H_pred)]     {m['eps_occ_mae_uha']:10.1f} | "
-        f"{m['eps_occ_mae_uha_minao']:10.1f} µHa\n"
+        f"{m['eps_occ_mae_uha_minao']:10.1f} µHa  (model + one Fock build)\n"
+        f"  occupied ε MAE of H_pred itself    {m['eps_occ_raw_mae_uha']:10.1f} | "
+        f"{m['eps_occ_raw_mae_uha_minao']:10.1f} µHa\n"
         f"  SCF-cycle ratio (PySCF from D)     {m['scf_cycle_ratio']:10.2f} | "
-        f"{m['scf_cycle_ratio_minao']:10.2f}\n"
+        f"{m['scf_cycle_ratio_minao']:10.2f}  (per conformer "
+        f"{m['scf_cycle_ratio_per_conformer']:.2f})\n"
+        f"{refined}"
         f"metrics {workdir}/metrics.jsonl, eval {workdir}/eval.json, "
         f"curves {workdir}/training_curves.png, checkpoints {workdir}/checkpoints")
   return metrics

@@ -36,6 +36,8 @@ class Prediction:
       loss constrains (H's own spectrum it does not); so make_rdm1(mo_coeff, mo_occ) is one SCF
       step beyond `density`.
     molecule: as given (lab frame); level: the level of theory predicted at.
+    refine_steps: on-device SCF steps taken from D(H) (`predict(..., refine=n)`); when n > 0,
+      hamiltonian and fock are F[D_n], density D_n and energy E[D_n] after those steps.
   """
 
   hamiltonian: np.ndarray
@@ -47,6 +49,7 @@ class Prediction:
   mo_occ: np.ndarray
   molecule: Molecule
   level: Level
+  refine_steps: int = 0
 
   @property
   def basis(self) -> str:
@@ -63,8 +66,9 @@ def _predict_device(model: hk.Transformed, params: hk.Params, problem: DFTProble
 def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level | None = None,
             xc: str | None = None, grid_level: int | None = None, eri: str | None = None,
             dtype: str | None = None, *, level: Level | None = None,
-            model: hk.Transformed | None = None) -> Prediction:
-  """The model's H, D(H), F[D(H)] and E[D(H)] for a molecule in any orientation.
+            model: hk.Transformed | None = None, refine: int = 0) -> Prediction:
+  """The model's H, D(H), F[D(H)] and E[D(H)] for a molecule in any orientation, optionally
+  refined by `refine` SCF steps on the device (`dft.refine`).
 
   The molecule is moved to its canonical frame, predicted there, and every AO matrix is rotated
   back, M_lab = R_ao M_can R_aoᵀ (`frame.ao_matrix_to_lab`); AO matrices are translation invariant.
@@ -75,7 +79,9 @@ def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level
     basis, xc, grid_level, eri, dtype, level: the level of theory, as in `build_problem`; use the
       level the model was trained at.
     model: the Haiku transform; default: the QPT whose shapes `params` have.
+    refine: DIIS SCF steps from D(H) on the device (float32, the loss's energy code); 0 = none.
   """
+  refine = dft.check_refine(refine)  # before the build: bad input fails at once
   if model is None:
     model = model_lib.make_model(model_lib.config_from_params(params))
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
@@ -83,16 +89,19 @@ def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level
   problem = build_problem(canonical, level)
   model_lib.check_supported(problem)
   h, d, f, delta = jax.device_get(_predict_device(model, params, problem))
+  energy = reference_energy(problem) + float(delta)
+  if refine:
+    refined = dft.refine(problem, h, refine)
+    h, d, f, energy = refined.fock, refined.density, refined.fock, refined.energy
   n = int(np.sum(problem.ao_mask))
   real = lambda m: np.asarray(m, np.float64)[:n, :n]
   r_ao = frame.rotation_matrix_ao(np.asarray(problem.orbital_labels)[:n], rotation)
   to_lab = lambda m: r_ao @ real(m) @ r_ao.T
   eps, c = scipy.linalg.eigh(real(f), real(problem.overlap))
   return Prediction(hamiltonian=to_lab(h), density=to_lab(d), fock=to_lab(f),
-                    energy=reference_energy(problem) + float(delta), mo_energy=eps,
-                    mo_coeff=r_ao @ c,
-                    mo_occ=mo_occupations(problem), molecule=molecule,
-                    level=level)
+                    energy=energy, mo_energy=eps, mo_coeff=r_ao @ c,
+                    mo_occ=mo_occupations(problem), molecule=molecule, level=level,
+                    refine_steps=refine)
 
 
 def to_pyscf_dm0(prediction: Prediction) -> np.ndarray:

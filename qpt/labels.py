@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -132,6 +133,15 @@ def restart_cycles(labels: Labels, i: int, dm0: np.ndarray) -> tuple[int, bool]:
   mol = labels.molecule(i).to_pyscf(labels.level.basis)
   mf = converge(pyscf_rks(mol, labels.level, labels.conv_tol), np.asarray(dm0, np.float64))
   return int(mf.cycles), bool(mf.converged)
+
+
+def scf_seconds(labels: Labels, i: int) -> float:
+  """Wall time (s) of PySCF's full SCF of conformer i from its MINAO guess, setup (integrals,
+  grid) included: what one label costs."""
+  start = time.perf_counter()
+  converge(pyscf_rks(labels.molecule(i).to_pyscf(labels.level.basis), labels.level,
+                     labels.conv_tol))
+  return time.perf_counter() - start
 
 
 # ---- label files ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from qpt import model, molecules, train
+from qpt import dft, model, molecules, train
 from qpt.errors import InputError
 from qpt.level import Level
 
@@ -46,8 +46,10 @@ def check(config) -> None:
   """One-line InputError for a config that cannot run, before anything is computed or written."""
   if config.mode not in MODES:
     raise InputError(f"mode={config.mode!r}: choose one of {', '.join(MODES)}")
-  train.conformer_loss(config.loss, config.iterations, config.mixing)  # loss and mixing
+  train.conformer_loss(config.loss, config.iterations, config.mixing,
+                      config.self_consistency_weight)  # loss, mixing, weight
   model.model_config(config.model.size)
+  dft.check_refine(config.eval.refine_steps, "eval.refine_steps")
   Level.from_config(config, stream=True)  # also the evaluation's level
   if not config.data.md17_file:
     molecules.get(config.molecule)

@@ -49,11 +49,17 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
   return tx, schedule
 
 
-def conformer_loss(loss: str, iterations: int, mixing) -> Callable:
-  """(model, params, problem, fock_label) → scalar loss for one conformer, in the problem's dtype.
+def conformer_loss(loss: str, iterations: int, mixing,
+                   self_consistency_weight: float = 0.0) -> Callable:
+  """(model, params, problem, fock_label) → (loss, reported) for one conformer, in the problem's
+  dtype: the scalar differentiated, and the value the run logs (ΔE for the energy loss).
 
-  energy:           E[D_k(H_θ)] − E_ref (Hartree): the QPT loss (label-free).
-  self_consistency: ‖H_θ − F[D(H_θ)]‖² / n_ao (Hartree²): label-free, as in Zhang et al. 2024.
+  energy:           E[D_k(H_θ)] − E_ref (Hartree): the QPT loss (label-free), plus
+                    self_consistency_weight × the self-consistency residual below (Hartree²,
+                    weighted as Hartree; 0 = none). Reported: E[D_k(H_θ)] − E_ref alone.
+  self_consistency: ‖H′_θ − F′[D(H_θ)]‖² / n_ao (Hartree²), orthonormal basis, the target held
+                    constant (`dft.loss_self_consistency`): label-free, each step a damped Fock
+                    iteration.
   supervised:       mean over real AO pairs of (H_θ − F_PySCF)² (Hartree²): fits labels, for
                     comparison runs; `fock_label` (n, n) is PySCF's converged Fock matrix.
   `fock_label` is ignored (and may be None) for the label-free losses.
@@ -61,18 +67,26 @@ def conformer_loss(loss: str, iterations: int, mixing) -> Callable:
   if loss not in LOSSES:
     raise InputError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
   mixing = dft.mixing_schedule(iterations, mixing)  # a wrong length fails here, not in jit
+  weight = float(self_consistency_weight)
+  if not weight >= 0.0:  # also NaN
+    raise InputError(f"self_consistency_weight={self_consistency_weight}: must be ≥ 0")
+  if weight and loss != "energy":
+    raise InputError(f"self_consistency_weight={weight} is a term of loss='energy', not of "
+                     f"loss={loss!r}")
 
-  def fn(model, params, problem: DFTProblem, fock_label: jax.Array | None) -> jax.Array:
+  def fn(model, params, problem: DFTProblem, fock_label: jax.Array | None):
     h = model_lib.hamiltonian(model, params, problem)
     if loss == "energy":
-      return dft.loss_energy_delta(problem, h, iterations, mixing)
-    if loss == "supervised":
-      target = fock_label
-    else:
-      target = dft.fock(problem, dft.density_matrix(problem, h))
+      energy = dft.loss_energy_delta(problem, h, iterations, mixing)
+      if not weight:
+        return energy, energy
+      return energy + weight * dft.loss_self_consistency(problem, h), energy
+    if loss == "self_consistency":
+      residual = dft.loss_self_consistency(problem, h)
+      return residual, residual
     mask = problem.ao_mask[:, None] * problem.ao_mask[None, :]
-    squares = jnp.sum(((h - target) * mask) ** 2)
-    return squares / (jnp.sum(mask) if loss == "supervised" else jnp.sum(problem.ao_mask))
+    squares = jnp.sum(((h - fock_label) * mask) ** 2) / jnp.sum(mask)
+    return squares, squares
 
   return fn
 
@@ -84,15 +98,15 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
   `problems` is a stacked DFTProblem (global batch b leading, sharded by `backend.put_batch`);
   `fock_labels` (b, n, n) or None for the label-free losses. Each device differentiates the mean
   loss of its own conformers; the backend averages the gradients over devices. metrics:
-  per_conformer (b,) losses, energy_ref (b, 2) of the batch (for float64 totals on the host),
-  grad_norm, finite, lr — all replicated.
+  per_conformer (b,) the loss's reported values (ΔE for the energy loss), energy_ref (b, 2) of
+  the batch (for float64 totals on the host), grad_norm, finite, lr — all replicated.
   """
 
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
-      per_conformer = backend.map_conformers(lambda p, f: loss_fn(model, params, p, f), batch,
-                                             fock_labels)
-      return jnp.mean(per_conformer), per_conformer
+      losses, reported = backend.map_conformers(lambda p, f: loss_fn(model, params, p, f), batch,
+                                                fock_labels)
+      return jnp.mean(losses), reported
 
     (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
     return grads, per_conformer

@@ -77,3 +77,23 @@ def test_predicted_density_restarts_pyscf_in_the_lab_frame():
   assert mf.energy_tot(dm=dm0) == pytest.approx(reference().energy[0], abs=1e-4)  # its own grid
   mf.kernel(dm0=dm0)
   assert mf.converged and mf.cycles < reference().cycles[0]
+
+
+def test_refined_prediction_approaches_pyscfs_scf_and_bad_refine_is_refused():
+  """predict(..., refine=n): n DIIS SCF steps on the device from D(H) of a random model bring the
+  energy and orbital energies towards PySCF's converged ones (in the lab frame: rotated input)."""
+  water = reference().molecule(0)
+  q = Rotation.random(random_state=3).as_matrix()
+  moved = water.with_positions(water.positions @ q.T)
+  raw = inference.predict(params(), moved, LEVEL, model=NETWORK)
+  refined = inference.predict(params(), moved, LEVEL, model=NETWORK, refine=8)
+  e_scf, eps_scf = reference().energy[0], reference().mo_energy[0]
+  assert raw.refine_steps == 0 and refined.refine_steps == 8
+  assert abs(raw.energy - e_scf) > 1e-3  # a random model: far from self-consistent
+  assert refined.energy == pytest.approx(e_scf, abs=5e-5)
+  np.testing.assert_allclose(refined.mo_energy, eps_scf, atol=2e-4)
+  mf = labels.pyscf_rks(moved.to_pyscf(BASIS), LEVEL)
+  assert mf.energy_tot(dm=refined.density) == pytest.approx(refined.energy, abs=5e-5)
+  for bad in (-1, 1.5, True, "2"):
+    with pytest.raises(qpt.InputError, match="refine="):
+      inference.predict(params(), moved, LEVEL, model=NETWORK, refine=bad)

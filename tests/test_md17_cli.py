@@ -38,6 +38,9 @@ def assert_one_line_error(result, *words):
     ([], "waterr", ["unknown built-in molecule", "waterr"]),
     (["--config.mode=fit"], "water", ["mode='fit'"]),
     (["--config.loss=mse"], "water", ["loss='mse'"]),
+    (["--config.eval.refine_steps=-1"], "water", ["eval.refine_steps=-1"]),
+    (["--config.self_consistency_weight=-0.5"], "water", ["self_consistency_weight=-0.5"]),
+    (["--config.iterations=3", "--config.mixing=(0.5,)"], "water", ["mixing has 1 values"]),
 ])
 def test_bad_configs(args, config, words):
   assert_one_line_error(md17(*args, config=config), *words)

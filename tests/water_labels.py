@@ -69,6 +69,9 @@ def host_scores(i: int, h: np.ndarray, mixing=()) -> dict:
   return dict(h_mae=np.mean(np.abs(h - f_ref)), h_mae_fock=np.mean(np.abs(fock - f_ref)),
               h_mae_after_k=np.mean(np.abs(mf.get_fock(dm=d_k) - f_ref)),
               eps_occ_mae=np.mean(np.abs(eps[:N_OCC] - eps_ref[:N_OCC])),
+              eps_all_mae=np.mean(np.abs(eps - eps_ref)),
+              eps_occ_raw_mae=np.mean(np.abs(
+                  scipy.linalg.eigvalsh(h, mf.get_ovlp())[:N_OCC] - eps_ref[:N_OCC])),
               energy_mae=abs(mf.energy_tot(dm=d) - e_ref),
               energy_after_k_mae=abs(mf.energy_tot(dm=d_k) - e_ref),
               gap_mae=abs((eps[N_OCC] - eps[N_OCC - 1]) - (eps_ref[N_OCC] - eps_ref[N_OCC - 1])),

@@ -86,6 +86,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   # --config.iterations=3 --config.mixing="(0.0, 0.5, 0.0)".
   c.iterations = 0
   c.mixing = ()  # density mixing per unrolled step (k values); the last is always 0
+  # loss=energy only: + weight × ‖H′ − F′[D(H)]‖² (Hartree², orthonormal basis, target held
+  # constant), a label-free term that pulls H itself towards self-consistency; 0 = none.
+  c.self_consistency_weight = 0.0
 
   # ---- optimisation ----
   c.train = ml_collections.ConfigDict()
@@ -106,6 +109,7 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.eval.every = 200  # steps between validations on a fixed labelled set (0: none)
   c.eval.n_validation = 10  # conformers in that validation set (disjoint from the test set)
   c.eval.n_conformers = 50  # held-out test conformers in the final evaluation (0: none)
+  c.eval.refine_steps = 2  # final evaluation: also score after n DIIS SCF steps on the device
 
   # ---- beyond water: PySCF's host-side build (~1 s per ethanol/def2-SVP conformer and worker)
   # sets the pace on 2 cores, so each problem serves two steps and the batch is smaller.
