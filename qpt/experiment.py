@@ -39,6 +39,7 @@ from qpt.train import (LABELLED_LOSSES, TrainState, conformer_loss, init_state, 
 # Each conformer set is its own sampler stream, so they never share a conformer.
 VALIDATION_SEED_OFFSET = 500_009
 HELD_OUT_SEED_OFFSET = 1_000_003
+HOT_SEED_OFFSET = 1_500_007  # the test conformers drawn at eval.hot_temperature
 
 
 def run(config, progress: bool = True) -> dict | None:
@@ -53,11 +54,13 @@ def run(config, progress: bool = True) -> dict | None:
 
 @dataclasses.dataclass(frozen=True)
 class Sources:
-  """Three disjoint conformer sources (index → Molecule): training, validation, test."""
+  """Disjoint conformer sources (index → Molecule): training, validation, test, and (thermal runs
+  with eval.hot_temperature > 0) test conformers drawn hotter than training, for generalisation."""
 
   train: Callable[[int], Molecule]
   validation: Callable[[int], Molecule]
   test: Callable[[int], Molecule]
+  hot: Callable[[int], Molecule] | None = None
 
 
 def sources(config, workdir: str) -> Sources:
@@ -73,10 +76,11 @@ def sources(config, workdir: str) -> Sources:
     frames = {k: conformers.FrameSampler(trajectory, indices[k], seed=config.seed) for k in sizes}
     return Sources(frames["train"], frames["validation"], frames["test"])
   cache = os.path.join(workdir, "cache")  # the Hessian, computed once per workdir
-  thermal = lambda offset: conformers.ThermalSampler(
-      molecules.get(config.molecule), config.data.temperature, seed=config.seed + offset,
-      cache_dir=cache)
-  return Sources(thermal(0), thermal(VALIDATION_SEED_OFFSET), thermal(HELD_OUT_SEED_OFFSET))
+  thermal = lambda offset, kelvin=config.data.temperature: conformers.ThermalSampler(
+      molecules.get(config.molecule), kelvin, seed=config.seed + offset, cache_dir=cache)
+  hot = config.eval.hot_temperature
+  return Sources(thermal(0), thermal(VALIDATION_SEED_OFFSET), thermal(HELD_OUT_SEED_OFFSET),
+                 thermal(HOT_SEED_OFFSET, hot) if hot else None)
 
 
 def labelled_set(config, source: Callable[[int], Molecule], n: int, path: str):
@@ -243,7 +247,7 @@ def train(config, progress: bool = True) -> dict | None:
   plot.training_curves(workdir)
   if config.eval.n_conformers and not stop:
     return final_evaluation(config, trainer.network, backend.to_host(state.params),
-                            conformer_sources.test, workdir)
+                            conformer_sources, workdir)
   return None
 
 
@@ -272,18 +276,26 @@ def _validator(config, network, source, workdir: str) -> Callable[[dict], dict]:
 # ---- evaluation ---------------------------------------------------------------------------------
 
 
-def final_evaluation(config, network, params, source, workdir: str) -> dict:
-  """Scores `params` on `eval.n_conformers` held-out conformers against PySCF (float64) labels.
+def final_evaluation(config, network, params, conformer_sources: Sources, workdir: str) -> dict:
+  """Scores `params` on `eval.n_conformers` held-out conformers against PySCF (float64) labels,
+  and as many drawn at eval.hot_temperature (generalisation, under the key "T<kelvin>").
 
-  Labels are cached in workdir/labels.npz; results go to workdir/eval.json and are printed beside
-  the MINAO baseline (H_init, no model).
+  Labels are cached in workdir/labels.npz (labels_T<kelvin>.npz); results go to
+  workdir/eval.json and are printed beside the MINAO baseline (H_init, no model).
   """
-  reference, problems = labelled_set(config, source, config.eval.n_conformers,
-                                     os.path.join(workdir, "labels.npz"))
   predict = predictor(network)
-  metrics = evaluate.evaluate(lambda p: predict(params, p), problems, reference,
-                              config.iterations, config.mixing,
-                              refine_steps=config.eval.refine_steps)
+
+  def scores(source, labels_file):
+    reference, problems = labelled_set(config, source, config.eval.n_conformers,
+                                       os.path.join(workdir, labels_file))
+    return evaluate.evaluate(lambda p: predict(params, p), problems, reference,
+                             config.iterations, config.mixing,
+                             refine_steps=config.eval.refine_steps)
+
+  metrics = scores(conformer_sources.test, "labels.npz")
+  hot_key = f"T{config.eval.hot_temperature:g}"
+  if conformer_sources.hot is not None:
+    metrics[hot_key] = scores(conformer_sources.hot, f"labels_{hot_key}.npz")
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump({**metrics, "meaning": evaluate.MEANING}, f, indent=1)
   m, n = metrics, metrics["refine_steps"]
@@ -302,7 +314,11 @@ def final_evaluation(config, network, params, source, workdir: str) -> dict:
         f"{m['scf_cycle_ratio_minao']:10.2f}  (per conformer "
         f"{m['scf_cycle_ratio_per_conformer']:.2f})\n"
         f"{refined}"
-        f"metrics {workdir}/metrics.jsonl, eval {workdir}/eval.json, "
+        + (f"  at {config.eval.hot_temperature:g} K (trained at {config.data.temperature:g} K): "
+           f"energy MAE {m[hot_key]['energy_mae_uha']:.1f} | "
+           f"{m[hot_key]['energy_mae_uha_minao']:.1f} µHa, occupied ε "
+           f"{m[hot_key]['eps_occ_mae_uha']:.1f} µHa\n" if hot_key in m else "")
+        + f"metrics {workdir}/metrics.jsonl, eval {workdir}/eval.json, "
         f"curves {workdir}/training_curves.png, checkpoints {workdir}/checkpoints")
   return metrics
 
@@ -314,10 +330,10 @@ def evaluate_checkpoint(config) -> dict:
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
   network = make_network(config)
-  test = sources(config, workdir).test
-  example = build_problem(frame.canonical_molecule(test(0)), level(config))
+  conformer_sources = sources(config, workdir)
+  example = build_problem(frame.canonical_molecule(conformer_sources.test(0)), level(config))
   params = checkpoint.load_params(config.init_from or workdir, abstract_params(network, example))
-  return final_evaluation(config, network, params, test, workdir)
+  return final_evaluation(config, network, params, conformer_sources, workdir)
 
 
 # ---- bookkeeping --------------------------------------------------------------------------------

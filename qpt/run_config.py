@@ -50,6 +50,9 @@ def check(config) -> None:
                       config.self_consistency_weight)  # loss, mixing, weight
   model.model_config(config.model.size)
   dft.check_refine(config.eval.refine_steps, "eval.refine_steps")
+  if not config.eval.hot_temperature >= 0:
+    raise InputError(f"eval.hot_temperature={config.eval.hot_temperature}: must be ≥ 0 K "
+                     "(0 = no generalisation set)")
   Level.from_config(config, stream=True)  # also the evaluation's level
   if not config.data.md17_file:
     molecules.get(config.molecule)

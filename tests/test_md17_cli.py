@@ -39,6 +39,7 @@ def assert_one_line_error(result, *words):
     (["--config.mode=fit"], "water", ["mode='fit'"]),
     (["--config.loss=mse"], "water", ["loss='mse'"]),
     (["--config.eval.refine_steps=-1"], "water", ["eval.refine_steps=-1"]),
+    (["--config.eval.hot_temperature=-5.0"], "water", ["eval.hot_temperature=-5"]),
     (["--config.self_consistency_weight=-0.5"], "water", ["self_consistency_weight=-0.5"]),
     (["--config.iterations=3", "--config.mixing=(0.5,)"], "water", ["mixing has 1 values"]),
 ])

@@ -110,6 +110,10 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.eval.n_validation = 10  # conformers in that validation set (disjoint from the test set)
   c.eval.n_conformers = 50  # held-out test conformers in the final evaluation (0: none)
   c.eval.refine_steps = 2  # final evaluation: also score after n DIIS SCF steps on the device
+  # K: the final evaluation also scores eval.n_conformers test conformers drawn this hot
+  # (eval.json["T1000"]: does the model generalise beyond data.temperature?); 0 = none. Thermal
+  # sampling only (not data.md17_file).
+  c.eval.hot_temperature = 1000.0
 
   # ---- beyond water: PySCF's host-side build (~1 s per ethanol/def2-SVP conformer and worker)
   # sets the pace on 2 cores, so each problem serves two steps and the batch is smaller.
