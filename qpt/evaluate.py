@@ -138,7 +138,7 @@ def _refined_scores(problem: DFTProblem, labels: Labels, i: int, h: jax.Array,
                     steps: int) -> tuple[dict[str, float], float]:
   """Errors (Hartree) after `steps` on-device SCF steps from D(H), and their wall time (s)."""
   start = time.perf_counter()
-  refined = dft.refine(problem, jnp.asarray(h, problem.dtype), steps)
+  refined = dft.refine(problem, h, steps)  # H′ = XᵀHX rounds H to the problem's dtype
   seconds = time.perf_counter() - start
   o = int(np.sum(labels.mo_occ[i] > 0))
   eps_ref = labels.mo_energy[i]
