@@ -226,9 +226,10 @@ def train(config, progress: bool = True) -> dict | None:
       stop = bool(backend.max_across_processes((int(signals.requested),))[0])
       done = step + 1 == config.train.steps or stop
       extra = {}
-      if validate and (step + 1) % config.eval.every == 0:
+      if config.eval.every and config.eval.n_validation and (step + 1) % config.eval.every == 0:
         with log.paused():  # validation is the observer's cost, not training's
-          extra = validate(backend.to_host(state.params))
+          params = backend.to_host(state.params)  # every process: sharded params are gathered
+          extra = validate(params) if validate else {}
       log.step(step + 1, batch, metrics, config.loss, finite, extra,
                write=(step + 1) % config.log_every == 0 or done or not finite or bool(extra))
       batch = None
@@ -242,12 +243,12 @@ def train(config, progress: bool = True) -> dict | None:
         break
     saver.wait()
     log.close()
+  params = backend.to_host(state.params)  # every process: sharded params are gathered
   if not backend.is_primary:
     return None
   plot.training_curves(workdir)
   if config.eval.n_conformers and not stop:
-    return final_evaluation(config, trainer.network, backend.to_host(state.params),
-                            conformer_sources, workdir)
+    return final_evaluation(config, trainer.network, params, conformer_sources, workdir)
   return None
 
 

@@ -135,13 +135,16 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
 
 def init_state(model: hk.Transformed, tx: optax.GradientTransformation, seed: int,
                example: DFTProblem, backend, params: hk.Params | None = None) -> TrainState:
-  """Fresh parameters (or the given ones, for fine-tuning) and a fresh optimizer state, replicated
-  over the backend's devices. `example` is one problem or a stacked batch (host arrays)."""
+  """Fresh parameters (or the given ones, for fine-tuning) and a fresh optimizer state, laid out
+  over the backend's devices as the state is (replicated, or sharded under FSDP). `example` is one
+  problem or a stacked batch (host arrays)."""
   if params is None:
     if np.ndim(example.ao_mask) == 2:
       example = jax.tree.map(lambda a: a[0], example)
-    params = jax.jit(model.init)(jax.random.key(seed), example)
-  return backend.put_replicated(TrainState(params, tx.init(params), np.int32(0)))
+    # Initialised once, the same on every process and for every mesh, then placed.
+    params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(seed), example))
+  params = backend.put_state(params)
+  return TrainState(params, backend.make_state(tx.init, params), backend.put_state(np.int32(0)))
 
 
 def batch_energies(energy_ref: np.ndarray, per_conformer: Any) -> np.ndarray:

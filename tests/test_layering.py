@@ -15,7 +15,8 @@ DEVICE_MODULES = ("jax.sharding", "jax.experimental.shard_map", "jax.experimenta
                   "jax.distributed", "jax.experimental.mesh_utils")
 DEVICE_ATTRIBUTES = ("jax.devices", "jax.local_devices", "jax.shard_map", "jax.device_put",
                      "jax.make_array_from_process_local_data", "jax.enable_x64", "jax.distributed",
-                     "jax.sharding", "jax.lax.pmean", "jax.lax.psum")
+                     "jax.sharding", "jax.lax.pmean", "jax.lax.psum", "jax.lax.all_gather",
+                     "jax.lax.psum_scatter")
 DEVICE_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_num_cpu_devices",
                    "jax_cpu_collectives_implementation")
 

@@ -27,6 +27,13 @@
            same model, whose PySCF labels are part of its time. Learning curves in economics.png.
            Takes ~20 min for water; run by hand, never by the tests.
 
+  model-scaling  The train step (make run's config) for the tiny, small, base and medium models on
+           1, 2 and 4 fake CPU devices, the state replicated or sharded (FSDP, mesh.model = the
+           device count): parameters + Adam moments per device (state_bytes_per_device, from
+           JAX's shard shapes), XLA's account of the compiled step per device (device_bytes:
+           arguments + outputs + temporaries − donated), step time and peak RSS. A case whose
+           account would not fit --max-process-gb is compiled and reported, not run.
+
   inference  `qpt.predict` of a trained run (--workdir) on its held-out conformers, in the lab
            frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao.
 
@@ -69,14 +76,14 @@ import sys
 import warnings
 
 import jax
-from bench import common, economics, energy, pipeline, scaling  # tools/bench, beside this script
+from bench import common, economics, energy, model_scaling, pipeline, scaling  # tools/bench
 
 import qpt
 from qpt import cli
 
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
-            "economics": economics.COMMAND}
+            "economics": economics.COMMAND, "model-scaling": model_scaling.COMMAND}
 JAX_CACHE = os.path.join(common.ROOT, ".jax_cache")
 
 

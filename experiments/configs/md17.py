@@ -71,8 +71,8 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.backend.num_processes = 0
   c.backend.process_id = -1
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices the batch is split over; -1 = all (÷ mesh.model)
-  c.mesh.model = 1  # devices parameters would be sharded over (FSDP); 1 = replicated
+  c.mesh.data = -1  # data-axis size; -1 = all devices ÷ mesh.model (the batch is split over both)
+  c.mesh.model = 1  # FSDP: params, gradients, Adam moments sharded N ways; 1 = replicated
 
   # ---- the model ----
   c.model = ml_collections.ConfigDict()

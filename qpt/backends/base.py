@@ -1,22 +1,29 @@
-"""The Backend: devices, the mesh, the precision policy, sharded batches and the compiled step.
+"""The Backend: devices, the mesh, the precision policy, sharded batches, state and the step.
 
 Everything in QPT that touches devices goes through one Backend object; the kinds (cpu, gpu, tpu,
-ipu) differ only in their policy (`Policy`). The parallel layout is plain data parallelism:
+ipu) differ only in their policy (`Policy`). The mesh is (data, model); every device computes
+whole conformers, and the two axes differ only in what they do to the training state:
 
   host batch (this process's b_local conformers, numpy)
-    ──put_batch──▶ one global jax.Array per field, sharded over the mesh's `data` axis
-    ──step──▶ shard_map over `data`: each device takes its conformers' loss and gradient,
-              gradients averaged with pmean ──▶ optimizer update on replicated parameters
+    ──put_batch──▶ one global jax.Array per field, split over every device (data × model)
+    ──step──▶ shard_map: each device gathers the full parameters (all_gather over `model`),
+              takes its conformers' loss and gradient; gradients are averaged over `data` and
+              reduce-scattered over `model` (the transpose of that all_gather)
+    ──▶ the optimizer update, each device on its own slice of the parameters and moments
 
-Parameters and optimizer state are replicated (P()): the model (~5M–300M parameters) is small
-next to the DFT intermediates. The mesh already has a `model` axis (size 1 by default) where
-FSDP-style parameter sharding would go: give the state a PartitionSpec over `model` in
-`state_sharding` and let XLA insert the all-gathers; nothing else changes.
+  mesh.model = 1 (default): parameters, gradients and Adam moments replicated — plain data
+    parallelism, the fastest layout while the state fits on every device.
+  mesh.model = N: FSDP (ZeRO-3). Every large weight matrix of the state (`state_spec`: ≥ 2 dims,
+    ≥ SHARD_MIN_SIZE elements — all transformer-block matrices) and its Adam moments are split N
+    ways along one dimension; small arrays (biases, norms, embeddings, counters) stay replicated.
+    Per device the state then costs ~1/N, at the price of one all-gather of the parameters and one
+    reduce-scatter of the gradients per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -27,6 +34,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from qpt.errors import InputError
 
 DATA, MODEL = "data", "model"  # mesh axis names
+BATCH = (DATA, MODEL)  # the batch is split over every device of the mesh
+SHARD_MIN_SIZE = 2 ** 16  # elements: smaller arrays of the state stay replicated under FSDP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +87,7 @@ class Backend:
     # Mesh(...) with the default (Auto) axis types: shard_map then accepts replicated inputs.
     self.mesh = Mesh(np.array(devices[:data * mesh_model]).reshape(data, mesh_model), (DATA, MODEL))
     self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P(DATA))
+    self.batch_sharding = NamedSharding(self.mesh, P(BATCH))
     self._first_shapes = None
 
   # ---- where we are ------------------------------------------------------------------------------
@@ -89,7 +98,13 @@ class Backend:
 
   @property
   def data_size(self) -> int:
-    return self.mesh.shape[DATA]
+    """Devices the batch is split over: all of the mesh's (data × model)."""
+    return self.mesh.devices.size
+
+  @property
+  def model_size(self) -> int:
+    """Ways the training state is sharded (1: replicated)."""
+    return self.mesh.shape[MODEL]
 
   @property
   def process_index(self) -> int:
@@ -105,8 +120,8 @@ class Backend:
     return jax.process_index() == 0
 
   def describe(self) -> str:
-    return (f"{self.name}: {self.mesh.devices.size} devices (data {self.data_size} × model "
-            f"{self.mesh.shape[MODEL]}), process {self.process_index} of {self.process_count}")
+    return (f"{self.name}: {self.mesh.devices.size} devices (data {self.mesh.shape[DATA]} × model "
+            f"{self.model_size}), process {self.process_index} of {self.process_count}")
 
   # ---- policy ------------------------------------------------------------------------------------
 
@@ -120,7 +135,7 @@ class Backend:
     """This process's share of the global batch; it must split evenly over devices and processes."""
     if global_batch % self.data_size or global_batch % self.process_count:
       raise InputError(f"train.batch_size={global_batch} does not divide over the {self.data_size} "
-                       f"devices of the data axis ({self.process_count} processes)")
+                       f"devices of the mesh ({self.process_count} processes)")
     return global_batch // self.process_count
 
   # ---- moving data -------------------------------------------------------------------------------
@@ -134,20 +149,70 @@ class Backend:
         lambda a: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(a)),
         local)
 
-  def put_replicated(self, tree: Any) -> Any:
-    """A pytree every process holds whole (e.g. fresh parameters) → replicated global arrays."""
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(self.replicated, np.asarray(a)), tree)
+  # ---- the training state -------------------------------------------------------------------
+
+  def state_spec(self, name: str, shape: tuple[int, ...]) -> P:
+    """Where an array of the training state lives: replicated (P()), or under FSDP split over
+    `model` along its largest dimension that divides evenly (the later one on ties).
+
+    A large matrix no dimension of which divides is a one-line InputError naming it (`name`).
+    """
+    n = self.model_size
+    if n == 1 or len(shape) < 2 or math.prod(shape) < SHARD_MIN_SIZE:
+      return P()
+    fits = [d for d in range(len(shape)) if shape[d] % n == 0]
+    if not fits:
+      raise InputError(f"mesh.model={n} cannot shard parameter {name} of shape {tuple(shape)}: "
+                       f"no dimension divides by {n}")
+    axis = max(fits, key=lambda d: (shape[d], d))
+    return P(*(MODEL if d == axis else None for d in range(len(shape))))
+
+  def state_specs(self, tree: Any) -> Any:
+    """`state_spec` of every array of `tree` (arrays or shape-dtype structs)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, a: self.state_spec(jax.tree_util.keystr(path), np.shape(a)), tree)
+
+  def state_shardings(self, tree: Any) -> Any:
+    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), self.state_specs(tree),
+                        is_leaf=lambda x: isinstance(x, P))
+
+  def state_bytes_per_device(self, tree: Any) -> int:
+    """Bytes one device holds of `tree` (arrays or shape-dtype structs) laid out as the state is,
+    by JAX's own shard shapes."""
+    return sum(int(np.prod(sharding.shard_shape(np.shape(a)))) * np.dtype(a.dtype).itemsize
+               for a, sharding in zip(jax.tree.leaves(tree),
+                                      jax.tree.leaves(self.state_shardings(tree))))
+
+  def put_state(self, tree: Any) -> Any:
+    """A pytree every process holds whole (numpy: fresh or loaded parameters) → global arrays laid
+    out as the state is (`state_spec`)."""
+    return jax.tree.map(lambda a, sharding: jax.make_array_from_callback(
+        np.shape(a), sharding, lambda index: np.asarray(a)[index]), tree,
+        self.state_shardings(tree))
+
+  def make_state(self, fn: Callable, *args: Any) -> Any:
+    """fn(*args), compiled, its outputs created directly in the state's layout (e.g. Adam's
+    moments of placed parameters: no replicated copy of them is ever made)."""
+    shardings = self.state_shardings(jax.eval_shape(fn, *args))
+    return jax.jit(fn, out_shardings=shardings)(*args)
 
   def abstract(self, tree: Any) -> Any:
-    """Shapes, dtypes and the replicated sharding of `tree`: a target for orbax restores, which
-    then lands on this mesh whatever mesh wrote the checkpoint."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
-                                                       sharding=self.replicated), tree)
+    """Shapes, dtypes and this mesh's state layout of `tree`: a target for orbax restores, which
+    then lands on this mesh whatever mesh (or sharding) wrote the checkpoint."""
+    return jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
+                                                                 sharding=sharding),
+                        tree, self.state_shardings(tree))
 
   def to_host(self, tree: Any) -> Any:
-    """Replicated global arrays → numpy, from this process's own copy (no communication)."""
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+    """Global arrays → numpy. Replicated ones are read from this process's own copy; sharded ones
+    are gathered, which in a multi-process run is a collective: every process must call it."""
+    def fetch(a):
+      if a.is_fully_replicated:
+        return np.asarray(a.addressable_data(0))
+      if a.is_fully_addressable:
+        return np.asarray(a)
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return jax.tree.map(fetch, tree)
 
   def max_across_processes(self, values: tuple[int, ...]) -> tuple[int, ...]:
     """Element-wise maximum of a small integer tuple over processes (a host collective)."""
@@ -174,42 +239,46 @@ class Backend:
   def data_parallel(self, local_gradients: Callable) -> Callable:
     """(params, batch, labels) → (gradients, per_conformer) over the global batch.
 
-    `local_gradients` sees one device's conformers and returns the gradient of their mean loss
-    and their per-conformer losses; gradients are averaged over `data` (equal shares, so the
-    mean of means is the global mean).
+    `local_gradients` sees one device's conformers and the full parameters, and returns the
+    gradient of their mean loss and their per-conformer losses. Parameters and gradients stay in
+    the state's layout: sharded ones are all-gathered before and reduce-scattered after (FSDP).
+    Every device has an equal share of the batch, so the mean of the devices' means is the global
+    mean.
     """
 
-    def per_device(params, batch, labels):
-      grads, per_conformer = local_gradients(params, batch, labels)
-      return jax.lax.pmean(grads, DATA), per_conformer
+    def gradients(params, batch, labels):
+      specs = self.state_specs(params)  # from the global shapes, at trace time
+      n_model = self.model_size
 
-    # check_vma=False: with it on, differentiating w.r.t. the replicated params inside the map
-    # already psums the gradient over `data` (the transpose of the implicit broadcast), and the
-    # pmean above would then return the sum — n_devices × the mean. Off, the one reduction is ours.
-    return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(DATA), P(DATA)),
-                         out_specs=(P(), P(DATA)), check_vma=False)
+      def gather(shard, spec):
+        axis = _model_axis(spec)
+        return shard if axis is None else jax.lax.all_gather(shard, MODEL, axis=axis, tiled=True)
 
-  def compile_step(self, step: Callable) -> Callable:
-    """jit of step(state, batch, labels) → (state, metrics): state replicated and donated, batch
-    and labels sharded over `data`, metrics replicated (small: every process can log them)."""
-    compiled = jax.jit(step, in_shardings=(self.replicated, self.batch_sharding,
-                                           self.batch_sharding),
-                       out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    if self.policy.host_callbacks:
-      return compiled
-    checked = []
+      def reduce(grad, spec):
+        axis = _model_axis(spec)
+        if axis is None:
+          return jax.lax.pmean(grad, BATCH)
+        grad = jax.lax.psum_scatter(grad, MODEL, scatter_dimension=axis, tiled=True) / n_model
+        return jax.lax.pmean(grad, DATA)
 
-    def step_without_callbacks(state, batch, labels):
-      if not checked:  # once: the program is the same for every later call
-        primitives = _primitives(compiled.trace(state, batch, labels).jaxpr)
-        callbacks = sorted(p for p in primitives if "callback" in p)
-        if callbacks:
-          raise InputError(f"backend {self.name} cannot run host callbacks; the step uses "
-                           f"{', '.join(callbacks)}")
-        checked.append(True)
-      return compiled(state, batch, labels)
+      def per_device(shards, batch, labels):
+        full = jax.tree.map(gather, shards, specs)
+        grads, per_conformer = local_gradients(full, batch, labels)
+        return jax.tree.map(reduce, grads, specs), per_conformer
 
-    return step_without_callbacks
+      # check_vma=False: with it on, differentiating w.r.t. the replicated params inside the map
+      # already psums the gradient (the transpose of the implicit broadcast), and the pmean above
+      # would then return the sum — n_devices × the mean. Off, the one reduction is ours.
+      return jax.shard_map(per_device, mesh=self.mesh, in_specs=(specs, P(BATCH), P(BATCH)),
+                           out_specs=(specs, P(BATCH)), check_vma=False)(params, batch, labels)
+
+    return gradients
+
+  def compile_step(self, step: Callable) -> CompiledStep:
+    """jit of step(state, batch, labels) → (state, metrics): the state in its layout
+    (`state_spec`) and donated, batch and labels split over the devices, metrics replicated (small:
+    every process can log them)."""
+    return CompiledStep(self, step)
 
   def _check_static(self, shapes: Any) -> None:
     if not self.policy.static_shapes:
@@ -222,6 +291,40 @@ class Backend:
           jax.tree.leaves(shapes, is_leaf=_is_shape)) if a != b)
       raise InputError(f"backend {self.name} needs static shapes, but a batch changed shape "
                        f"({changed}); pad every conformer alike (data.pad_to)")
+
+
+class CompiledStep:
+  """The train step as `Backend.compile_step` makes it: compiled at the first call, when the
+  state's shapes (and so its layout) are known; `lower` gives XLA's program (memory accounts)."""
+
+  def __init__(self, backend: Backend, step: Callable):
+    self._backend, self._step, self._program = backend, step, None
+
+  def program(self, state: Any) -> Any:
+    """The jitted step for a state of these shapes (arrays or shape-dtype structs)."""
+    if self._program is None:  # once: every later call has the same state shapes
+      b = self._backend
+      layout = b.state_shardings(state)
+      self._program = jax.jit(self._step, in_shardings=(layout, b.batch_sharding, b.batch_sharding),
+                              out_shardings=(layout, b.replicated), donate_argnums=0)
+    return self._program
+
+  def lower(self, state: Any, batch: Any, labels: Any) -> Any:
+    return self.program(state).lower(state, batch, labels)
+
+  def __call__(self, state: Any, batch: Any, labels: Any) -> tuple[Any, Any]:
+    if self._program is None and not self._backend.policy.host_callbacks:
+      primitives = _primitives(self.program(state).trace(state, batch, labels).jaxpr)
+      if callbacks := sorted(p for p in primitives if "callback" in p):
+        self._program = None  # refused every time, not just the first
+        raise InputError(f"backend {self._backend.name} cannot run host callbacks; the step uses "
+                         f"{', '.join(callbacks)}")
+    return self.program(state)(state, batch, labels)
+
+
+def _model_axis(spec: P) -> int | None:
+  """The dimension a state spec splits over `model`, or None if replicated."""
+  return next((d for d, name in enumerate(spec) if name == MODEL), None)
 
 
 def _is_shape(x) -> bool:

@@ -1,5 +1,11 @@
-"""One code path on 1 device, 4 fake devices and 2 processes × 2 devices; checkpoints move between
-them. Each run is a fresh process: the device count is fixed when JAX starts."""
+"""One code path on 1 device, 4 fake devices and 2 processes × 2 devices, with the state replicated
+or sharded (FSDP, `mesh.model`); checkpoints move between all of them. Each run is a fresh process:
+the device count is fixed when JAX starts.
+
+The runs: `one` (1 device), `four` (1 process × 4 devices, FSDP 4 ways), `two_by_two` (2 processes
+× 2 devices, FSDP 4 ways: parameter shards cross processes). Restored: FSDP → replicated on 1
+device, replicated → FSDP on 4, 2 processes (FSDP) → 1 process × 4 devices (data parallel,
+replicated); killed and resumed: 2 processes × 2 devices on a data 2 × model 2 mesh."""
 
 import json
 import os
@@ -53,39 +59,44 @@ def stopped_at(workdir, step, into):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """The same 12 steps on 1 device, on 4 fake devices, and on 2 processes × 2 devices."""
+  """The same 12 steps on 1 device, on 4 fake devices and on 2 processes × 2 devices (FSDP)."""
   root = tmp_path_factory.mktemp("runs")
   run(md17_command(*tiny_run(root / "one")))
   shutil.copytree(root / "one" / "cache", root / "cache")  # one Hessian: one conformer stream
   for name in ("four", "two_by_two"):
     shutil.copytree(root / "cache", root / name / "cache")
-  run(md17_command(*tiny_run(root / "four", "--config.backend.cpu_devices=4")))
+  run(md17_command(*tiny_run(root / "four", "--config.backend.cpu_devices=4",
+                             "--config.mesh.model=4")))
   run(launch_command(2, *md17_command(*tiny_run(root / "two_by_two",
-                                                "--config.backend.cpu_devices=2"))))
+                                                "--config.backend.cpu_devices=2",
+                                                "--config.mesh.model=4"))))
   return root
 
 
-def test_one_and_four_devices_log_the_same_losses(runs):
+def test_one_device_and_fsdp_on_four_log_the_same_losses(runs):
   assert_same_trajectory(losses(runs / "one"), losses(runs / "four"))
   with open(runs / "four" / "config.json") as f:
-    assert json.load(f)["backend"].startswith("cpu: 4 devices (data 4")
+    assert json.load(f)["backend"].startswith("cpu: 4 devices (data 1 × model 4)")
 
 
 def test_two_processes_match_one_process_on_four_devices(runs):
   assert_same_trajectory(losses(runs / "four"), losses(runs / "two_by_two"))
 
 
-@pytest.mark.parametrize("written_on, restored_with", [("four", "1"), ("one", "4")])
-def test_a_checkpoint_restores_on_another_device_count(runs, tmp_path, written_on, restored_with):
+@pytest.mark.parametrize("written_on, devices, model", [("four", 1, 1), ("one", 4, 4),
+                                                       ("two_by_two", 4, 1)])
+def test_a_checkpoint_restores_on_another_layout(runs, tmp_path, written_on, devices, model):
   workdir = stopped_at(runs / written_on, 6, tmp_path / "resumed")
-  run(md17_command(*tiny_run(workdir, f"--config.backend.cpu_devices={restored_with}")))
+  run(md17_command(*tiny_run(workdir, f"--config.backend.cpu_devices={devices}",
+                             f"--config.mesh.model={model}")))
   assert_same_trajectory(losses(runs / written_on), losses(workdir))
 
 
 def test_two_processes_killed_mid_run_resume_together(runs, tmp_path):
   workdir = tmp_path / "killed"
   shutil.copytree(runs / "cache", workdir / "cache")
-  command = launch_command(2, *md17_command(*tiny_run(workdir, "--config.backend.cpu_devices=2")))
+  command = launch_command(2, *md17_command(*tiny_run(workdir, "--config.backend.cpu_devices=2",
+                                                      "--config.mesh.model=2")))
   launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
   deadline = time.monotonic() + 300
