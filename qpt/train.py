@@ -118,14 +118,17 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
     loss = jnp.mean(per_conformer)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite gradient must not reach the optimizer's moments: feed zeros, then keep the old
-    # state whole (params and moments) by selecting, so a bad step is a no-op.
-    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-    updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
-                           state.step + 1)
+
+    def update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state
+
+    # A non-finite gradient must not reach the optimizer's moments: a bad step keeps the old state
+    # whole (params and moments). A branch, not a select: the update is skipped, not computed and
+    # discarded, and no extra pass over the state is made (they cost as much as Adam itself).
+    params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state),
+                                     None)
+    new_state = TrainState(params, opt_state, state.step + 1)
     metrics = dict(per_conformer=per_conformer, energy_ref=batch.energy_ref, grad_norm=grad_norm,
                    finite=finite, lr=schedule(state.step))
     return new_state, metrics
