@@ -257,15 +257,23 @@ def _readout(config: ModelConfig, x: jax.Array, pairs: jax.Array, mask: jax.Arra
 
 @functools.cache  # one transform per config: jitted functions keyed on it then compile once
 def make_model(config: ModelConfig) -> hk.Transformed:
-  """The QPT as a Haiku transform: apply(params, problem, h_init=None) → W (n, n) Hartree.
+  """The QPT as a Haiku transform: apply(params, problem, h_init=None, parameter_getter=None) →
+  W (n, n) Hartree.
 
   `problem` must be built in the canonical frame (`frame.to_canonical`) for the prediction to be
   rotation- and translation-equivariant. `h_init` (n, n) is Fock(D0); computed if not given.
+  `parameter_getter`: a Haiku custom getter every parameter passes through where it is used (one
+  layer's slice inside the layer stack) — how the backend gathers sharded parameters layer by
+  layer (`Backend.gather_parameter`).
   Works under jax.jit and jax.vmap over stacked problems of equal padded shapes.
   """
 
   @full_float32
-  def forward(problem: DFTProblem, h_init: jax.Array | None = None) -> jax.Array:
+  def forward(problem: DFTProblem, h_init: jax.Array | None = None,
+              parameter_getter=None) -> jax.Array:
+    if parameter_getter is not None:
+      with hk.custom_getter(parameter_getter):
+        return forward(problem, h_init)
     check_supported(problem)
     problem = jax.tree.map(jnp.asarray, problem)  # host (NumPy) leaves cannot take traced indices
     if h_init is None:
@@ -280,11 +288,13 @@ def make_model(config: ModelConfig) -> hk.Transformed:
 
 
 @full_float32
-def hamiltonian(model: hk.Transformed, params: hk.Params, problem: DFTProblem) -> jax.Array:
-  """The predicted Kohn–Sham Hamiltonian H = H_init + W (n, n) Hartree, in the problem's dtype."""
+def hamiltonian(model: hk.Transformed, params: hk.Params, problem: DFTProblem,
+                parameter_getter=None) -> jax.Array:
+  """The predicted Kohn–Sham Hamiltonian H = H_init + W (n, n) Hartree, in the problem's dtype.
+  `parameter_getter`: see `make_model`."""
   check_supported(problem)
   h_init = dft.initial_fock(problem)
-  return h_init + model.apply(params, problem, h_init)
+  return h_init + model.apply(params, problem, h_init, parameter_getter)
 
 
 def parameter_count(params) -> int:

@@ -62,7 +62,8 @@ def conformer_loss(loss: str, iterations: int, mixing,
                     iteration.
   supervised:       mean over real AO pairs of (H_θ − F_PySCF)² (Hartree²): fits labels, for
                     comparison runs; `fock_label` (n, n) is PySCF's converged Fock matrix.
-  `fock_label` is ignored (and may be None) for the label-free losses.
+  `fock_label` is ignored (and may be None) for the label-free losses. `parameter_getter`: how
+  the model reads its parameters (`model.make_model`; the train step passes the backend's).
   """
   if loss not in LOSSES:
     raise InputError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
@@ -74,8 +75,9 @@ def conformer_loss(loss: str, iterations: int, mixing,
     raise InputError(f"self_consistency_weight={weight} is a term of loss='energy', not of "
                      f"loss={loss!r}")
 
-  def fn(model, params, problem: DFTProblem, fock_label: jax.Array | None):
-    h = model_lib.hamiltonian(model, params, problem)
+  def fn(model, params, problem: DFTProblem, fock_label: jax.Array | None,
+         parameter_getter=None):
+    h = model_lib.hamiltonian(model, params, problem, parameter_getter)
     if loss == "energy":
       energy = dft.loss_energy_delta(problem, h, iterations, mixing)
       if not weight:
@@ -104,8 +106,8 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
 
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
-      losses, reported = backend.map_conformers(lambda p, f: loss_fn(model, params, p, f), batch,
-                                                fock_labels)
+      losses, reported = backend.map_conformers(
+          lambda p, f: loss_fn(model, params, p, f, backend.gather_parameter), batch, fock_labels)
       return jnp.mean(losses), reported
 
     (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)

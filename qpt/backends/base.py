@@ -153,20 +153,23 @@ class Backend:
 
   def state_spec(self, name: str, shape: tuple[int, ...]) -> P:
     """Where an array of the training state lives: replicated (P()), or under FSDP split over
-    `model` along its outermost dimension that divides evenly — the layer axis of the stacked
-    transformer blocks where it can: the all-gather and reduce-scatter then move whole contiguous
-    blocks (4 fake CPU devices, tiny-model-sized arrays: 0.014 s along axis 0 against 0.052 s
-    along the last axis, whose pieces are strided).
+    `model` along its outermost dimension after the first that divides evenly: for a layer
+    stack's (layers, rows, columns) matrix the rows, so the all-gather and reduce-scatter of one
+    layer's slice move contiguous blocks (4 fake CPU devices, tiny-model-sized arrays: 0.014 s
+    along the outer axis against 0.052 s along the last axis, whose pieces are strided).
 
     A large matrix no dimension of which divides is a one-line InputError naming it (`name`).
     """
     n = self.model_size
     if n == 1 or len(shape) < 2 or math.prod(shape) < SHARD_MIN_SIZE:
       return P()
-    fits = [d for d in range(len(shape)) if shape[d] % n == 0]
+    # The leading axis may be a layer stack (hk.layer_stack: biases (layers, d) as well as
+    # matrices): it is scanned over and each layer's slice is gathered where it is used
+    # (`gather_parameter`), so it is never the one split.
+    fits = [d for d in range(1, len(shape)) if shape[d] % n == 0]
     if not fits:
       raise InputError(f"mesh.model={n} cannot shard parameter {name} of shape {tuple(shape)}: "
-                       f"no dimension divides by {n}")
+                       f"no dimension after the first divides by {n}")
     axis = fits[0]
     return P(*(MODEL if d == axis else None for d in range(len(shape))))
 
@@ -242,31 +245,25 @@ class Backend:
   def data_parallel(self, local_gradients: Callable) -> Callable:
     """(params, batch, labels) → (gradients, per_conformer) over the global batch.
 
-    `local_gradients` sees one device's conformers and the full parameters, and returns the
-    gradient of their mean loss and their per-conformer losses. Parameters and gradients stay in
-    the state's layout: sharded ones are all-gathered before and reduce-scattered after (FSDP).
-    Every device has an equal share of the batch, so the mean of the devices' means is the global
-    mean.
+    `local_gradients` sees one device's conformers and its shards of the parameters, and returns
+    the gradient of their mean loss w.r.t. those shards and their per-conformer losses. Its model
+    must read every parameter through `gather_parameter`, which all-gathers a sharded one where it
+    is used; that gather's transpose reduce-scatters its gradient. Every device has an equal share
+    of the batch, so the mean of the devices' means is the global mean.
     """
 
     def gradients(params, batch, labels):
       specs = self.state_specs(params)  # from the global shapes, at trace time
       n_model = self.model_size
 
-      def gather(shard, spec):
-        axis = _model_axis(spec)
-        return shard if axis is None else jax.lax.all_gather(shard, MODEL, axis=axis, tiled=True)
-
       def reduce(grad, spec):
-        axis = _model_axis(spec)
-        if axis is None:
+        if _model_axis(spec) is None:
           return jax.lax.pmean(grad, BATCH)
-        grad = jax.lax.psum_scatter(grad, MODEL, scatter_dimension=axis, tiled=True) / n_model
-        return jax.lax.pmean(grad, DATA)
+        # The gather's transpose (a reduce-scatter) already summed this shard over `model`.
+        return jax.lax.pmean(grad / n_model, DATA)
 
       def per_device(shards, batch, labels):
-        full = jax.tree.map(gather, shards, specs)
-        grads, per_conformer = local_gradients(full, batch, labels)
+        grads, per_conformer = local_gradients(shards, batch, labels)
         return jax.tree.map(reduce, grads, specs), per_conformer
 
       # check_vma=False: with it on, differentiating w.r.t. the replicated params inside the map
@@ -276,6 +273,21 @@ class Backend:
                            out_specs=(specs, P(BATCH)), check_vma=False)(params, batch, labels)
 
     return gradients
+
+  @staticmethod
+  def gather_parameter(next_getter: Callable, value: jax.Array, context: Any) -> jax.Array:
+    """A Haiku custom getter: a parameter arriving as this device's shard (smaller than the shape
+    its module asks for along one dimension) is all-gathered over `model` where it is used.
+
+    Inside `hk.layer_stack` that is one layer's slice per scan step, so under FSDP a device holds
+    one layer's full weights at a time (with `model.remat`, also in the backward pass, which
+    gathers again) — not the whole model. Replicated parameters pass through untouched.
+    """
+    wanted = tuple(context.original_shape)
+    if value.shape != wanted:
+      axis = next(d for d, (a, b) in enumerate(zip(value.shape, wanted)) if a != b)
+      value = jax.lax.all_gather(value, MODEL, axis=axis, tiled=True)
+    return next_getter(value)
 
   def compile_step(self, step: Callable) -> CompiledStep:
     """jit of step(state, batch, labels) → (state, metrics): the state in its layout

@@ -50,6 +50,22 @@ out["shards"] = {jax.tree_util.keystr(k): [list(a.shape), list(a.addressable_sha
                  for k, a in jax.tree_util.tree_leaves_with_path(state)}
 out["finite"] = bool(metrics["finite"])
 
+def gathers(jaxpr, in_scan=False):
+  # (all_gathers inside a scan body, all_gathers elsewhere) in a jaxpr and its sub-jaxprs.
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  inside = outside = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "all_gather":
+      inside, outside = inside + in_scan, outside + (not in_scan)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+          i, o = gathers(sub, in_scan or eqn.primitive.name == "scan")
+          inside, outside = inside + i, outside + o
+  return inside, outside
+
+out["gathers"] = gathers(step.program(state).trace(state, backend.put_batch(batch), None).jaxpr)
+
 errors = []
 for devices, n in ((jax.devices()[:3], 3), (jax.devices(), 3)):
   try:
@@ -85,10 +101,16 @@ def test_block_matrices_and_their_moments_are_split_four_ways(layout):
   assert small and all(shape == shard for shape, shard in small)  # replicated
 
 
+def test_block_weights_are_gathered_one_layer_at_a_time(layout):
+  inside_the_layer_scan, elsewhere = layout["gathers"]
+  assert inside_the_layer_scan == 6  # the blocks' 6 sharded matrices, one layer's slice per step
+  assert elsewhere == 3  # the geometry embedding's and the readout's (256, 256) matrices, once
+
+
 def test_impossible_layouts_are_one_line_errors(layout):
   cannot_split, does_not_divide = layout["errors"]
-  # d_model 256 splits neither 3 ways nor (a block's 6 layers aside) any other way: named.
+  # d_model 256 does not split 3 ways (a block stack's 6 layers do, but are never split): named.
   assert cannot_split.startswith("mesh.model=3 cannot shard parameter ['")
-  assert "['w'] of shape (256, 256)" in cannot_split
+  assert "['w'] of shape (" in cannot_split and "after the first divides by 3" in cannot_split
   assert "mesh.model=3 does not divide the 4 devices" in does_not_divide
   assert "\n" not in cannot_split + does_not_divide

@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     for n in counts:
       for layout in LAYOUTS if n > 1 else LAYOUTS[:1]:
         rows.append(dict(child(args, f"{size}/{n}/{layout}"), **where))
-  for row in rows:  # per-device state against the same size on one device
-    one = next(r for r in rows if r["size"] == row["size"] and r["devices"] == 1)
-    row["state_ratio"] = row["state_bytes_per_device"] / one["state_bytes_per_device"]
+  for row in rows:  # per-device state against the same size replicated (the whole state)
+    whole = next((r["state_bytes_per_device"] for r in rows
+                  if r["size"] == row["size"] and r["sharding"] == "replicated"), None)
+    row["state_ratio"] = row["state_bytes_per_device"] / whole if whole else None
   return rows
 
 
@@ -135,9 +136,9 @@ def plot(rows: list[dict], path: str) -> None:
     label = f"{n} device{'s' * (n > 1)}, {layout}"
     x = [r["n_params"] / 1e6 for r in mine]
     left.plot(x, [r["state_bytes_per_device"] / 1e9 for r in mine], marker="o", label=label)
-    timed_rows = [r for r in mine if r.get("step_seconds")]
-    right.plot([r["n_params"] / 1e6 for r in timed_rows], [r["step_seconds"] for r in timed_rows],
-               marker="o", label=label)
+    if timed_rows := [r for r in mine if r.get("step_seconds")]:
+      right.plot([r["n_params"] / 1e6 for r in timed_rows],
+                 [r["step_seconds"] for r in timed_rows], marker="o", label=label)
   for axis, ylabel, title in ((left, "GB per device", "parameters + optimizer state"),
                               (right, "seconds", "train step (fixed global batch)")):
     axis.set(xscale="log", yscale="log", xlabel="parameters (millions)", ylabel=ylabel, title=title)
