@@ -43,9 +43,11 @@ def directional_check(problem, h, iterations, mixing, seeds=(0, 1), step=1e-4):
   orthogonal to a small gradient (after k SCF steps), and then float64 rounding in the loss
   (~1e-13 Ha) decides the finite difference rather than the derivative.
   """
-  loss = lambda h: qpt.dft.loss_energy_delta(problem, h, iterations, mixing)
-  grad = np.asarray(jax.jit(jax.grad(loss))(h))
-  loss = jax.jit(loss)
+  # The problem is an argument, not a closure: as a closure its arrays would be constants of the
+  # program, and XLA folding them costs more than the test itself.
+  loss_of = jax.jit(lambda p, h: qpt.dft.loss_energy_delta(p, h, iterations, mixing))
+  grad = np.asarray(jax.jit(jax.grad(loss_of, argnums=1))(problem, h))
+  loss = lambda h: loss_of(problem, h)
   for seed in seeds:
     v = grad / np.abs(grad).max() + random_symmetric(problem, seed)
     analytic = np.vdot(grad, v)
