@@ -51,8 +51,9 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
 
 def conformer_loss(loss: str, iterations: int, mixing,
                    self_consistency_weight: float = 0.0) -> Callable:
-  """(model, params, problem, fock_label) → (loss, reported) for one conformer, in the problem's
-  dtype: the scalar differentiated, and the value the run logs (ΔE for the energy loss).
+  """(problem, h, fock_label) → (loss, reported) for one conformer and the model's Hamiltonian
+  h = H_θ (n, n) of it, in the problem's dtype: the scalar differentiated, and the value the run
+  logs (ΔE for the energy loss).
 
   energy:           E[D_k(H_θ)] − E_ref (Hartree): the QPT loss (label-free), plus
                     self_consistency_weight × the self-consistency residual below (Hartree²,
@@ -62,8 +63,7 @@ def conformer_loss(loss: str, iterations: int, mixing,
                     iteration.
   supervised:       mean over real AO pairs of (H_θ − F_PySCF)² (Hartree²): fits labels, for
                     comparison runs; `fock_label` (n, n) is PySCF's converged Fock matrix.
-  `fock_label` is ignored (and may be None) for the label-free losses. `parameter_getter`: how
-  the model reads its parameters (`model.make_model`; the train step passes the backend's).
+  `fock_label` is ignored (and may be None) for the label-free losses.
   """
   if loss not in LOSSES:
     raise InputError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
@@ -75,9 +75,7 @@ def conformer_loss(loss: str, iterations: int, mixing,
     raise InputError(f"self_consistency_weight={weight} is a term of loss='energy', not of "
                      f"loss={loss!r}")
 
-  def fn(model, params, problem: DFTProblem, fock_label: jax.Array | None,
-         parameter_getter=None):
-    h = model_lib.hamiltonian(model, params, problem, parameter_getter)
+  def fn(problem: DFTProblem, h: jax.Array, fock_label: jax.Array | None):
     if loss == "energy":
       energy = dft.loss_energy_delta(problem, h, iterations, mixing)
       if not weight:
@@ -106,8 +104,12 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
 
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
-      losses, reported = backend.map_conformers(
-          lambda p, f: loss_fn(model, params, p, f, backend.gather_parameter), batch, fock_labels)
+      # The model takes the device's conformers as one batch (its matmuls run best so; it has no
+      # eigh), the DFT loss takes them as the backend says (`map_conformers`). Parameters are
+      # read through the backend's getter, which gathers sharded ones layer by layer (FSDP).
+      h = jax.vmap(lambda p: model_lib.hamiltonian(model, params, p,
+                                                   backend.gather_parameter))(batch)
+      losses, reported = backend.map_conformers(loss_fn, batch, h, fock_labels)
       return jnp.mean(losses), reported
 
     (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)

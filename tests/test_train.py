@@ -70,7 +70,8 @@ def compiled_step(loss="energy", iterations=1):
 def batch_energy(params) -> float:
   """Mean E[D(H_θ)] of `water_batch` (float64 total, Hartree)."""
   loss = train.conformer_loss("energy", 0, 0.0)
-  deltas = jax.vmap(lambda p: loss(tiny_model(), params, p, None)[1])(water_batch())
+  deltas = jax.vmap(lambda p: loss(p, model_lib.hamiltonian(tiny_model(), params, p), None)[1])(
+      water_batch())
   return float(np.mean(train.batch_energies(water_batch().energy_ref, np.asarray(deltas))))
 
 
@@ -121,8 +122,9 @@ def test_batch_energies_are_float64_totals():
   deltas, expected = [], []
   for i, molecule in enumerate(water_conformers()):
     problem = jax.tree.map(lambda a: a[i], batch)
-    deltas.append(float(train.conformer_loss("energy", 0, 0.0)(model, params, problem, None)[0]))
-    h = np.asarray(model_lib.hamiltonian(model, params, problem), np.float64)[:7, :7]
+    h = model_lib.hamiltonian(model, params, problem)
+    deltas.append(float(train.conformer_loss("energy", 0, 0.0)(problem, h, None)[0]))
+    h = np.asarray(h, np.float64)[:7, :7]
     expected.append(ref.energy_of_hamiltonian(molecule, "sto-3g", "b3lyp5", 1, h))
   energies = train.batch_energies(batch.energy_ref, np.array(deltas, np.float32))
   assert energies.dtype == np.float64
@@ -140,8 +142,9 @@ def test_supervised_loss_is_the_mean_squared_error_to_the_label():
   model = tiny_model()
   first = jax.tree.map(lambda a: a[0], batch)
   params = jax.jit(model.init)(jax.random.key(0), first)
-  loss, reported = train.conformer_loss("supervised", 0, 0.0)(model, params, first, fock[0])
-  h = np.asarray(model_lib.hamiltonian(model, params, first), np.float64)[:7, :7]
+  h = model_lib.hamiltonian(model, params, first)
+  loss, reported = train.conformer_loss("supervised", 0, 0.0)(first, h, fock[0])
+  h = np.asarray(h, np.float64)[:7, :7]
   expected = np.mean((h - fock[0][:7, :7]) ** 2)  # real 7×7 block only: padding is masked out
   assert expected > 1e-6  # H_init is not the answer
   assert float(loss) == pytest.approx(expected, rel=1e-4) and float(reported) == float(loss)
@@ -166,9 +169,10 @@ def test_self_consistency_term_is_added_to_the_energy_and_not_reported():
   self-consistency loss (so the logged energies stay energies)."""
   model, first = tiny_model(), jax.tree.map(lambda a: a[0], water_batch())
   params = jax.jit(model.init)(jax.random.key(0), first)
-  energy, reported = train.conformer_loss("energy", 0, (), 0.0)(model, params, first, None)
-  both, reported_both = train.conformer_loss("energy", 0, (), 3.0)(model, params, first, None)
-  residual, _ = train.conformer_loss("self_consistency", 0, ())(model, params, first, None)
+  h = model_lib.hamiltonian(model, params, first)
+  energy, reported = train.conformer_loss("energy", 0, (), 0.0)(first, h, None)
+  both, reported_both = train.conformer_loss("energy", 0, (), 3.0)(first, h, None)
+  residual, _ = train.conformer_loss("self_consistency", 0, ())(first, h, None)
   assert float(residual) > 1e-4  # H_init is not self-consistent
   assert float(reported_both) == float(reported) == float(energy)
   assert float(both) == pytest.approx(float(energy) + 3.0 * float(residual), rel=1e-5)
