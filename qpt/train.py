@@ -104,12 +104,13 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
 
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
-      # The model takes the device's conformers as one batch (its matmuls run best so; it has no
-      # eigh), the DFT loss takes them as the backend says (`map_conformers`). Parameters are
-      # read through the backend's getter, which gathers sharded ones layer by layer (FSDP).
-      h = jax.vmap(lambda p: model_lib.hamiltonian(model, params, p,
-                                                   backend.gather_parameter))(batch)
-      losses, reported = backend.map_conformers(loss_fn, batch, h, fock_labels)
+      # Parameters are read through the backend's getter, which gathers sharded ones layer by
+      # layer (FSDP). Model and loss go over the conformers together, as the backend says.
+      def one(problem, fock_label):
+        h = model_lib.hamiltonian(model, params, problem, backend.gather_parameter)
+        return loss_fn(problem, h, fock_label)
+
+      losses, reported = backend.map_conformers(one, batch, fock_labels)
       return jnp.mean(losses), reported
 
     (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
