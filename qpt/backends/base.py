@@ -6,9 +6,10 @@ whole conformers, and the two axes differ only in what they do to the training s
 
   host batch (this process's b_local conformers, numpy)
     ──put_batch──▶ one global jax.Array per field, split over every device (data × model)
-    ──step──▶ shard_map: each device gathers the full parameters (all_gather over `model`),
-              takes its conformers' loss and gradient; gradients are averaged over `data` and
-              reduce-scattered over `model` (the transpose of that all_gather)
+    ──step──▶ shard_map: each device takes its conformers' loss and gradient; the model reads
+              its parameters through `gather_parameter`, which all-gathers a sharded one over
+              `model` where its layer uses it (its transpose reduce-scatters the gradient);
+              gradients are averaged over the batch's devices
     ──▶ the optimizer update, each device on its own slice of the parameters and moments
 
   mesh.model = 1 (default): parameters, gradients and Adam moments replicated — plain data
@@ -16,8 +17,8 @@ whole conformers, and the two axes differ only in what they do to the training s
   mesh.model = N: FSDP (ZeRO-3). Every large weight matrix of the state (`state_spec`: ≥ 2 dims,
     ≥ SHARD_MIN_SIZE elements — all transformer-block matrices) and its Adam moments are split N
     ways along one dimension; small arrays (biases, norms, embeddings, counters) stay replicated.
-    Per device the state then costs ~1/N, at the price of one all-gather of the parameters and one
-    reduce-scatter of the gradients per step.
+    Per device the state then costs ~1/N, at the price of one all-gather of each layer's weights
+    and one reduce-scatter of its gradient per step.
 """
 
 from __future__ import annotations
