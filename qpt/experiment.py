@@ -10,7 +10,7 @@ the workdir's (or `init_from`'s) latest parameters.
 
 The pieces a run is assembled from are public, so tools and benchmarks reuse them instead of
 wiring their own: `level`, `make_network`, `make_trainer` (optimizer and compiled step),
-`make_stream`, `sources`, `labelled_set`, `read_metrics`; `qpt.run_config` loads and checks configs.
+`make_stream`, `sources`, `labelled_sets`, `score`, `read_metrics`; `qpt.run_config` loads and checks configs.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels, metrics_log
-from qpt import model, molecules, plot, run_config
-from qpt.build import build_problem
+from qpt import model, molecule_sets, molecules, plot, run_config
+from qpt.build import build_problem, grow
 from qpt.errors import InputError, TrainingError
 from qpt.level import Level
 from qpt.molecule import Molecule
@@ -64,7 +64,11 @@ class Sources:
 
 
 def sources(config, workdir: str) -> Sources:
-  """Thermal samples around the built-in geometry, or the frames of an MD17 file's splits."""
+  """Thermal samples around the built-in geometry, the frames of an MD17 file's splits, or (with
+  data.molecule_set) thermal samples of a molecule set's train molecules, with its unseen
+  validation and test molecules held out."""
+  if config.data.molecule_set:
+    return _molecule_set_sources(config)
   if config.data.md17_file:
     trajectory = conformers.load_md17(config.data.md17_file)
     sizes = {k: int(config.data.md17_split[k]) for k in ("train", "validation", "test")}
@@ -83,14 +87,86 @@ def sources(config, workdir: str) -> Sources:
                  thermal(HOT_SEED_OFFSET, hot) if hot else None)
 
 
-def labelled_set(config, source: Callable[[int], Molecule], n: int, path: str):
-  """The first n conformers of `source` in their canonical frames: (PySCF labels, problems).
+def molecule_split(config) -> dict[str, list[Molecule]]:
+  """data.molecule_set read, limited by size, without the built-ins (data.exclude_builtins) and
+  split by molecule: {"train", "validation", "test"} → molecules."""
+  d = config.data
+  limit = molecule_sets.SizeLimit(d.max_heavy_atoms, d.max_electrons, d.max_n_ao, config.basis)
+  found = molecule_sets.read(d.molecule_set, limit)
+  if d.exclude_builtins:
+    found = molecule_sets.without_builtins(found)
+    if not found:
+      raise InputError(f"data.molecule_set={d.molecule_set!r}: only built-in molecules within "
+                       f"{limit}")
+  return molecule_sets.split_by_molecule(found, tuple(d.split_fractions), d.split_seed)
 
-  Labels are cached in `path` (reused while geometries and level of theory match).
+
+def _molecule_set_sources(config) -> Sources:
+  split = molecule_split(config)
+  per = config.eval.per_molecule
+  for key, n in (("validation", config.eval.n_validation), ("test", config.eval.n_conformers)):
+    if n > per * len(split[key]):
+      raise InputError(f"eval asks for {n} {key} conformers; the {key} split has "
+                       f"{len(split[key])} molecules × eval.per_molecule={per}")
+  held_out = lambda key, offset, kelvin=config.data.temperature: molecule_sets.HeldOutMolecules(
+      split[key], per, kelvin, seed=config.seed + offset)
+  hot = config.eval.hot_temperature
+  return Sources(molecule_sets.MoleculeSetSampler(split["train"], config.data.temperature,
+                                                  config.seed),
+                 held_out("validation", VALIDATION_SEED_OFFSET),
+                 held_out("test", HELD_OUT_SEED_OFFSET),
+                 held_out("test", HOT_SEED_OFFSET, hot) if hot else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSet:
+  """One molecule's labelled conformers: PySCF references and the matching DFT problems."""
+
+  name: str
+  reference: labels.Labels
+  problems: list
+
+
+def labelled_sets(config, source: Callable[[int], Molecule], n: int,
+                  path: str) -> list[LabelledSet]:
+  """The first n conformers of `source` in their canonical frames, labelled by PySCF, one set per
+  molecule (a thermal or MD17 source has one; a molecule set's held-out source several).
+
+  Labels are cached in `path` for one molecule, in `path` without ".npz" / <name>.npz for several
+  (reused while geometries and level of theory match). All problems are padded to one shape: one
+  compiled program scores every molecule.
   """
-  canonical = [frame.canonical_molecule(source(i)) for i in range(n)]
-  reference, _ = labels.label_cached(path, canonical, level(config))
-  return reference, evaluate.problems_for(reference, config.dtype)
+  groups: dict[str, list[Molecule]] = {}
+  for i in range(n):
+    molecule = frame.canonical_molecule(source(i))
+    groups.setdefault(molecule.name, []).append(molecule)
+  several = len(groups) > 1
+  found = []
+  for name, members in groups.items():
+    file = os.path.join(path.removesuffix(".npz"), f"{name}.npz") if several else path
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    reference, _ = labels.label_cached(file, members, level(config))
+    found.append((name, reference, evaluate.problems_for(reference, config.dtype)))
+  shape = tuple(int(s) for s in np.max([p.shapes for *_, ps in found for p in ps], axis=0))
+  return [LabelledSet(name, reference, [grow(p, shape) for p in problems])
+          for name, reference, problems in found]
+
+
+def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dict:
+  """`evaluate.evaluate` of each molecule's set. One molecule: its metrics. Several: the mean over
+  molecules (each weighs the same) of every score, counts summed, plus n_molecules and
+  per_molecule (name → that molecule's metrics)."""
+  per = {s.name: evaluate.evaluate(predict_h, s.problems, s.reference, config.iterations,
+                                   config.mixing, **kwargs) for s in sets}
+  if len(per) == 1:
+    return next(iter(per.values()))
+  first = next(iter(per.values()))
+  out = {k: float(np.mean([m[k] for m in per.values()])) for k in first}
+  out.update({k: sum(m[k] for m in per.values()) for k in ("n_conformers", "scf_unconverged",
+                                                           "scf_unconverged_minao") if k in first})
+  out["refine_steps"] = first["refine_steps"]
+  out.update(n_molecules=len(per), per_molecule=per)
+  return out
 
 
 # ---- the run's pieces ---------------------------------------------------------------------------
@@ -260,14 +336,12 @@ def predictor(network: hk.Transformed) -> Callable:
 
 def _validator(config, network, source, workdir: str) -> Callable[[dict], dict]:
   """params → validation metrics (`val_*` keys) on a fixed labelled set; no PySCF runs per call."""
-  reference, problems = labelled_set(config, source, config.eval.n_validation,
-                                     os.path.join(workdir, "validation_labels.npz"))
+  sets = labelled_sets(config, source, config.eval.n_validation,
+                       os.path.join(workdir, "validation_labels.npz"))
   predict = predictor(network)
 
   def validate(params) -> dict:
-    metrics = evaluate.evaluate(lambda p: predict(params, p), problems, reference,
-                                config.iterations, config.mixing, baseline=False,
-                                scf_cycles=False)
+    metrics = score(sets, lambda p: predict(params, p), config, baseline=False, scf_cycles=False)
     keys = ("energy_mae_uha", "energy_after_k_mae_uha", "eps_occ_mae_uha", "h_mae_fock_uha")
     return {f"val_{k}": metrics[k] for k in keys}
 
@@ -287,11 +361,9 @@ def final_evaluation(config, network, params, conformer_sources: Sources, workdi
   predict = predictor(network)
 
   def scores(source, labels_file):
-    reference, problems = labelled_set(config, source, config.eval.n_conformers,
-                                       os.path.join(workdir, labels_file))
-    return evaluate.evaluate(lambda p: predict(params, p), problems, reference,
-                             config.iterations, config.mixing,
-                             refine_steps=config.eval.refine_steps)
+    sets = labelled_sets(config, source, config.eval.n_conformers,
+                         os.path.join(workdir, labels_file))
+    return score(sets, lambda p: predict(params, p), config, refine_steps=config.eval.refine_steps)
 
   metrics = scores(conformer_sources.test, "labels.npz")
   hot_key = f"T{config.eval.hot_temperature:g}"
@@ -304,7 +376,9 @@ def final_evaluation(config, network, params, conformer_sources: Sources, workdi
              f"{m['eps_occ_mae_uha_refined_minao']:.1f} µHa, energy "
              f"{m['energy_mae_uha_refined']:.1f} | {m['energy_mae_uha_refined_minao']:.1f} µHa "
              f"({m['refine_time_ratio']:.2f} of a PySCF SCF's time)\n") if n else ""
-  print(f"held-out {config.molecule}, {m['n_conformers']} conformers (model | MINAO baseline):\n"
+  what = (f"unseen molecules of {config.data.molecule_set} ({m['n_molecules']} molecules, "
+          f"mean over them)" if "n_molecules" in m else config.molecule)
+  print(f"held-out {what}, {m['n_conformers']} conformers (model | MINAO baseline):\n"
         f"  energy MAE of E[D(H_pred)], k = 0  {m['energy_mae_uha']:10.1f} | "
         f"{m['energy_mae_uha_minao']:10.1f} µHa\n"
         f"  occupied ε MAE of F[D(H_pred)]     {m['eps_occ_mae_uha']:10.1f} | "

@@ -22,7 +22,7 @@ MODES = ("train", "eval")
 # The device layout is among them: a checkpoint restores on any mesh (the trajectory then agrees
 # to float32 rounding, bitwise only on the same devices).
 RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
-                     "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation",
+                     "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation", "eval.per_molecule",
                      "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
                      "backend.emulate", "backend.coordinator_address", "backend.num_processes",
                      "backend.process_id", "mesh.data", "mesh.model")
@@ -54,8 +54,12 @@ def check(config) -> None:
     raise InputError(f"eval.hot_temperature={config.eval.hot_temperature}: must be ≥ 0 K "
                      "(0 = no generalisation set)")
   Level.from_config(config, stream=True)  # also the evaluation's level
-  if not config.data.md17_file:
+  if config.data.md17_file and config.data.molecule_set:
+    raise InputError("data.md17_file and data.molecule_set are both set: choose one source")
+  if not (config.data.md17_file or config.data.molecule_set):
     molecules.get(config.molecule)
+  if config.eval.per_molecule < 1:
+    raise InputError(f"eval.per_molecule={config.eval.per_molecule}: must be at least 1")
   for key in _AT_LEAST_ONE:
     value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
     if value < 1:

@@ -59,6 +59,16 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   # 71.1 / 72.4 µHa trained on levels 3 / 1 / 0, in 5.7 / 3.1 / 2.5 min (docs/results.md §1).
   c.data.grid_level = 1
   c.data.pad_to = ()  # (n_ao, n_grid, n_aux, n_atoms, n_occ) at least; () = size buckets as they come
+  # Many molecules instead of `molecule` (pre-training; experiments/configs/qm9.py): "qm9"
+  # (qm9pack's data), a folder of its CSV files, or a folder / tarball of .xyz files. The set is
+  # cut by molecule into train / validation / test (data.split_fractions, data.split_seed);
+  # training samples thermal conformers of train molecules, evaluation scores unseen ones.
+  c.data.molecule_set = ""
+  c.data.max_heavy_atoms = 0  # size limits on the set's molecules; 0 = none
+  c.data.max_electrons = 0
+  c.data.max_n_ao = 0  # atomic orbitals in `basis`
+  c.data.split_fractions = (0.8, 0.1, 0.1)  # train, validation, test: QH9-stable-id's
+  c.data.exclude_builtins = True  # leave out the built-in MD17 molecules (fine-tuning targets)
 
   # ---- devices (qpt/backends): change these, never code, to move between machines ----
   c.backend = ml_collections.ConfigDict()
@@ -110,6 +120,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.eval.n_validation = 10  # conformers in that validation set (disjoint from the test set)
   c.eval.n_conformers = 50  # held-out test conformers in the final evaluation (0: none)
   c.eval.refine_steps = 2  # final evaluation: also score after n DIIS SCF steps on the device
+  # data.molecule_set: conformers per held-out molecule (its equilibrium geometry, then thermal
+  # ones); eval.n_conformers and eval.n_validation count conformers, whole molecules at a time.
+  c.eval.per_molecule = 2
   # K: the final evaluation also scores eval.n_conformers test conformers drawn this hot
   # (eval.json["T1000"]: does the model generalise beyond data.temperature?); 0 = none. Thermal
   # sampling only (not data.md17_file).
