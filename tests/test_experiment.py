@@ -152,3 +152,75 @@ def test_fields_added_since_a_checkpoint_do_not_block_its_resumption():
   run_config.check_resumable(saved, {"xc": "b3lyp5", "train.steps": 200, "data.pad_to": []})
   with pytest.raises(qpt.InputError, match="xc='b3lyp5'"):
     run_config.check_resumable(saved, {"xc": "pbe", "train.steps": 100})
+
+
+QM9_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "qm9pack")
+
+
+def qm9_config(workdir, steps):
+  """experiments/configs/qm9.py on the 10-row QM9 fixture (8 molecules without water and
+  ethanol), at small_config's level of theory."""
+  from experiments.configs import qm9
+  c = qm9.get_config()
+  small = small_config(workdir, steps)
+  for key in ("workdir", "basis", "grid_level", "xc", "iterations", "mixing", "log_every"):
+    c[key] = small[key]
+  c.data.update(small.data.to_dict() | dict(molecule_set=QM9_FIXTURE, max_heavy_atoms=0,
+                                            max_n_ao=0, split_fractions=(0.5, 0.25, 0.25)))
+  c.train.update(small.train.to_dict())
+  c.checkpoint.update(small.checkpoint.to_dict())
+  c.eval.update(every=0, n_validation=0, n_conformers=4, per_molecule=2, refine_steps=0)
+  return c
+
+
+def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp_path):
+  """QM9 pre-training in small: train molecules only in the stream, test molecules each at
+  equilibrium and displaced, md17's keys averaged over molecules, and fine-tuning from it."""
+  c = qm9_config(tmp_path / "qm9", 2)
+  split = experiment.molecule_split(c)
+  assert [len(split[k]) for k in ("train", "validation", "test")] == [4, 2, 2]
+  names = lambda k: {m.name for m in split[k]}
+  s = experiment.sources(c, str(tmp_path))
+  assert {s.train(i).name for i in range(40)} == names("train")  # and every one of them
+  final = experiment.train(c, progress=False)
+  assert final["n_molecules"] == 2 and final["n_conformers"] == 4
+  assert set(final["per_molecule"]) == names("test")
+  for key, value in final.items():  # md17's keys: the mean over molecules
+    if key not in ("per_molecule", "n_molecules", "n_conformers", "refine_steps",
+                   "scf_unconverged", "scf_unconverged_minao"):
+      assert value == pytest.approx(np.mean([m[key] for m in final["per_molecule"].values()]))
+  for name, scores in final["per_molecule"].items():  # PySCF's labels of that molecule alone
+    reference = labels.load_labels(tmp_path / "qm9" / "labels" / f"{name}.npz")
+    assert len(reference) == scores["n_conformers"] == 2
+    equilibrium = next(m for m in split["test"] if m.name == name)
+    assert np.allclose(np.linalg.norm(reference.positions[0][:, None] - reference.positions[0],
+                                      axis=-1),
+                       np.linalg.norm(equilibrium.positions[:, None] - equilibrium.positions,
+                                      axis=-1))  # conformer 0 is the equilibrium (another frame)
+  # Fine-tuning water (left out of the set) from it: the same parameters, a fresh optimizer.
+  tune = small_config(tmp_path / "water", 1)
+  tune.init_from = str(tmp_path / "qm9")
+  tune.train.learning_rate = 1e-5
+  experiment.train(tune, progress=False)
+  for a, b in zip(jax.tree.leaves(saved_state(tmp_path / "qm9", 2)["params"]),
+                  jax.tree.leaves(saved_state(tmp_path / "water", 1)["params"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_molecule_set_config_errors_name_the_field(tmp_path):
+  c = qm9_config(tmp_path, 1)
+  c.data.max_electrons = 8
+  with pytest.raises(qpt.InputError, match="no molecule within max_electrons=8"):
+    experiment.sources(c, str(tmp_path))
+  c.data.max_electrons, c.data.max_heavy_atoms = 0, 1  # CH4, NH3 (H2O is a built-in)
+  with pytest.raises(qpt.InputError, match="2 molecules cannot be split"):
+    experiment.sources(c, str(tmp_path))
+  c.data.max_heavy_atoms, c.eval.n_conformers = 0, 6
+  with pytest.raises(qpt.InputError, match=r"6 test conformers; the test split has 2 molecules"):
+    experiment.sources(c, str(tmp_path))
+  c.eval.n_conformers, c.data.split_fractions = 4, (0.5, 0.5)
+  with pytest.raises(qpt.InputError, match="split fractions"):
+    experiment.sources(c, str(tmp_path))
+  c.data.split_fractions, c.data.md17_file = (0.5, 0.25, 0.25), "x.npz"
+  with pytest.raises(qpt.InputError, match="data.md17_file and data.molecule_set"):
+    run_config.check(c)
