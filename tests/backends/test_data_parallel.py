@@ -3,9 +3,9 @@ or sharded (FSDP, `mesh.model`); checkpoints move between all of them. Each run 
 the device count is fixed when JAX starts.
 
 The runs: `one` (1 device), `four` (1 process × 4 devices, FSDP 4 ways), `two_by_two` (2 processes
-× 2 devices, FSDP 4 ways: parameter shards cross processes). Restored: FSDP → replicated on 1
-device, replicated → FSDP on 4, 2 processes (FSDP) → 1 process × 4 devices (data parallel,
-replicated); killed and resumed: 2 processes × 2 devices on a data 2 × model 2 mesh."""
+× 2 devices, FSDP 4 ways: parameter shards cross processes), which is SIGKILLed mid-run and
+resumed by the same command. Restored: FSDP → replicated on 1 device, replicated → 4 devices on a
+data 2 × model 2 mesh, 2 processes (FSDP) → 1 process × 4 devices (data parallel, replicated)."""
 
 import json
 import os
@@ -57,9 +57,26 @@ def stopped_at(workdir, step, into):
   return into
 
 
+def killed_and_resumed(command, workdir, after_checkpoint):
+  """Runs `command` until `after_checkpoint` is written, SIGKILLs it with all its processes, then
+  runs it again to the end. Returns the number of steps logged before the kill."""
+  launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.monotonic() + 300
+  while (not (workdir / "checkpoints" / str(after_checkpoint)).exists()
+         and time.monotonic() < deadline and launcher.poll() is None):
+    time.sleep(0.02)
+  os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, without warning
+  launcher.wait()
+  logged = len(losses(workdir))
+  run(command)
+  return logged
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """The same 12 steps on 1 device, on 4 fake devices and on 2 processes × 2 devices (FSDP)."""
+  """The same 12 steps on 1 device, on 4 fake devices and on 2 processes × 2 devices (FSDP; killed
+  after its checkpoint 4 and resumed)."""
   root = tmp_path_factory.mktemp("runs")
   run(md17_command(*tiny_run(root / "one")))
   shutil.copytree(root / "one" / "cache", root / "cache")  # one Hessian: one conformer stream
@@ -67,9 +84,10 @@ def runs(tmp_path_factory):
     shutil.copytree(root / "cache", root / name / "cache")
   run(md17_command(*tiny_run(root / "four", "--config.backend.cpu_devices=4",
                              "--config.mesh.model=4")))
-  run(launch_command(2, *md17_command(*tiny_run(root / "two_by_two",
-                                                "--config.backend.cpu_devices=2",
-                                                "--config.mesh.model=4"))))
+  command = launch_command(2, *md17_command(*tiny_run(root / "two_by_two",
+                                                      "--config.backend.cpu_devices=2",
+                                                      "--config.mesh.model=4")))
+  (root / "logged_before_kill").write_text(str(killed_and_resumed(command, root / "two_by_two", 4)))
   return root
 
 
@@ -79,31 +97,19 @@ def test_one_device_and_fsdp_on_four_log_the_same_losses(runs):
     assert json.load(f)["backend"].startswith("cpu: 4 devices (data 1 × model 4)")
 
 
-def test_two_processes_match_one_process_on_four_devices(runs):
+def test_two_processes_match_one_process_on_four_devices_through_a_kill(runs):
+  """Both processes SIGKILLed mid-run without warning, then resumed together by the same command:
+  the 12 steps, each logged once, those of the uninterrupted run on one process."""
+  assert 4 <= int((runs / "logged_before_kill").read_text()) < STEPS  # really killed mid-run
   assert_same_trajectory(losses(runs / "four"), losses(runs / "two_by_two"))
 
 
-@pytest.mark.parametrize("written_on, devices, model", [("four", 1, 1), ("one", 4, 4),
+@pytest.mark.parametrize("written_on, devices, model", [("four", 1, 1), ("one", 4, 2),
                                                        ("two_by_two", 4, 1)])
 def test_a_checkpoint_restores_on_another_layout(runs, tmp_path, written_on, devices, model):
   workdir = stopped_at(runs / written_on, 6, tmp_path / "resumed")
   run(md17_command(*tiny_run(workdir, f"--config.backend.cpu_devices={devices}",
                              f"--config.mesh.model={model}")))
   assert_same_trajectory(losses(runs / written_on), losses(workdir))
-
-
-def test_two_processes_killed_mid_run_resume_together(runs, tmp_path):
-  workdir = tmp_path / "killed"
-  shutil.copytree(runs / "cache", workdir / "cache")
-  command = launch_command(2, *md17_command(*tiny_run(workdir, "--config.backend.cpu_devices=2",
-                                                      "--config.mesh.model=2")))
-  launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-  deadline = time.monotonic() + 300
-  while not (workdir / "checkpoints" / "4").exists() and time.monotonic() < deadline:
-    time.sleep(0.02)
-  os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, without warning
-  launcher.wait()
-  assert len(losses(workdir)) < STEPS  # it really was killed mid-run
-  run(command)
-  assert_same_trajectory(losses(runs / "two_by_two"), losses(workdir))
+  with open(workdir / "config.json") as f:
+    assert f"(data {devices // model} × model {model})" in json.load(f)["backend"]
