@@ -19,8 +19,10 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 run: $(STAMP)
 	$(PYTHON) experiments/md17.py --config experiments/configs/md17.py:water
 
+# Two workers (pytest-xdist): CI's two cores. A test file stays on one worker, so its
+# module-scoped fixtures (e.g. the multi-device runs) are computed once.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) .jax_cache
