@@ -173,7 +173,7 @@ def _summary(scores: list[dict[str, float]], cycles: list | None, labels: Labels
 def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DFTProblem],
              labels: Labels, iterations: int = 0, mixing: float | Sequence[float] = 0.0,
              baseline: bool = True, scf_cycles: bool = True,
-             refine_steps: int = 0) -> dict[str, float]:
+             refine_steps: int = 0, pyscf_timings: int = PYSCF_TIMINGS) -> dict[str, float]:
   """Scores predicted Hamiltonians against PySCF labels of the same conformers.
 
   Args:
@@ -185,7 +185,7 @@ def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DF
     scf_cycles: run PySCF from the predicted density (costs one SCF per conformer and model).
     refine_steps: also score after this many DIIS SCF steps on the device from D(H) (model and
       baseline alike), and time them against PySCF's full SCF from MINAO (setup included) on the
-      first few conformers: refine_time_ratio.
+      first `pyscf_timings` conformers: refine_time_ratio.
 
   Returns:
     Means over conformers (real AO block only; the module docstring says which product each
@@ -229,7 +229,7 @@ def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DF
   metrics = {"n_conformers": len(problems), "refine_steps": refine_steps}
   if refine_steps:
     warm = refine_seconds[1:] or refine_seconds
-    pyscf = [scf_seconds(labels, i) for i in range(min(PYSCF_TIMINGS, len(labels)))]
+    pyscf = [scf_seconds(labels, i) for i in range(max(1, min(pyscf_timings, len(labels))))]
     metrics["refine_time_ratio"] = float(np.median(warm) / np.median(pyscf))
   for suffix, (scores, cycles) in runs.items():
     if scores:

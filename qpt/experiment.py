@@ -156,6 +156,8 @@ def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dic
   """`evaluate.evaluate` of each molecule's set. One molecule: its metrics. Several: the mean over
   molecules (each weighs the same) of every score, counts summed, plus n_molecules and
   per_molecule (name → that molecule's metrics)."""
+  if len(sets) > 1:
+    kwargs.setdefault("pyscf_timings", 1)  # a full PySCF SCF per molecule is timing enough
   per = {s.name: evaluate.evaluate(predict_h, s.problems, s.reference, config.iterations,
                                    config.mixing, **kwargs) for s in sets}
   if len(per) == 1:

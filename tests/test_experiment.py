@@ -197,6 +197,20 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
                                       axis=-1),
                        np.linalg.norm(equilibrium.positions[:, None] - equilibrium.positions,
                                       axis=-1))  # conformer 0 is the equilibrium (another frame)
+  # Zero-shot: tools/scf.py on an unseen molecule, started from the model's prediction, reaches
+  # the SCF that MINAO's start reaches (the same energy), and reports both cycle counts.
+  from tools import scf
+  unseen = split["test"][0]
+  xyz = tmp_path / "unseen.xyz"
+  xyz.write_text(unseen.xyz_text())
+  out = scf.run(scf.parse_args(["--xyz", str(xyz), "--basis", c.basis, "--xc", c.xc,
+                                "--grid-level", str(c.grid_level), "--init-from",
+                                str(tmp_path / "qm9")]))
+  assert out["converged"] and out["iterations"] >= 1 and out["iterations_minao"] >= 1
+  assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
+  assert out["energy_predicted"] > out["energy"] - 1e-5  # variational: E[D(H_pred)] ≥ E_SCF
+  with pytest.raises(qpt.InputError, match="pass --basis sto-3g"):
+    scf.run(scf.parse_args(["--xyz", str(xyz), "--init-from", str(tmp_path / "qm9")]))
   # Fine-tuning water (left out of the set) from it: the same parameters, a fresh optimizer.
   tune = small_config(tmp_path / "water", 1)
   tune.init_from = str(tmp_path / "qm9")

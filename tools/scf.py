@@ -3,6 +3,11 @@
   python tools/scf.py --xyz water.xyz --basis def2-svp --xc b3lyp5 --grid-level 3 \
       --dtype float32 --eri dense --json
   python tools/scf.py --molecule uracil --basis sto-3g          # a built-in geometry
+  python tools/scf.py --xyz new.xyz --init-from workdir/qm9      # zero-shot: start from a model
+
+With `--init-from WORKDIR` (a training run's workdir) the SCF starts from the density of that
+model's predicted Hamiltonian, D(H_pred), and once more from MINAO's: `iterations` against
+`iterations_minao` (and both energies) say how many cycles the model saved on this molecule.
 
 Prints one JSON object (`--json`) or a short summary: energy (Hartree, float64 even in float32 mode),
 converged, iterations, homo, lumo (Hartree), nao (real AOs), seconds (wall time: host build + SCF,
@@ -15,7 +20,7 @@ import time
 import numpy as np
 
 import qpt
-from qpt import backends, cli, level
+from qpt import backends, cli, level, run_config
 
 
 def parse_args(argv):
@@ -27,6 +32,8 @@ def parse_args(argv):
   parser.add_argument("--dtype", choices=level.DTYPES, default="float32")
   parser.add_argument("--eri", choices=level.ERI_MODES, default="dense")
   parser.add_argument("--max-iterations", type=int, default=50)
+  parser.add_argument("--init-from", default="",
+                      help="a QPT workdir: start from its model's prediction (and from MINAO)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   return parser.parse_args(argv)
 
@@ -37,11 +44,22 @@ def run(args) -> dict:
   theory = qpt.Level(args.basis, args.xc, args.grid_level, args.eri, args.dtype)
   backends.enable_float64(theory.dtype == "float64")
   problem = qpt.build_problem(mol, theory)
-  result = qpt.dft.scf(problem, max_iterations=args.max_iterations)
+  extra, density0 = {}, None
+  if args.init_from:
+    trained = run_config.saved(args.init_from)
+    if trained.basis.lower() != args.basis.lower():
+      raise qpt.InputError(f"--init-from {args.init_from}: its model predicts {trained.basis} "
+                           f"Hamiltonians; pass --basis {trained.basis}")
+    prediction = qpt.predict(qpt.load_params(args.init_from), mol, level=theory)
+    density0 = prediction.density  # the lab frame and PySCF's AO order, as `problem`'s
+    minao = qpt.dft.scf(problem, max_iterations=args.max_iterations)
+    extra = dict(init_from=args.init_from, iterations_minao=minao.iterations,
+                 energy_minao=minao.energy, energy_predicted=prediction.energy)
+  result = qpt.dft.scf(problem, max_iterations=args.max_iterations, density0=density0)
   return dict(molecule=mol.name, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
               dtype=args.dtype, eri=args.eri, energy=result.energy, converged=result.converged,
               iterations=result.iterations, homo=result.homo, lumo=result.lumo,
-              nao=int(np.sum(problem.ao_mask)), seconds=time.perf_counter() - start)
+              nao=int(np.sum(problem.ao_mask)), **extra, seconds=time.perf_counter() - start)
 
 
 def summary(out: dict) -> str:
@@ -49,7 +67,9 @@ def summary(out: dict) -> str:
   return (f"{out['molecule']} {out['basis']} {out['xc']} ({out['dtype']}, eri={out['eri']}): "
           f"E = {out['energy']:.10f} Ha, {state} in {out['iterations']} iterations, "
           f"HOMO {out['homo']:.6f} Ha, LUMO {out['lumo']:.6f} Ha, {out['nao']} AOs, "
-          f"{out['seconds']:.1f} s")
+          f"{out['seconds']:.1f} s"
+          + (f"; from MINAO {out['iterations_minao']} iterations (E[D(H_pred)] = "
+             f"{out['energy_predicted']:.6f} Ha)" if "iterations_minao" in out else ""))
 
 
 def main(argv=None) -> int:
