@@ -120,46 +120,66 @@ def _molecule_set_sources(config) -> Sources:
 
 @dataclasses.dataclass(frozen=True)
 class LabelledSet:
-  """One molecule's labelled conformers: PySCF references and the matching DFT problems."""
+  """One molecule's labelled conformers: PySCF references, and their DFT problems — kept (`kept`)
+  or built when scored: at the evaluation grid a problem is ~0.2 GB for a 5-heavy-atom molecule,
+  so a molecule set's 40 test conformers are never all held at once."""
 
   name: str
   reference: labels.Labels
-  problems: list
+  dtype: str
+  kept: list | None = None
+
+  def problems(self, min_shape=None) -> list:
+    """The conformers' problems, padded alike and at least to `min_shape`."""
+    problems = self.kept or evaluate.problems_for(self.reference, self.dtype)
+    shape = tuple(int(s) for s in np.max([p.shapes for p in problems] + [min_shape or
+                                                                        problems[0].shapes], 0))
+    return [grow(p, shape) for p in problems]
 
 
-def labelled_sets(config, source: Callable[[int], Molecule], n: int,
-                  path: str) -> list[LabelledSet]:
+def labelled_sets(config, source: Callable[[int], Molecule], n: int, path: str,
+                  keep: bool = False) -> list[LabelledSet]:
   """The first n conformers of `source` in their canonical frames, labelled by PySCF, one set per
   molecule (a thermal or MD17 source has one; a molecule set's held-out source several).
 
   Labels are cached in `path` for one molecule, in `path` without ".npz" / <name>.npz for several
-  (reused while geometries and level of theory match). All problems are padded to one shape: one
-  compiled program scores every molecule.
+  (reused while geometries and level of theory match). `keep`: build the problems now and keep
+  them, all padded to one shape (a validation set, scored again and again).
   """
   groups: dict[str, list[Molecule]] = {}
   for i in range(n):
     molecule = frame.canonical_molecule(source(i))
     groups.setdefault(molecule.name, []).append(molecule)
   several = len(groups) > 1
-  found = []
+  sets = []
   for name, members in groups.items():
     file = os.path.join(path.removesuffix(".npz"), f"{name}.npz") if several else path
     os.makedirs(os.path.dirname(file), exist_ok=True)
     reference, _ = labels.label_cached(file, members, level(config))
-    found.append((name, reference, evaluate.problems_for(reference, config.dtype)))
-  shape = tuple(int(s) for s in np.max([p.shapes for *_, ps in found for p in ps], axis=0))
-  return [LabelledSet(name, reference, [grow(p, shape) for p in problems])
-          for name, reference, problems in found]
+    sets.append(LabelledSet(name, reference, config.dtype,
+                            evaluate.problems_for(reference, config.dtype) if keep else None))
+  if keep:
+    shape = tuple(int(s) for s in np.max([p.shapes for s in sets for p in s.kept], axis=0))
+    sets = [dataclasses.replace(s, kept=s.problems(shape)) for s in sets]
+  return sets
 
 
 def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dict:
   """`evaluate.evaluate` of each molecule's set. One molecule: its metrics. Several: the mean over
   molecules (each weighs the same) of every score, counts summed, plus n_molecules and
-  per_molecule (name → that molecule's metrics)."""
+  per_molecule (name → that molecule's metrics).
+
+  Molecules are scored one at a time, padded to the running maximum shape: with size buckets, a
+  few compiled shapes serve them all."""
   if len(sets) > 1:
     kwargs.setdefault("pyscf_timings", 1)  # a full PySCF SCF per molecule is timing enough
-  per = {s.name: evaluate.evaluate(predict_h, s.problems, s.reference, config.iterations,
-                                   config.mixing, **kwargs) for s in sets}
+  per, shape = {}, None
+  for s in sets:
+    problems = s.problems(shape)
+    shape = problems[0].shapes
+    per[s.name] = evaluate.evaluate(predict_h, problems, s.reference, config.iterations,
+                                    config.mixing, **kwargs)
+    del problems
   if len(per) == 1:
     return next(iter(per.values()))
   first = next(iter(per.values()))
@@ -339,7 +359,7 @@ def predictor(network: hk.Transformed) -> Callable:
 def _validator(config, network, source, workdir: str) -> Callable[[dict], dict]:
   """params → validation metrics (`val_*` keys) on a fixed labelled set; no PySCF runs per call."""
   sets = labelled_sets(config, source, config.eval.n_validation,
-                       os.path.join(workdir, "validation_labels.npz"))
+                       os.path.join(workdir, "validation_labels.npz"), keep=True)
   predict = predictor(network)
 
   def validate(params) -> dict:
