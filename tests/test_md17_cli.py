@@ -33,18 +33,35 @@ def assert_one_line_error(result, *words):
 
 
 @pytest.mark.parametrize("args, config, words", [
-    (["--config.trian.steps=3"], "water", ["trian"]),
+    (["--config.trian.steps=3"], "water", ["trian"]),  # absl / ml_collections: before qpt loads
     (["--config.train.steps=many"], "water", ["many"]),
-    ([], "waterr", ["unknown built-in molecule", "waterr"]),
-    (["--config.mode=fit"], "water", ["mode='fit'"]),
-    (["--config.loss=mse"], "water", ["loss='mse'"]),
-    (["--config.eval.refine_steps=-1"], "water", ["eval.refine_steps=-1"]),
-    (["--config.eval.hot_temperature=-5.0"], "water", ["eval.hot_temperature=-5"]),
-    (["--config.self_consistency_weight=-0.5"], "water", ["self_consistency_weight=-0.5"]),
-    (["--config.iterations=3", "--config.mixing=(0.5,)"], "water", ["mixing has 1 values"]),
+    ([], "waterr", ["unknown built-in molecule", "waterr"]),  # run_config.check, as below
 ])
 def test_bad_configs(args, config, words):
   assert_one_line_error(md17(*args, config=config), *words)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(mode="fit"), ["mode='fit'"]),
+    (dict(loss="mse"), ["loss='mse'"]),
+    ({"eval.refine_steps": -1}, ["eval.refine_steps=-1"]),
+    ({"eval.hot_temperature": -5.0}, ["eval.hot_temperature=-5"]),
+    (dict(self_consistency_weight=-0.5), ["self_consistency_weight=-0.5"]),
+    (dict(iterations=3, mixing=(0.5,)), ["mixing has 1 values"]),
+    ({"eval.per_molecule": 0}, ["eval.per_molecule=0"]),
+])
+def test_bad_config_values_are_one_line_input_errors(overrides, words):
+  """What md17.py prints for these (test_bad_configs shows the path from check to stderr)."""
+  from experiments.configs import md17 as configs
+  from qpt import run_config
+  c = configs.get_config("water")
+  for key, value in overrides.items():
+    section, _, field = key.rpartition(".")
+    (c[section] if section else c)[field] = value
+  with pytest.raises(qpt.InputError) as error:
+    run_config.check(c)
+  message = str(error.value)
+  assert "\n" not in message and all(w in message for w in words), message
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path):
