@@ -167,9 +167,19 @@ def bonds_intact(reference: Molecule, positions: np.ndarray) -> bool:
   ref = _distances(reference.positions)
   new = _distances(positions)
   upper = np.triu(np.ones_like(ref, dtype=bool), 1)
-  bonded = upper & (ref < BONDED * contact)
+  bonded = upper & bond_graph(reference)
   return bool((new[bonded] <= MAX_STRETCH * ref[bonded]).all()
               and (new[upper] >= MIN_CONTACT * contact[upper]).all())
+
+
+def bond_graph(molecule: Molecule) -> np.ndarray:
+  """(N, N) bool, symmetric, False on the diagonal: the pairs closer than BONDED × the sum of
+  their covalent radii — the bonds every conformer must keep (and the model Hessian's, the graph
+  key's)."""
+  r = radii.COVALENT[molecule.atomic_numbers]  # Bohr
+  bonded = _distances(molecule.positions) < BONDED * (r[:, None] + r[None, :])
+  np.fill_diagonal(bonded, False)
+  return bonded
 
 
 def _distances(x: np.ndarray) -> np.ndarray:

@@ -10,12 +10,12 @@ distance,
   H = Σ_q k_q b_q b_qᵀ,  b_q = ∂q/∂x  (Wilson's B vectors: each internal coordinate's gradient).
 
 It is used where an RHF Hessian per molecule is too dear: a stream over thousands of molecules
-(`conformers.MoleculeSetSampler`). Thermal samples from it, against RHF/STO-3G normal modes
+(`molecule_sets.MoleculeSetSampler`). Thermal samples from it, against RHF/STO-3G normal modes
 (`conformers.ThermalSampler`'s default; 400 conformers at 500 K, mean RMS atomic displacement):
 water 0.027 vs 0.029 Å, ethanol 0.18 vs 0.13 Å, malondialdehyde 0.27 vs 0.17 Å — softer bends and
 torsions than STO-3G's (which overestimates them), the same stretches (docs/numerics.md).
 
-Bonds are those of `conformers.bonds_intact`. B vectors are central differences of the internal
+Bonds are `conformers.bond_graph`'s. B vectors are central differences of the internal
 coordinate (h = 1e-5 Bohr: float64 error ~1e-10, far below the model's own); bends within 10° of
 linear and torsions about them are left out, where the coordinate is ill-defined.
 """
@@ -25,9 +25,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from pyscf.data import radii
 
-from qpt.conformers import BONDED
+from qpt.conformers import bond_graph
 from qpt.molecule import Molecule
 
 K_STRETCH, K_BEND, K_TORSION = 0.45, 0.15, 0.005  # Hartree/Bohr², Hartree/rad² (× ρ products)
@@ -81,8 +80,7 @@ def model_hessian(molecule: Molecule) -> np.ndarray:
   pair = lambda i, j: tuple(sorted((rows[i], rows[j])))
   rho = np.array([[np.exp(ALPHA[pair(i, j)] * (R_REF[pair(i, j)] ** 2 - d[i, j] ** 2))
                    for j in range(n)] for i in range(n)])
-  r = radii.COVALENT[z]
-  bonded = (d < BONDED * (r[:, None] + r[None, :])) & ~np.eye(n, dtype=bool)
+  bonded = bond_graph(molecule)
   straight = lambda i, j, k: np.sin(_angle(x[[i, j, k]])) < MIN_SIN
 
   hess = np.zeros((3 * n, 3 * n))

@@ -32,11 +32,9 @@ import tarfile
 from typing import Iterable, Sequence
 
 import numpy as np
-from pyscf import gto
-from pyscf.data import radii
 
 from qpt import molecules as builtin
-from qpt.conformers import BONDED, DEFAULT_TEMPERATURE, ThermalSampler
+from qpt.conformers import DEFAULT_TEMPERATURE, ThermalSampler, bond_graph
 from qpt.errors import InputError
 from qpt.model_hessian import model_hessian
 from qpt.molecule import Molecule
@@ -180,7 +178,7 @@ def read_xyz_set(path: str | os.PathLike, limit: SizeLimit = SizeLimit()) -> lis
   if os.path.isdir(path):
     names = sorted(n for n in os.listdir(path) if n.endswith(".xyz"))
     texts = ((n, lambda n=n: _read_text(os.path.join(path, n))) for n in names)
-    out = _parse_all(texts, limit)
+    out = _parse_all(texts)
   elif os.path.isfile(path):
     try:
       with tarfile.open(path) as tar:
@@ -188,7 +186,7 @@ def read_xyz_set(path: str | os.PathLike, limit: SizeLimit = SizeLimit()) -> lis
                          key=lambda m: m.name)
         texts = ((os.path.basename(m.name),
                   lambda m=m: tar.extractfile(m).read().decode("utf-8", "replace")) for m in members)
-        out = _parse_all(texts, limit)
+        out = _parse_all(texts)
     except (tarfile.TarError, EOFError, OSError) as e:
       reason = str(e).splitlines()[0].rstrip(":")  # tarfile lists every method it tried
       raise InputError(f"{path}: not a folder or a readable tarball of .xyz files "
@@ -208,15 +206,10 @@ def _read_text(path: str) -> str:
     raise InputError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def _parse_all(texts, limit: SizeLimit) -> list[Molecule]:
-  """Parses (name, () → text) pairs; `limit` is checked before the geometry is validated."""
-  out = []
-  for name, text in texts:
-    molecule = (_parse_qm9_xyz(text(), name) if name.startswith(QM9_PREFIX)
-                else Molecule.from_xyz_text(text(), name=name))
-    if limit.admits(molecule.atomic_numbers):
-      out.append(molecule)
-  return out
+def _parse_all(texts) -> list[Molecule]:
+  """Parses (name, () → text) pairs (`limited` applies the size limit afterwards)."""
+  return [_parse_qm9_xyz(text(), name) if name.startswith(QM9_PREFIX)
+          else Molecule.from_xyz_text(text(), name=name) for name, text in texts]
 
 
 def _parse_qm9_xyz(text: str, name: str) -> Molecule:
@@ -243,12 +236,10 @@ def graph_key(molecule: Molecule, rounds: int = 3) -> str:
   Weisfeiler–Lehman refinement: each atom's label becomes its element plus the sorted labels of
   its bonded neighbours, `rounds` times; the key hashes the sorted final labels. Conformers and
   copies of one compound share a key; distinct compounds collide only for rare graph pairs WL
-  cannot tell apart. Bonds as `conformers.bonds_intact` defines them.
+  cannot tell apart. Bonds are `conformers.bond_graph`'s.
   """
   z = molecule.atomic_numbers
-  r = radii.COVALENT[z]
-  d = np.sqrt(((molecule.positions[:, None] - molecule.positions[None]) ** 2).sum(-1))
-  bonded = (d < BONDED * (r[:, None] + r[None, :])) & ~np.eye(len(z), dtype=bool)
+  bonded = bond_graph(molecule)
   labels = [str(int(k)) for k in z]
   for _ in range(rounds):
     labels = [hashlib.sha256((labels[i] + "(" + ",".join(
