@@ -205,7 +205,7 @@ def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
     exchange = (jnp.sum(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(y @ y.T, k_ref)
                 + _trace(problem.density_ref_orth, k_ref))
     energy -= 0.25 * a * exchange
-  return energy + _xc_delta(problem, functools.partial(_density_on_grid_occupied, y))
+  return energy + _xc_delta_occupied(problem, y)
 
 
 def _one_electron_and_coulomb(problem: DFTProblem, dp: jax.Array) -> jax.Array:
@@ -247,21 +247,63 @@ def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
   memory is one chunk's intermediates, forward and backward, whatever n_grid is.
   """
   functional = problem.functional
-  g, c, n = problem.ao_orth.shape
-  chunks = g // problem.xc_chunk
-  ao = problem.ao_orth.reshape(chunks, problem.xc_chunk, c, n)
-  exc_ref = problem.exc_ref.reshape(chunks, problem.xc_chunk)
-  weights = problem.weights.reshape(chunks, problem.xc_chunk)
 
   @jax.checkpoint
   def chunk_energy(_, inputs):
     ao_k, exc_ref_k, w_k = inputs
-    rho = density_on_grid(ao_k)
-    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
-    return None, jnp.sum(w_k * (functional.energy_density(rho[0], sigma) - exc_ref_k))
+    return None, _xc_chunk_delta(functional, density_on_grid(ao_k), exc_ref_k, w_k)
 
-  _, partial = jax.lax.scan(chunk_energy, None, (ao, exc_ref, weights))
+  _, partial = jax.lax.scan(chunk_energy, None, _xc_chunks(problem))
   return jnp.sum(partial)
+
+
+def _xc_chunks(problem: DFTProblem) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The grid as chunks: AO values (chunks, chunk, c, n), e(ρ0) and weights (chunks, chunk)."""
+  g, c, n = problem.ao_orth.shape
+  chunks = g // problem.xc_chunk
+  return (problem.ao_orth.reshape(chunks, problem.xc_chunk, c, n),
+          problem.exc_ref.reshape(chunks, problem.xc_chunk),
+          problem.weights.reshape(chunks, problem.xc_chunk))
+
+
+def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array, weights: jax.Array) -> jax.Array:
+  """One chunk's Σ w (e(ρ) − e(ρ0)) from ρ (and ∇ρ) (c, chunk)."""
+  sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
+  return jnp.sum(weights * (functional.energy_density(rho[0], sigma) - exc_ref))
+
+
+@jax.custom_vjp
+def _xc_delta_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
+  """`_xc_delta` of P = Y Yᵀ (Y: (n, m) occupied orbitals, orthonormal basis): the loss's XC term.
+
+  Differentiated, it walks the grid once: each chunk's energy and its gradient ∂E/∂Y are taken
+  together (`_xc_delta_occupied_fwd`), and the backward pass only scales the summed gradient.
+  The generic rematerialised scan would evaluate every chunk twice (forward, then again before
+  its VJP) — the XC quadrature is the largest part of a k = 0 step. First derivatives only: the
+  Fock matrices of unrolled steps take their XC potential from `_xc_potential`, not from here.
+  """
+  return _xc_delta(problem, functools.partial(_density_on_grid_occupied, y))
+
+
+@full_float32  # traced with the gradient, possibly outside the caller's decorator
+def _xc_delta_occupied_fwd(problem: DFTProblem, y: jax.Array):
+  functional = problem.functional
+
+  def chunk(gradient, inputs):
+    ao_k, exc_ref_k, w_k = inputs
+    energy, vjp = jax.vjp(lambda y: _xc_chunk_delta(
+        functional, _density_on_grid_occupied(y, ao_k), exc_ref_k, w_k), y)
+    return gradient + vjp(jnp.ones_like(energy))[0], energy
+
+  gradient, partial = jax.lax.scan(chunk, jnp.zeros_like(y), _xc_chunks(problem))
+  return jnp.sum(partial), gradient
+
+
+def _xc_delta_occupied_bwd(gradient, cotangent):
+  return None, cotangent * gradient  # the problem is data: no cotangent
+
+
+_xc_delta_occupied.defvjp(_xc_delta_occupied_fwd, _xc_delta_occupied_bwd)
 
 
 @full_float32
@@ -381,10 +423,8 @@ def _xc_potential(problem: DFTProblem, density) -> jax.Array:
   """Vxc (n, n) = Σ_g [∂E/∂ρ φφᵀ + ∂E/∂∇ρ·(∇φ φᵀ + φ ∇φᵀ)] = Wᵀφ + φᵀW, W = ½ ∂E/∂ρ φ + ∂E/∂∇ρ·∇φ,
   for P = Σ_j c_j Y_j Y_jᵀ, in chunks of grid points (weights are inside ∂E/∂ρ)."""
   functional = problem.functional
-  g, c, n = problem.ao_orth.shape
-  chunks = g // problem.xc_chunk
-  ao = problem.ao_orth.reshape(chunks, problem.xc_chunk, c, n)
-  weights = problem.weights.reshape(chunks, problem.xc_chunk)
+  n, c = problem.ao_orth.shape[2], problem.ao_orth.shape[1]
+  ao, _, weights = _xc_chunks(problem)
 
   @jax.checkpoint
   def chunk_potential(potential, inputs):
