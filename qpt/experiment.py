@@ -328,6 +328,7 @@ def train(config, progress: bool = True) -> dict | None:
         with log.paused():  # validation is the observer's cost, not training's
           params = backend.to_host(state.params)  # every process: sharded params are gathered
           extra = validate(params) if validate else {}
+          backend.barrier("validated")  # the others wait here, not in the next step's collective
       log.step(step + 1, batch, metrics, config.loss, finite, extra,
                write=(step + 1) % config.log_every == 0 or done or not finite or bool(extra))
       batch = None

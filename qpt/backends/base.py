@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax._src import distributed  # the runtime's keyed barrier has no public name yet
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -37,6 +38,7 @@ from qpt.errors import InputError
 DATA, MODEL = "data", "model"  # mesh axis names
 BATCH = (DATA, MODEL)  # the batch is split over every device of the mesh
 SHARD_MIN_SIZE = 2 ** 16  # elements: smaller arrays of the state stay replicated under FSDP
+BARRIER_TIMEOUT_MS = 60 * 60 * 1000  # a process may compile or validate this long while others wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Backend:
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P(BATCH))
     self._first_shapes = None
+    self._barriers = 0
 
   # ---- where we are ------------------------------------------------------------------------------
 
@@ -123,6 +126,22 @@ class Backend:
   def describe(self) -> str:
     return (f"{self.name}: {self.mesh.devices.size} devices (data {self.mesh.shape[DATA]} × model "
             f"{self.model_size}), process {self.process_index} of {self.process_count}")
+
+  def barrier(self, name: str) -> None:
+    """Waits until every process of a multi-process run gets here (a no-op with one process).
+
+    Why not a device collective: processes that reach a collective far apart in time fail. The
+    first collective over a set of devices creates its gloo (CPU) communicator, whose rendezvous
+    gives up after 30 s — and one process may compile a program or validate for longer than that
+    while the others wait (seen: `Connect timeout` at the first step of a 2-process run on a busy
+    machine). The distributed runtime's keyed barrier waits as long as BARRIER_TIMEOUT_MS. Every
+    process calls the same barriers in the same order, so their running numbers agree.
+    """
+    if self.process_count == 1:
+      return
+    self._barriers += 1
+    distributed.global_state.client.wait_at_barrier(f"qpt/{name}/{self._barriers}",
+                                                    BARRIER_TIMEOUT_MS)
 
   # ---- policy ------------------------------------------------------------------------------------
 
@@ -219,12 +238,15 @@ class Backend:
       if a.is_fully_addressable:
         return np.asarray(a)
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    if any(not (a.is_fully_replicated or a.is_fully_addressable) for a in jax.tree.leaves(tree)):
+      self.barrier("gather")
     return jax.tree.map(fetch, tree)
 
   def max_across_processes(self, values: tuple[int, ...]) -> tuple[int, ...]:
     """Element-wise maximum of a small integer tuple over processes (a host collective)."""
     if self.process_count == 1:
       return tuple(values)
+    self.barrier("max")
     gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
     return tuple(int(v) for v in np.max(gathered, axis=0))
 
@@ -315,6 +337,7 @@ class CompiledStep:
 
   def __init__(self, backend: Backend, step: Callable):
     self._backend, self._step, self._program = backend, step, None
+    self._compiled = {}  # multi-process: batch shapes → executable
 
   def program(self, state: Any) -> Any:
     """The jitted step for a state of these shapes (arrays or shape-dtype structs)."""
@@ -335,7 +358,17 @@ class CompiledStep:
         self._program = None  # refused every time, not just the first
         raise InputError(f"backend {self._backend.name} cannot run host callbacks; the step uses "
                          f"{', '.join(callbacks)}")
-    return self.program(state)(state, batch, labels)
+    program = self.program(state)
+    if self._backend.process_count == 1:
+      return program(state, batch, labels)
+    # Several processes: a new batch shape is compiled first, and every process starts it together
+    # (`Backend.barrier`), so no process waits in its collectives while another compiles.
+    leaves, tree = jax.tree.flatten((batch, labels))
+    key = (tree, tuple(np.shape(a) for a in leaves))
+    if key not in self._compiled:
+      self._compiled[key] = program.lower(state, batch, labels).compile()
+      self._backend.barrier("step")
+    return self._compiled[key](state, batch, labels)
 
 
 def _model_axis(spec: P) -> int | None:
