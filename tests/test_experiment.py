@@ -1,5 +1,6 @@
 """The experiment: metrics.jsonl, checkpoints, bitwise resume, fine-tuning, validation, eval mode."""
 
+import argparse
 import json
 import os
 
@@ -211,14 +212,27 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   assert out["energy_predicted"] > out["energy"] - 1e-5  # variational: E[D(H_pred)] ≥ E_SCF
   with pytest.raises(qpt.InputError, match="pass --basis sto-3g"):
     scf.run(scf.parse_args(["--xyz", str(xyz), "--init-from", str(tmp_path / "qm9")]))
-  # Fine-tuning water (left out of the set) from it: the same parameters, a fresh optimizer.
-  tune = small_config(tmp_path / "water", 1)
-  tune.init_from = str(tmp_path / "qm9")
-  tune.train.learning_rate = 1e-5
-  experiment.train(tune, progress=False)
+  # tools/benchmark.py transfer: water (left out of the set) fine-tuned from it and from scratch,
+  # at the pre-trained run's level and model; fine-tuning starts from its parameters with a fresh
+  # optimizer (warm-up from 0: step 1 moves nothing), the target is scratch's final MAE.
+  from tools.bench import transfer
+  args = argparse.Namespace(pretrained=str(tmp_path / "qm9"), molecule="water", steps=1,
+                            eval_every=1, held_out=2, workers=0,
+                            workdir=str(tmp_path / "transfer"))
+  scratch, tuned = transfer.transfer_run(args)
+  tuned_config = run_config.saved(tmp_path / "transfer" / "water_finetuned")
+  assert (tuned_config.basis, tuned_config.xc, tuned_config.model.size) == (c.basis, c.xc,
+                                                                            c.model.size)
   for a, b in zip(jax.tree.leaves(saved_state(tmp_path / "qm9", 2)["params"]),
-                  jax.tree.leaves(saved_state(tmp_path / "water", 1)["params"])):
+                  jax.tree.leaves(saved_state(tmp_path / "transfer" / "water_finetuned",
+                                              1)["params"])):
     np.testing.assert_array_equal(a, b)
+  last_mae = {route: records(tmp_path / "transfer" / f"water_{route}")[-1]["val_energy_mae_uha"]
+           for route in ("scratch", "finetuned")}
+  assert scratch["target_energy_mae_uha"] == tuned["target_energy_mae_uha"] == last_mae["scratch"]
+  assert scratch["reached"] and scratch["step"] == 1 and scratch["pretrain_seconds"] == 0
+  assert tuned["reached"] == (last_mae["finetuned"] <= last_mae["scratch"])
+  assert tuned["pretrain_seconds"] == records(tmp_path / "qm9")[-1]["seconds"] > 0
 
 
 def test_molecule_set_config_errors_name_the_field(tmp_path):

@@ -34,6 +34,12 @@
            arguments + outputs + temporaries − donated), step time and peak RSS. A case whose
            account would not fit --max-process-gb is compiled and reported, not run.
 
+  transfer  Pre-training's gain: a built-in molecule fine-tuned from a pre-trained run
+           (--pretrained, e.g. experiments/qm9.py's workdir) against the same config trained from
+           scratch, at the pre-trained run's level of theory and model. The target is the scratch
+           run's final validation energy MAE; time to reach it, validation excluded, for each route,
+           with the pre-training's own wall time beside (never hidden in the fine-tuned time).
+
   inference  `qpt.predict` of a trained run (--workdir) on its held-out conformers, in the lab
            frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao.
 
@@ -42,6 +48,7 @@
   .venv/bin/python tools/benchmark.py economics --molecules ethanol --append
   .venv/bin/python tools/benchmark.py energy --molecules water,ethanol --basis sto-3g,def2-svp
   .venv/bin/python tools/benchmark.py energy --eri df --xc pbe --repeats 9 --json
+  .venv/bin/python tools/benchmark.py transfer --pretrained workdir/qm9 --molecule ethanol
 
 Every sub-command prints a table (or, with --json, a JSON list of row dicts), writes that list to
 benchmarks/results/<sub-command>.json and plots it in <sub-command>.png (--out: elsewhere;
@@ -76,14 +83,15 @@ import sys
 import warnings
 
 import jax
-from bench import common, economics, energy, model_scaling, pipeline, scaling  # tools/bench
+from bench import common, economics, energy, model_scaling, pipeline, scaling, transfer  # tools/bench
 
 import qpt
 from qpt import cli
 
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
-            "economics": economics.COMMAND, "model-scaling": model_scaling.COMMAND}
+            "economics": economics.COMMAND, "model-scaling": model_scaling.COMMAND,
+            "transfer": transfer.COMMAND}
 JAX_CACHE = os.path.join(common.ROOT, ".jax_cache")
 
 
