@@ -71,20 +71,6 @@ def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
     experiment.train(changed, progress=False)
 
 
-def test_fine_tuning_starts_from_the_parameters_with_a_fresh_optimizer(tmp_path):
-  experiment.train(small_config(tmp_path / "water", 2), progress=False)
-  tune = small_config(tmp_path / "tuned", 1)
-  tune.init_from = str(tmp_path / "water")
-  tune.train.learning_rate = 1e-5  # a new optimizer: its warm-up starts at 0, so step 1 moves nothing
-  experiment.train(tune, progress=False)
-  source, tuned = saved_state(tmp_path / "water", 2), saved_state(tmp_path / "tuned", 1)
-  for a, b in zip(jax.tree.leaves(source["params"]), jax.tree.leaves(tuned["params"])):
-    np.testing.assert_array_equal(a, b)
-  assert int(tuned["step"]) == 1 and [r["step"] for r in records(tmp_path / "tuned")] == [1]
-  adam = lambda s: next(x for x in jax.tree.leaves(s["opt_state"]) if np.ndim(x) == 0)  # its count
-  assert int(adam(source)) == 2 and int(adam(tuned)) == 1
-
-
 def test_validation_and_eval_mode_score_the_checkpointed_parameters(tmp_path):
   c = small_config(tmp_path, 2)
   c.eval.every, c.eval.n_validation, c.eval.n_conformers = 2, 2, 2
@@ -176,7 +162,8 @@ def qm9_config(workdir, steps):
 
 def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp_path):
   """QM9 pre-training in small: train molecules only in the stream, test molecules each at
-  equilibrium and displaced, md17's keys averaged over molecules, and fine-tuning from it."""
+  equilibrium and displaced, md17's keys averaged over molecules, zero-shot SCF starts, and
+  fine-tuning from it (parameters kept, a fresh optimizer) through the transfer benchmark."""
   c = qm9_config(tmp_path / "qm9", 2)
   split = experiment.molecule_split(c)
   assert [len(split[k]) for k in ("train", "validation", "test")] == [4, 2, 2]
@@ -223,12 +210,15 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   tuned_config = run_config.saved(tmp_path / "transfer" / "water_finetuned")
   assert (tuned_config.basis, tuned_config.xc, tuned_config.model.size) == (c.basis, c.xc,
                                                                             c.model.size)
-  for a, b in zip(jax.tree.leaves(saved_state(tmp_path / "qm9", 2)["params"]),
-                  jax.tree.leaves(saved_state(tmp_path / "transfer" / "water_finetuned",
-                                              1)["params"])):
+  source = saved_state(tmp_path / "qm9", 2)
+  tuned_state = saved_state(tmp_path / "transfer" / "water_finetuned", 1)
+  for a, b in zip(jax.tree.leaves(source["params"]), jax.tree.leaves(tuned_state["params"])):
     np.testing.assert_array_equal(a, b)
+  adam = lambda s: next(x for x in jax.tree.leaves(s["opt_state"]) if np.ndim(x) == 0)  # its count
+  assert int(adam(source)) == 2 and int(adam(tuned_state)) == int(tuned_state["step"]) == 1
+  assert [r["step"] for r in records(tmp_path / "transfer" / "water_finetuned")] == [1]
   last_mae = {route: records(tmp_path / "transfer" / f"water_{route}")[-1]["val_energy_mae_uha"]
-           for route in ("scratch", "finetuned")}
+              for route in ("scratch", "finetuned")}
   assert scratch["target_energy_mae_uha"] == tuned["target_energy_mae_uha"] == last_mae["scratch"]
   assert scratch["reached"] and scratch["step"] == 1 and scratch["pretrain_seconds"] == 0
   assert tuned["reached"] == (last_mae["finetuned"] <= last_mae["scratch"])
