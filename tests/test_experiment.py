@@ -204,7 +204,7 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   # optimizer (warm-up from 0: step 1 moves nothing), the target is scratch's final MAE.
   from tools.bench import transfer
   args = argparse.Namespace(pretrained=str(tmp_path / "qm9"), molecule="water", steps=1,
-                            eval_every=1, held_out=2, workers=0,
+                            eval_every=1, held_out=2, workers=0, learning_rate=0.0,
                             workdir=str(tmp_path / "transfer"))
   scratch, tuned = transfer.transfer_run(args)
   tuned_config = run_config.saved(tmp_path / "transfer" / "water_finetuned")

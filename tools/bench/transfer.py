@@ -23,6 +23,8 @@ def transfer_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--steps", type=int, default=300, help="training steps of each route")
   parser.add_argument("--eval-every", type=int, default=25, help="steps between validations")
   parser.add_argument("--held-out", type=int, default=10, help="validation conformers (one set)")
+  parser.add_argument("--learning-rate", type=float, default=0.0,
+                      help="peak learning rate of both runs (default: the molecule config's)")
   parser.add_argument("--workers", type=int, default=-1,
                       help="data.workers of both runs (default: the molecule config's)")
   parser.add_argument("--workdir", default="", help="keep the runs here (default: temporary)")
@@ -66,6 +68,8 @@ def transfer_run(args: argparse.Namespace) -> list[dict]:
       c.eval.n_conformers = 0
       if args.workers >= 0:
         c.data.workers = args.workers
+      if args.learning_rate > 0:
+        c.train.learning_rate = args.learning_rate
       experiment.train(c, progress=False)
       scored = [r for r in experiment.read_metrics(c.workdir) if "val_energy_mae_uha" in r]
       curves[route] = dict(step=[r["step"] for r in scored], seconds=[r["seconds"] for r in scored],
