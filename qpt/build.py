@@ -116,6 +116,18 @@ def default_shape(sizes: Shape, xc_chunk: int) -> Shape:
   return shape[:4] + (min(shape[4], shape[0]),)
 
 
+def max_shape(*shapes: Shape) -> Shape:
+  """The element-wise largest of padded shapes: the smallest shape every one of them fits."""
+  return tuple(int(max(sizes)) for sizes in zip(*(as_shape(s) for s in shapes)))
+
+
+def grow_alike(problems: list[DFTProblem], at_least: Shape | None = None) -> list[DFTProblem]:
+  """`problems` padded to one shape, the largest of theirs (and of `at_least`): one compiled
+  program then serves them all."""
+  shape = max_shape(*(p.shapes for p in problems), *([at_least] if at_least else []))
+  return [grow(p, shape) for p in problems]
+
+
 def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
   """`problem` padded (further) to `shape`, each size ≥ the current one; bitwise as a build with
   that `pad_to` would be."""

@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 from qpt import backends, labels, threads
-from qpt.build import build_problem, grow
+from qpt.build import build_problem, grow, max_shape
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
@@ -96,10 +96,6 @@ def build(molecule: Molecule, level: Level, xc_chunk: int, fock_labels: bool,
   problem = build_problem(molecule, level, xc_chunk=xc_chunk, min_shape=min_shape)
   fock = labels.label([molecule], level).fock[0] if fock_labels else None
   return problem, fock, time.perf_counter() - start
-
-
-def _max_shape(*shapes: Shape) -> Shape:
-  return tuple(int(max(s)) for s in zip(*shapes))
 
 
 def _init_worker(float64: bool) -> None:
@@ -234,7 +230,7 @@ class ProblemStream:
       raise InputError(f"stream state {dict(state)} does not fit batch_size={self.batch_size}, "
                        f"mol_repeats={self.mol_repeats}")
     self.stream_position, self.repeat = position, repeat
-    self.pad_to = _max_shape(self.pad_to, pad_to)
+    self.pad_to = max_shape(self.pad_to, pad_to)
     self._current = None
     self._pending = {}  # results in flight belong to the old position; the pool's are dropped
 
@@ -273,7 +269,7 @@ class ProblemStream:
       results = [self._pending.pop(int(i)).result() for i in indices]
     # Each problem is padded to at least the running shape it was queued with, which never
     # shrinks: the new running shape is the maximum of the old and the problems' own.
-    self.pad_to = self.agree_shape(_max_shape(self.pad_to, *(p.shapes for p, _, _ in results)))
+    self.pad_to = self.agree_shape(max_shape(self.pad_to, *(p.shapes for p, _, _ in results)))
     members = [grow(p, self.pad_to) for p, _, _ in results]
     stacked = jax.tree.map(lambda *a: np.stack(a), *members)
     fock = None

@@ -423,7 +423,7 @@ def _xc_potential(problem: DFTProblem, density) -> jax.Array:
   """Vxc (n, n) = Σ_g [∂E/∂ρ φφᵀ + ∂E/∂∇ρ·(∇φ φᵀ + φ ∇φᵀ)] = Wᵀφ + φᵀW, W = ½ ∂E/∂ρ φ + ∂E/∂∇ρ·∇φ,
   for P = Σ_j c_j Y_j Y_jᵀ, in chunks of grid points (weights are inside ∂E/∂ρ)."""
   functional = problem.functional
-  n, c = problem.ao_orth.shape[2], problem.ao_orth.shape[1]
+  _, c, n = problem.ao_orth.shape
   ao, _, weights = _xc_chunks(problem)
 
   @jax.checkpoint

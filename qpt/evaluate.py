@@ -40,7 +40,7 @@ import scipy.linalg
 from pyscf.data.nist import HARTREE2EV
 
 from qpt import dft
-from qpt.build import build_problem, grow
+from qpt.build import build_problem, grow_alike
 from qpt.errors import InputError
 from qpt.labels import Labels, restart_cycles, scf_seconds
 from qpt.problem import DFTProblem, reference_energy
@@ -76,9 +76,7 @@ def problems_for(labels: Labels, dtype: str = "float32", **kwargs) -> list[DFTPr
   `kwargs` go to `build_problem` (e.g. xc_chunk).
   """
   level = labels.level.with_dtype(dtype)
-  problems = [build_problem(m, level, **kwargs) for m in labels.molecules()]
-  shape = tuple(int(s) for s in np.max([p.shapes for p in problems], axis=0))
-  return [grow(p, shape) for p in problems]
+  return grow_alike([build_problem(m, level, **kwargs) for m in labels.molecules()])
 
 
 @functools.partial(jax.jit, static_argnums=2)  # one program per padded shape and schedule

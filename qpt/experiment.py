@@ -29,7 +29,7 @@ import optax
 
 from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels, metrics_log
 from qpt import model, molecule_sets, molecules, plot, run_config
-from qpt.build import build_problem, grow
+from qpt.build import build_problem, grow_alike, max_shape
 from qpt.errors import InputError, TrainingError
 from qpt.level import Level
 from qpt.molecule import Molecule
@@ -131,10 +131,7 @@ class LabelledSet:
 
   def problems(self, min_shape=None) -> list:
     """The conformers' problems, padded alike and at least to `min_shape`."""
-    problems = self.kept or evaluate.problems_for(self.reference, self.dtype)
-    shape = tuple(int(s) for s in np.max([p.shapes for p in problems] + [min_shape or
-                                                                        problems[0].shapes], 0))
-    return [grow(p, shape) for p in problems]
+    return grow_alike(self.kept or evaluate.problems_for(self.reference, self.dtype), min_shape)
 
 
 def labelled_sets(config, source: Callable[[int], Molecule], n: int, path: str,
@@ -159,7 +156,7 @@ def labelled_sets(config, source: Callable[[int], Molecule], n: int, path: str,
     sets.append(LabelledSet(name, reference, config.dtype,
                             evaluate.problems_for(reference, config.dtype) if keep else None))
   if keep:
-    shape = tuple(int(s) for s in np.max([p.shapes for s in sets for p in s.kept], axis=0))
+    shape = max_shape(*(p.shapes for s in sets for p in s.kept))
     sets = [dataclasses.replace(s, kept=s.problems(shape)) for s in sets]
   return sets
 
