@@ -165,10 +165,10 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
   arrays.update(orbital_labels=_padded("orbital_labels", host.orbital_labels, shape, np.int32),
                 atomic_numbers=_padded("atomic_numbers", host.atomic_numbers, shape, np.int32))
   c, n_grid, n_ao = host.ao.shape
-  arrays["ao_orth"] = ao_orth = _padding("ao_orth", (n_grid, c, n_ao), shape, dtype)
+  arrays["ao_orth"] = ao_orth = _padding("ao_orth", (c, n_grid, n_ao), shape, dtype)
   for start in range(0, n_grid, _AO_BLOCK):  # φ X a block of points at a time, cast as written
     block = slice(start, min(start + _AO_BLOCK, n_grid))
-    ao_orth[block, :, :n_ao] = np.moveaxis(host.ao[:, block] @ x, 0, 1)
+    ao_orth[:, block, :n_ao] = host.ao[:, block] @ x
   return DFTProblem(**arrays, level=level, xc_chunk=xc_chunk)
 
 

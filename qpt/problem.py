@@ -48,8 +48,8 @@ class DFTProblem:
   Orthonormal basis (what the energy reads):
     eri_orth (n_aux, n, n) Xᵀ B_P X; fock_ref_nonxc_orth (n, n) Xᵀ G0 X, Hartree;
     exchange_ref_orth (n, n) K[P0] = Xᵀ K[D0] X, Hartree;
-    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ; ao_orth (g, c, n) φ X and its gradients, points
-    first so that a chunk of points is one contiguous (chunk·c, n) matrix.
+    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ; ao_orth (c, g, n) φ X and its gradients (as
+    PySCF's eval_ao orders them): a chunk of points is c contiguous (chunk, n) matrices.
   Grid and bookkeeping:
     weights (g,) Bohr³; exc_ref (g,) e_xc(ρ0) per point, Hartree/Bohr³ (float64 libxc values, cast);
     occupation (m,) of the m lowest orbitals (2, or 0 for padding); ao_mask (n,) 1 for real AOs;
@@ -126,7 +126,7 @@ LAYOUT = dict(  # field → (which size each axis has, None = fixed; what paddin
     orthogonalizer=((_AO, _AO), "identity"), orthogonalizer_inv=((_AO, _AO), "identity"),
     eri_orth=((_AUX, _AO, _AO), 0), fock_ref_nonxc_orth=((_AO, _AO), 0),
     exchange_ref_orth=((_AO, _AO), 0), density_ref_orth=((_AO, _AO), 0),
-    ao_orth=((_GRID, None, _AO), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
+    ao_orth=((None, _GRID, _AO), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
     occupation=((_OCC,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0),
     orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0),
     positions=((_ATOM, None), 0))

@@ -193,7 +193,8 @@ def test_occupied_orbital_energy_is_the_general_energy(xc):
 
 @pytest.mark.parametrize("xc", ["lda,vwn", "b3lyp5"])
 def test_fock_of_orbitals_is_the_energys_gradient(xc):
-  """The unrolled loss's written-out Fock matrix of a mixed Σ c_j Y_j Y_jᵀ is ∂E/∂P (float64)."""
+  """The unrolled loss's written-out Fock matrix of a mixed Σ c_j Y_j Y_jᵀ is ∂E/∂P (float64), and
+  its hand-written VJP (the XC potential's) is that of autodiff's second derivatives of E."""
   from qpt import dft
   problem = ref.problem("water", "def2-svp", xc, grid_level=1)
   h0 = dft._to_orthonormal(problem, dft.fock(problem, problem.density_ref))
@@ -205,3 +206,13 @@ def test_fock_of_orbitals_is_the_energys_gradient(xc):
   np.testing.assert_allclose(np.asarray(jax.jit(dft._fock_of_orbitals)(problem, density)),
                              expected, atol=1e-10)
   assert np.abs(expected).max() > 1.0
+
+  cotangent = random_symmetric(problem, 5) + np.triu(random_symmetric(problem, 6))  # not symmetric
+  def vjp(fock_of):  # (Ȳ0, Ȳ1) of ⟨cotangent, F(Y0, Y1)⟩
+    return jax.jit(jax.grad(lambda y0, y1: jnp.sum(cotangent * fock_of(y0, y1)), argnums=(0, 1)))(
+        y0, y1)
+  written = vjp(lambda y0, y1: dft._fock_of_orbitals(problem, ((0.3, y0), (0.7, y1))))
+  autodiff = vjp(lambda y0, y1: dft._energy_and_fock(problem, 0.3 * y0 @ y0.T + 0.7 * y1 @ y1.T)[1])
+  for w, a in zip(written, autodiff):
+    assert np.abs(np.asarray(a)).max() > 0.1
+    np.testing.assert_allclose(np.asarray(w), np.asarray(a), atol=1e-9)
