@@ -10,7 +10,7 @@ import pytest
 
 import qpt
 from experiments.configs import md17
-from qpt import checkpoint, conformers, evaluate, experiment, labels, run_config
+from qpt import backends, checkpoint, conformers, evaluate, experiment, labels, run_config
 from tests import pyscf_reference as ref
 
 
@@ -197,6 +197,7 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   assert out["converged"] and out["iterations"] >= 1 and out["iterations_minao"] >= 1
   assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
   assert out["energy_predicted"] > out["energy"] - 1e-5  # variational: E[D(H_pred)] ≥ E_SCF
+  assert backends.float64_enabled()  # a float32 SCF left the process's float64 as it found it
   with pytest.raises(qpt.InputError, match="pass --basis sto-3g"):
     scf.run(scf.parse_args(["--xyz", str(xyz), "--init-from", str(tmp_path / "qm9")]))
   # tools/benchmark.py transfer: water (left out of the set) fine-tuned from it and from scratch,

@@ -39,10 +39,16 @@ def parse_args(argv):
 
 
 def run(args) -> dict:
+  # float64 switched on only for a float64 SCF, and back as it was afterwards: a caller in the
+  # same process (a test, a notebook) keeps its own setting.
+  with backends.device_dtype(args.dtype):
+    return _run(args)
+
+
+def _run(args) -> dict:
   start = time.perf_counter()
   mol = cli.molecule_from_arguments(args)
   theory = qpt.Level(args.basis, args.xc, args.grid_level, args.eri, args.dtype)
-  backends.enable_float64(theory.dtype == "float64")
   problem = qpt.build_problem(mol, theory)
   extra, density0 = {}, None
   if args.init_from:
