@@ -435,8 +435,8 @@ def _xc_potential(problem: DFTProblem, density) -> jax.Array:
   Its VJP is written out (`_xc_potential_bwd`) and keeps only ρ (and ∇ρ) of every grid point
   (c × g numbers) from the forward pass. The generic rematerialised scan evaluated each chunk's
   potential again and went back through each term's orbitals on the grid; an unrolled k = 3
-  loss makes three such Fock builds (ethanol/def2-SVP E + ∇: 0.47 → 0.42 s with the layout of
-  `_xc_chunk`).
+  loss makes three such Fock builds (ethanol/def2-SVP k = 3 E + ∇ 0.43 → 0.36 s together with
+  `_xc_chunk`'s per-component slices; docs/numerics.md §7c).
   """
   return _xc_potential_fwd(problem, density)[0]
 
@@ -472,7 +472,7 @@ def _xc_potential_fwd(problem: DFTProblem, density):
 def _xc_potential_bwd(residuals, cotangent):
   """V̄ → Ȳ_j, chunk by chunk, in three g·n² products' worth of work at most: with S = V̄ + V̄ᵀ,
   W̄ = φ S; the cotangents of ∂E/∂ρ are v̄_0 = ½ Σ_μ W̄ φ, v̄_x = Σ_μ W̄ ∇_xφ; ρ̄ = (∂²E/∂ρ²) v̄
-  (a Hessian-vector product of the chunk’s quadrature); then P̄ = Aᵀφ with
+  (a Hessian-vector product of the chunk's quadrature); then P̄ = Aᵀφ with
   A = ρ̄_0 φ + 2 Σ_x ρ̄_x ∇_xφ, summed over chunks, and Ȳ_j = c_j (P̄ + P̄ᵀ) Y_j. Going through P̄
   rather than through each Y_j's orbitals on the grid costs one g·n² product whatever the number
   of density terms (two g·n·m products per term otherwise)."""
