@@ -219,7 +219,7 @@ def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(jnp.sum(a * b, axis=1))
 
 
-def _density_on_grid(p: jax.Array, ao: jax.Array) -> jax.Array:
+def _density_on_grid(p: jax.Array, ao: list[jax.Array]) -> jax.Array:
   """ρ (and ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν for GGA) (c, chunk) of a density P (n, n) from a chunk of
   AO values ao: c arrays (chunk, n)."""
   ao_p = ao[0] @ p  # (chunk, n); P symmetric
@@ -227,7 +227,7 @@ def _density_on_grid(p: jax.Array, ao: jax.Array) -> jax.Array:
                     for x, a in enumerate(ao)])
 
 
-def _density_on_grid_occupied(y: jax.Array, ao: jax.Array) -> jax.Array:
+def _density_on_grid_occupied(y: jax.Array, ao: list[jax.Array]) -> jax.Array:
   """ρ = Σ_i ψ_i² (and ∇ρ = 2 Σ_i ψ_i ∇ψ_i) (c, chunk) of P = Y Yᵀ from a chunk of AO values
   ao: c arrays (chunk, n), with ψ = φ Y: plain 2-D matmuls, which XLA's CPU backend runs many
   times faster than a contraction over two axes."""
@@ -238,7 +238,7 @@ def _density_on_grid_occupied(y: jax.Array, ao: jax.Array) -> jax.Array:
 
 def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
   """Σ_g w_g (e(ρ_g) − e(ρ0_g)), in chunks of grid points; `density_on_grid` maps a chunk of AO
-  values (c, chunk, n) to ρ (and ∇ρ) (c, chunk).
+  values (c arrays (chunk, n), `_xc_chunk`) to ρ (and ∇ρ) (c, chunk).
 
   e(ρ0) per point is the host's float64 libxc value (`exc_ref`): the same number E_ref holds, so
   the difference is exact but for the float32 rounding of e(ρ) itself (docs/numerics.md §1: XC
@@ -268,8 +268,8 @@ def _xc_chunk(problem: DFTProblem, k: jax.Array) -> tuple[list[jax.Array], jax.A
   out of it again (ethanol k = 3: ~15 % of the step in copies)."""
   start, size = k * problem.xc_chunk, problem.xc_chunk
   c, _, n = problem.ao_orth.shape
-  return ([jax.lax.dynamic_slice(problem.ao_orth, (x, start, 0), (1, size, n))[0] for x in range(c)],
-          jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
+  ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, start, 0), (1, size, n))[0] for x in range(c)]
+  return (ao, jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
           jax.lax.dynamic_slice_in_dim(problem.weights, start, size))
 
 
