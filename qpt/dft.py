@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -279,6 +279,10 @@ def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array, weights: jax
   return jnp.sum(weights * (functional.energy_density(rho[0], sigma) - exc_ref))
 
 
+# (c, chunk) ∂E/∂ρ (and ∂E/∂∇ρ) of one chunk, weights included: the XC potential on the grid.
+_xc_chunk_potential = jax.grad(_xc_chunk_delta, argnums=1)
+
+
 @jax.custom_vjp
 def _xc_delta_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
   """`_xc_delta` of P = Y Yᵀ (Y: (n, m) occupied orbitals, orthonormal basis): the loss's XC term.
@@ -441,22 +445,14 @@ def _xc_potential(problem: DFTProblem, density) -> jax.Array:
   return _xc_potential_fwd(problem, density)[0]
 
 
-def _quadrature(functional, weights: jax.Array) -> Callable[[jax.Array], jax.Array]:
-  """ρ (and ∇ρ) (c, chunk) → Σ w e(ρ) over one chunk: its gradient is ∂E/∂ρ (and ∂E/∂∇ρ)."""
-  def energy(rho):
-    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
-    return jnp.sum(weights * functional.energy_density(rho[0], sigma))
-  return energy
-
-
 @full_float32  # traced with the gradient, possibly outside the caller's decorator
 def _xc_potential_fwd(problem: DFTProblem, density):
   c, _, n = problem.ao_orth.shape
 
   def chunk_potential(potential, k):
-    ao_k, _, w_k = _xc_chunk(problem, k)
+    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
     rho = sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density)
-    d_rho = jax.grad(_quadrature(problem.functional, w_k))(rho)  # (c, chunk)
+    d_rho = _xc_chunk_potential(problem.functional, rho, exc_ref_k, w_k)  # (c, chunk)
     w_mat = 0.5 * d_rho[0][:, None] * ao_k[0]
     for x in range(1, c):
       w_mat = w_mat + d_rho[x][:, None] * ao_k[x]
@@ -482,15 +478,15 @@ def _xc_potential_bwd(residuals, cotangent):
 
   def chunk(p_bar, inputs):
     k, rho_k = inputs
-    ao_k, _, w_k = _xc_chunk(problem, k)
+    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
     w_bar = ao_k[0] @ s  # (chunk, n); S symmetric
     v_bar = jnp.stack([(0.5 if x == 0 else 1.0) * jnp.sum(w_bar * ao_k[x], axis=-1)
                        for x in range(c)])
-    gradient = jax.grad(_quadrature(problem.functional, w_k))
     # The Hessian is symmetric, so its VJP is ρ̄. Reverse over reverse, not forward: the float32
     # functional drops the overflowing curvature of near-zero densities with a select, which a
     # cotangent passes cleanly and a tangent does not (inf × 0; xc.py).
-    rho_bar = jax.vjp(gradient, rho_k)[1](v_bar)[0]
+    rho_bar = jax.vjp(lambda r: _xc_chunk_potential(problem.functional, r, exc_ref_k, w_k),
+                      rho_k)[1](v_bar)[0]
     a = rho_bar[0][:, None] * ao_k[0]
     for x in range(1, c):
       a = a + 2.0 * rho_bar[x][:, None] * ao_k[x]
