@@ -11,7 +11,8 @@ Three products of a model are scored, and each key says which:
   F[D(H)]        h_mae_fock_uha, eps_occ_mae_uha, eps_all_mae_uha, psi_*, gap_mae_uha,
                  energy_mae_uha (E[D(H)]) — the model plus one Fock build;
   refined        *_refined — after `refine_steps` DIIS SCF steps on the device from D(H)
-                 (`dft.refine`), at refine_time_ratio of PySCF's full SCF.
+                 (`dft.refine`), at refine_time_ratio of PySCF's full SCF: ε of the DIIS
+                 estimate of the self-consistent F, E of the last density.
 `eps_occ_*` covers the occupied orbitals, `eps_all_*` every orbital (the paper's convention).
 
 Labels come from `qpt.labels` (PySCF, float64); this module only scores.

@@ -159,3 +159,21 @@ def test_refine_from_h_init_converges_to_pyscf_and_zero_steps_is_the_loss():
   np.testing.assert_allclose(refined.mo_energy, mf.mo_energy, atol=1e-4)
   with pytest.raises(qpt.InputError, match="refine=-1"):
     qpt.dft.refine(problem, h, -1)
+
+
+def test_refined_orbital_energies_are_the_diis_estimate():
+  """A refinement stopped short of convergence reports the DIIS extrapolation of every Fock
+  matrix it built: 4 steps from H_init (float32, water/def2-SVP) put the occupied orbital
+  energies within 10 µHa of PySCF's converged ones (measured 1.2 µHa; F[D_4] alone is ~140 µHa
+  off), while the energy stays E[D_4] (measured 0.8 µHa above PySCF's). 0 steps is F[D(H)]."""
+  problem = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
+  mf = ref.rks("water", "def2-svp", "b3lyp5")
+  occupied = mf.mo_occ > 0
+  h = qpt.dft.initial_fock(problem)
+  n = int(np.sum(problem.ao_mask))
+  fock_of_start = np.asarray(qpt.dft.fock(problem, qpt.dft.density_matrix(problem, h)))[:n, :n]
+  np.testing.assert_allclose(qpt.dft.refine(problem, h, 0).fock[:n, :n], fock_of_start,
+                             atol=1e-5)
+  refined = qpt.dft.refine(problem, h, 4)
+  assert np.max(np.abs(refined.mo_energy - mf.mo_energy)[occupied]) < 1e-5
+  assert 0 < refined.energy - mf.e_tot < 2e-5

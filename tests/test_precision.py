@@ -69,7 +69,9 @@ def test_energy_fock_and_orbitals():
 def test_scf():
   p = problem()
   args = (p, p.density_ref_orth, jnp.float32(1e-7), jnp.float32(1e-4), jnp.asarray(50))
-  assert not_full_precision(functools.partial(dft._scf_loop, diis_space=8), *args) == []
+  for extrapolate_last in (False, True):  # scf, refine
+    loop = functools.partial(dft._scf_loop, diis_space=8, extrapolate_last=extrapolate_last)
+    assert not_full_precision(loop, *args) == []
 
 
 def test_model_prediction_and_evaluation():
