@@ -37,7 +37,8 @@ class Prediction:
       step beyond `density`.
     molecule: as given (lab frame); level: the level of theory predicted at.
     refine_steps: on-device SCF steps taken from D(H) (`predict(..., refine=n)`); when n > 0,
-      hamiltonian and fock are F[D_n], density D_n and energy E[D_n] after those steps.
+      hamiltonian and fock are the DIIS estimate of the self-consistent F from F[D_0] … F[D_n]
+      (`dft.refine`; mo_* its orbitals), density D_n and energy E[D_n] after those steps.
   """
 
   hamiltonian: np.ndarray
