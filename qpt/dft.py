@@ -640,12 +640,16 @@ def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space, extrapolate
     fp = f @ p
     return fp - fp.T
 
-  def step(state):
-    p, e, f, f_hist, err_hist, it, _ = state
+  def extrapolate(f, p, f_hist, err_hist, it):
+    """F[P] of iteration `it` into the history, and the DIIS extrapolation of the history."""
     slot = it % diis_space
     f_hist = f_hist.at[slot].set(f)
     err_hist = err_hist.at[slot].set(commutator(f, p))
-    f_extrapolated = _diis(f_hist, err_hist, jnp.minimum(it + 1, diis_space), f)
+    return _diis(f_hist, err_hist, jnp.minimum(it + 1, diis_space), f), f_hist, err_hist
+
+  def step(state):
+    p, e, f, f_hist, err_hist, it, _ = state
+    f_extrapolated, f_hist, err_hist = extrapolate(f, p, f_hist, err_hist, it)
     p_new, norm_energy = _projector(problem, f_extrapolated)
     e_new, f_new = _energy_and_fock(problem, p_new)
     e_new = e_new - norm_energy
@@ -663,9 +667,7 @@ def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space, extrapolate
   state = (p0, e0, f0, hist, hist, jnp.asarray(0), jnp.asarray(False))
   p, e, f, f_hist, err_hist, iterations, converged = jax.lax.while_loop(not_done, step, state)
   if extrapolate_last:
-    slot = iterations % diis_space
-    f = _diis(f_hist.at[slot].set(f), err_hist.at[slot].set(commutator(f, p)),
-              jnp.minimum(iterations + 1, diis_space), f)
+    f = extrapolate(f, p, f_hist, err_hist, iterations)[0]
   eps, u = jnp.linalg.eigh(_masked(problem, f))
   return e, f, p, eps, u, iterations, converged
 

@@ -214,6 +214,7 @@ def test_fock_of_orbitals_is_the_energys_gradient(xc):
   written = vjp(lambda y0, y1, c: dft._fock_of_orbitals(problem, ((c, y0), (1 - c, y1))))
   autodiff = vjp(lambda y0, y1, c: dft._energy_and_fock(
       problem, c * y0 @ y0.T + (1 - c) * y1 @ y1.T)[1])
-  for w, a in zip(written, autodiff):
-    assert np.abs(np.asarray(a)).max() > 1e-3  # not a comparison of zeros
+  # Not a comparison of zeros: Ȳ0, Ȳ1 are ~4 and ~9 here, c̄ ~0.01–0.04.
+  for w, a, floor in zip(written, autodiff, (0.1, 0.1, 1e-3)):
+    assert np.abs(np.asarray(a)).max() > floor
     np.testing.assert_allclose(np.asarray(w), np.asarray(a), atol=1e-9)
