@@ -15,9 +15,9 @@ Why each piece is here rather than on the device:
 Electron repulsion reaches the device as one 3-index factor B (n_aux, n_ao, n_ao) with
 (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, so J and K are contracted the same way for both modes:
   * eri="dense": pivoted Cholesky of the exact 4-index ERI matrix (from PySCF's 4-fold packed
-    integrals), stopped when the largest remaining diagonal is below CHOLESKY_TOL. Every integral
-    is then exact to that tolerance, and B is far smaller than the dense tensor
-    (uracil/def2-SVP: 1.2 GB float32 dense vs ~80 MB).
+    integrals), stopped when the largest remaining diagonal is below the device dtype's
+    CHOLESKY_TOL. Every integral is then exact to that tolerance, and B is far smaller than the
+    dense tensor (uracil/def2-SVP: 1.2 GB float32 dense vs ~60 MB).
   * eri="df": density fitting with PySCF's JK-fit auxiliary basis (`labels.auxiliary_basis`),
     exactly the tensor the density-fitted PySCF reference (`labels.pyscf_rks`) uses for J and K.
 """
@@ -34,7 +34,11 @@ from pyscf import ao2mo, dft, gto, lib, scf
 from qpt import labels
 from qpt.level import Level
 
-CHOLESKY_TOL = 1e-10  # Hartree; largest integral error of eri="dense" (energy effect ≪ 1 µHa)
+# Hartree: the largest integral error of eri="dense", per device dtype. float32 rounds integrals of
+# ~1 Ha at 6e-8 whatever the factor; 1e-8 moves the energy by < 0.1 µHa (ethanol, uracil/def2-SVP)
+# with 30 % fewer factor rows than 1e-10 — less host time, fewer bytes, cheaper J and K on the
+# device (docs/numerics.md §5). float64 keeps 1e-10.
+CHOLESKY_TOL = {"float32": 1e-8, "float64": 1e-10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +93,7 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   occupation = np.zeros(mol.nao)
   occupation[:n_occ] = 2.0
 
-  b, (j_ref, k_ref) = repulsion(mol, level.eri, density_ref)
+  b, (j_ref, k_ref) = repulsion(mol, level.eri, density_ref, CHOLESKY_TOL[level.dtype])
   a = functional.exact_exchange
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
@@ -120,11 +124,13 @@ def orbital_labels(mol: gto.Mole) -> np.ndarray:
 # ---- electron repulsion ---------------------------------------------------------------------
 
 
-def repulsion(mol: gto.Mole, eri: str,
-              density: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def repulsion(mol: gto.Mole, eri: str, density: np.ndarray,
+              cholesky_tol: float = CHOLESKY_TOL["float64"]
+              ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
   """B (n_aux, n, n) with (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, and (J[D], K[D]) (n, n) of `density`.
 
-  eri="dense": B by pivoted Cholesky of the exact integrals, and J, K from those integrals
+  eri="dense": B by pivoted Cholesky of the exact integrals, every integral to `cholesky_tol`
+  (Hartree), and J, K from those integrals
   themselves (PySCF's incore contraction: exact, and ~10× cheaper than contracting B).
   eri="df": B from density fitting, and J, K contracted from it as the device will.
   """
@@ -133,7 +139,7 @@ def repulsion(mol: gto.Mole, eri: str,
     return b, coulomb_exchange(b, density)
   packed = mol.intor("int2e", aosym="s8")  # half the work of the 4-fold matrix Cholesky needs
   j, k = scf.hf.dot_eri_dm(packed, density, hermi=1)
-  b = lib.unpack_tril(pivoted_cholesky(ao2mo.restore(4, packed, mol.nao), CHOLESKY_TOL))
+  b = lib.unpack_tril(pivoted_cholesky(ao2mo.restore(4, packed, mol.nao), cholesky_tol))
   return b, (j, k)
 
 
@@ -142,7 +148,7 @@ def pivoted_cholesky(matrix: np.ndarray, tol: float) -> np.ndarray:
 
   LAPACK's blocked pivoted Cholesky (dpstrf), stopped when every remaining diagonal is below `tol`;
   then every entry of the residual is below `tol` too (it is positive semi-definite, so
-  |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 1337 of 2628 in 0.15 s.
+  |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 946 of 2628 at 1e-8 (1337 at 1e-10), 0.16 s.
   """
   # A symmetric C-ordered matrix is its own Fortran-ordered transpose: no reordering copy.
   factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix.T, tol=tol, lower=1)
