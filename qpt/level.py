@@ -62,18 +62,22 @@ class Level:
   def from_config(cls, config, stream: bool = False) -> Level:
     """The level a run's config names (its fields basis, xc, grid_level, eri, dtype): what the
     run is evaluated at. stream=True: what its training stream builds at — the same, on the grid
-    of `data.grid_level` (−1: grid_level). A training grid is never finer than the evaluation's:
-    a larger data.grid_level means grid_level.
+    of `data.grid_level` (−1: grid_level) with the repulsion integrals of `data.eri` ("": eri).
+    A training grid is never finer than the evaluation's: a larger data.grid_level means
+    grid_level.
     """
     level = cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
-    training_grid = config.data.get("grid_level", -1) if stream else -1
-    if training_grid == -1:
+    if not stream:
       return level
-    try:
-      training = dataclasses.replace(level, grid_level=training_grid)
+    grid = config.data.get("grid_level", -1)
+    if grid == -1:
+      grid = level.grid_level
+    elif grid in GRID_LEVELS:
+      grid = min(grid, level.grid_level)
+    try:  # an invalid value is Level's one-line error, prefixed with data.
+      return dataclasses.replace(level, grid_level=grid, eri=config.data.get("eri", "") or level.eri)
     except InputError as e:
       raise InputError(f"data.{e}") from None
-    return training if training.grid_level < level.grid_level else level
 
   @property
   def functional(self) -> xc_lib.Functional:

@@ -68,3 +68,15 @@ def test_the_training_stream_may_use_its_own_grid():
   config.data.grid_level = 12
   with pytest.raises(qpt.InputError, match="data.grid_level=12"):
     Level.from_config(config, stream=True)
+
+
+def test_the_training_stream_may_use_its_own_repulsion_integrals():
+  from experiments.configs import md17
+  config = md17.get_config("water")
+  assert Level.from_config(config, stream=True).eri == config.eri == "dense"  # "": the run's
+  config.data.eri = "df"
+  assert Level.from_config(config, stream=True).eri == "df"
+  assert Level.from_config(config).eri == "dense"  # evaluation keeps the run's integrals
+  config.data.eri = "exact"
+  with pytest.raises(qpt.InputError, match="data.eri='exact'"):
+    Level.from_config(config, stream=True)

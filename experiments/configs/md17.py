@@ -58,6 +58,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   # second order, so a coarse training grid costs no held-out accuracy at level 3: water 73.4 /
   # 71.1 / 72.4 µHa trained on levels 3 / 1 / 0, in 5.7 / 3.1 / 2.5 min (docs/results.md §1).
   c.data.grid_level = 1
+  # Repulsion integrals of label-free training's problems: "" = eri, or dense | df. Evaluation
+  # always uses eri.
+  c.data.eri = ""
   c.data.pad_to = ()  # (n_ao, n_grid, n_aux, n_atoms, n_occ) at least; () = size buckets as they come
   # Many molecules instead of `molecule` (pre-training; experiments/configs/qm9.py): "qm9"
   # (qm9pack's data), a folder of its CSV files, or a folder / tarball of .xyz files. The set is

@@ -13,7 +13,8 @@ from .common import Command, md17_config, stamp
 ROUTES = ("scratch", "finetuned")
 # What fine-tuning must share with the pre-trained run, or its parameters would not fit (model,
 # basis) or would have learnt another Hamiltonian (functional, grids, dtype, unrolled steps).
-INHERITED = ("basis", "xc", "grid_level", "data.grid_level", "dtype", "iterations", "mixing")
+INHERITED = ("basis", "xc", "grid_level", "data.grid_level", "data.eri", "dtype", "iterations",
+             "mixing")
 
 
 def transfer_arguments(parser: argparse.ArgumentParser):
