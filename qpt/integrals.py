@@ -17,7 +17,7 @@ Electron repulsion reaches the device as one 3-index factor B (n_aux, n_ao, n_ao
   * eri="dense": pivoted Cholesky of the exact 4-index ERI matrix (from PySCF's 4-fold packed
     integrals), stopped when the largest remaining diagonal is below the device dtype's
     CHOLESKY_TOL. Every integral is then exact to that tolerance, and B is far smaller than the
-    dense tensor (uracil/def2-SVP: 1.2 GB float32 dense vs ~60 MB).
+    dense tensor (uracil/def2-SVP in float32: 1.2 GB dense, 121 MB as B).
   * eri="df": density fitting with PySCF's JK-fit auxiliary basis (`labels.auxiliary_basis`),
     exactly the tensor the density-fitted PySCF reference (`labels.pyscf_rks`) uses for J and K.
 """
@@ -130,8 +130,8 @@ def repulsion(mol: gto.Mole, eri: str, density: np.ndarray,
   """B (n_aux, n, n) with (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, and (J[D], K[D]) (n, n) of `density`.
 
   eri="dense": B by pivoted Cholesky of the exact integrals, every integral to `cholesky_tol`
-  (Hartree), and J, K from those integrals
-  themselves (PySCF's incore contraction: exact, and ~10× cheaper than contracting B).
+  (Hartree), and J, K from those integrals themselves (PySCF's incore contraction: exact, and
+  ~10× cheaper than contracting B).
   eri="df": B from density fitting, and J, K contracted from it as the device will.
   """
   if eri == "df":
