@@ -7,7 +7,7 @@ prints these numbers and writes them to WORKDIR/eval.json; docs/results.md has e
   python experiments/md17.py --config experiments/configs/md17.py:water          # = `make run`
       ~3 min: energy MAE of E[D(H_pred)] ~71 µHa (MINAO baseline ~92,000), SCF-cycle ratio ~0.71
   python experiments/md17.py --config experiments/configs/md17.py:ethanol
-      ~40 min: energy MAE ~720 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
+      ~23 min: energy MAE ~730 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
   python experiments/md17.py --config experiments/configs/md17.py:water --config.xc=pbe \
       --config.workdir=workdir/water_pbe                  # PBE, as QHNet's labels
       ~8 min: energy MAE ~94 µHa (baseline ~110,000), SCF-cycle ratio ~0.70
