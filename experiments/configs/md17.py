@@ -133,8 +133,8 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
 
   # ---- beyond water: PySCF's host-side build (~1 s per ethanol/def2-SVP conformer and worker)
   # sets the pace on 2 cores, so each problem serves two steps and the batch is smaller, and
-  # training's problems use density fitting: its factor is 2.2× cheaper to build than the exact
-  # integrals' Cholesky factor (ethanol: 0.37 against 0.80 s) and the held-out energy is still
+  # training's problems use density fitting: such a problem builds 2.2× faster than one with the
+  # exact integrals' Cholesky factor (ethanol: 0.37 against 0.80 s) and the held-out energy is still
   # scored with exact integrals — like the training grid, the density that minimises the fitted
   # energy is as good under the exact one (docs/results.md §4). Water's builds are too small for
   # it to pay (376 against 347 s for `make run`, 72.3 against 71.3 µHa).
