@@ -34,6 +34,18 @@ def test_dense_cholesky_factor_reproduces_every_integral(dtype):
   assert abs(np.vdot(dm, j_b - j)) < 1e-7 and abs(np.vdot(dm, k_b - k)) < 1e-7
 
 
+def test_coulomb_and_exchange_of_any_symmetric_density():
+  # Full rank and indefinite, unlike MINAO's: K through the eigen-decomposition must not assume it.
+  mol = water()
+  b, _ = integrals.repulsion(mol, "dense", np.eye(mol.nao), integrals.CHOLESKY_TOL["float64"])
+  a = np.random.default_rng(1).standard_normal((mol.nao, mol.nao))
+  dm = a + a.T
+  eri = mol.intor("int2e")  # (ij|kl)
+  j, k = integrals.coulomb_exchange(b, dm)
+  np.testing.assert_allclose(j, np.einsum("ijkl,kl->ij", eri, dm), atol=1e-7)
+  np.testing.assert_allclose(k, np.einsum("ikjl,kl->ij", eri, dm), atol=1e-7)
+
+
 def test_pivoted_cholesky_of_a_low_rank_matrix():
   a = np.random.default_rng(0).standard_normal((5, 40))
   rows = integrals.pivoted_cholesky(a.T @ a, 1e-12)
