@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import time
 
 import jax
@@ -39,6 +40,17 @@ def assert_one_line_error(result, *words):
 ])
 def test_bad_configs(args, config, words):
   assert_one_line_error(md17(*args, config=config), *words)
+
+
+def test_qm9_script_runs_its_config_as_the_readme_says(tmp_path):
+  # `python experiments/qm9.py --config experiments/configs/qm9.py`: the script's own folder is on
+  # the import path, the repository root is not, so the config must reach md17.py's without it.
+  env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+  command = [sys.executable, os.path.join(ROOT, "experiments", "qm9.py"),
+             f"--config={os.path.join(ROOT, 'experiments', 'configs', 'qm9.py')}",
+             f"--config.workdir={tmp_path}", "--config.data.max_n_ao=5", "--quiet"]
+  result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert_one_line_error(result, "no molecule within", "max_n_ao=5")
 
 
 @pytest.mark.parametrize("overrides, words", [

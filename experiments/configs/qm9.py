@@ -22,12 +22,18 @@ evaluation; density-fitted ERIs, which make its host build ~6× cheaper) with QH
 costs: the PySCF host build, not the device, sets its pace.
 """
 
-from experiments.configs import md17
+import os
+
+from qpt import run_config
+
+# md17.py's config, by path: `--config` runs this file on its own, where the repository root (and
+# so the package `experiments`) is not on the import path.
+_MD17 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "md17.py")
 
 
 def get_config(size: str = "cpu"):
   """`cpu` (the default) or `accelerator`."""
-  c = md17.get_config("water")
+  c = run_config.load(f"{_MD17}:water")
   c.molecule = ""  # the molecule set replaces the single molecule
   c.workdir = "workdir/qm9"
   c.data.molecule_set = "qm9"
