@@ -44,9 +44,13 @@ def get_config(size: str = "cpu"):
     c.data.max_heavy_atoms = 5
     c.data.max_n_ao = 100
     c.data.split_fractions = (0.75, 0.08, 0.17)  # 91 / 10 / 20 molecules
-    c.train.steps = 600  # 3.3 s per step here (padded to ~100 AOs): ~35 min
+    c.train.steps = 1500
     c.train.batch_size = 2
     c.data.mol_repeats = 2  # a problem serves two steps: PySCF's host build sets the pace here
+    # Training's problems density-fitted (evaluation stays exact): a 90-AO build at grid level 1
+    # takes 0.42 s instead of 1.3 s on one thread, and the first 60 steps 52 s instead of 91 s at
+    # the same losses (docs/results.md §10).
+    c.data.eri = "df"
     c.train.warmup_steps = 50
     c.eval.every = 200
     c.eval.n_validation = 6  # 3 validation molecules
