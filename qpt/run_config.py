@@ -106,14 +106,31 @@ def saved(workdir: str) -> ml_collections.ConfigDict:
     raise InputError(f"{workdir}: no config.json of a training run") from None
 
 
+# Fields added since runs were first checkpointed that change what training computes, with the value
+# that means what QPT did before the field existed. Their defaults have since moved (md17.py's
+# ethanol and qm9.py train on a level-1 grid with density fitting), so a run saved before them
+# must not pick the new defaults up silently on resumption.
+BEFORE_IT_EXISTED = {"data.grid_level": -1, "data.eri": "", "data.mol_repeats": 1,
+                     "self_consistency_weight": 0.0}
+
+
 def check_resumable(saved_flat: dict, wanted_flat: dict) -> None:
   """One-line InputError naming the first field that differs from the checkpointed run's.
 
-  A field the saved run did not have (added to QPT since) is accepted: new fields default to
-  the behaviour from before they existed.
+  A field the saved run did not have (added to QPT since) is compared with what QPT did before it
+  existed (`BEFORE_IT_EXISTED`); a field not listed there changes nothing the run computes.
   """
   for key in sorted(set(saved_flat) | set(wanted_flat)):
-    if key in RESUMABLE_CHANGES or key not in saved_flat or saved_flat[key] == wanted_flat.get(key):
+    if key in RESUMABLE_CHANGES:
+      continue
+    if key not in saved_flat:
+      before = BEFORE_IT_EXISTED.get(key, wanted_flat.get(key))
+      if wanted_flat.get(key) != before:
+        raise InputError(f"workdir holds a run from before {key} existed, which trained as "
+                         f"{key}={before!r}; this config has {wanted_flat.get(key)!r}: pass "
+                         f"--config.{key}={before!r} to resume it, or use another workdir")
+      continue
+    if saved_flat[key] == wanted_flat.get(key):
       continue
     raise InputError(f"workdir holds a run with {key}={saved_flat.get(key)!r}, this config has "
                      f"{wanted_flat.get(key)!r}: use another workdir (or init_from to fine-tune)")

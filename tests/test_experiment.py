@@ -134,11 +134,15 @@ def test_md17_files_give_disjoint_train_validation_and_test_frames(tmp_path):
   assert isinstance(s.train, conformers.FrameSampler)
 
 
-def test_fields_added_since_a_checkpoint_do_not_block_its_resumption():
+def test_fields_added_since_a_checkpoint_block_its_resumption_only_if_they_change_it():
   saved = {"xc": "b3lyp5", "train.steps": 100}
   run_config.check_resumable(saved, {"xc": "b3lyp5", "train.steps": 200, "data.pad_to": []})
   with pytest.raises(qpt.InputError, match="xc='b3lyp5'"):
     run_config.check_resumable(saved, {"xc": "pbe", "train.steps": 100})
+  # ... unless the new field's value changes what the saved run computed before it existed.
+  run_config.check_resumable(saved, {"xc": "b3lyp5", "train.steps": 100, "data.eri": ""})
+  with pytest.raises(qpt.InputError, match="before data.eri existed.*data.eri=''.*'df'"):
+    run_config.check_resumable(saved, {"xc": "b3lyp5", "train.steps": 100, "data.eri": "df"})
 
 
 QM9_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "qm9pack")
