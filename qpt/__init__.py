@@ -4,9 +4,10 @@
   (molecule.py)  (integrals.py, build.py)   (problem.py)           (dft.py, xc.py)        (model.py)
 """
 
-from qpt import threads
+from qpt import basis_files, threads
 
 threads.single_threaded_blas()  # before any JAX eigh can run beside numpy: see qpt/threads.py
+basis_files.parse_once()  # PySCF re-parses basis files for every conformer otherwise
 
 from qpt import dft, molecules  # noqa: E402
 from qpt.build import build_problem  # noqa: E402
