@@ -87,7 +87,7 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   functional = level.functional
   overlap = mol.intor_symmetric("int1e_ovlp")
   hcore = mol.intor_symmetric("int1e_kin") + mol.intor_symmetric("int1e_nuc")
-  orthogonalizer = np.linalg.inv(np.linalg.cholesky(overlap)).T
+  orthogonalizer = orthogonalizer_of(overlap)
   density_ref = scf.hf.init_guess_by_minao(mol)
   n_occ = mol.nelectron // 2
   occupation = np.zeros(mol.nao)
@@ -106,6 +106,11 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   return HostIntegrals(overlap, orthogonalizer, b, density_ref, fock_ref_nonxc, k_ref,
                        float(energy_ref), ao, weights, exc_ref, occupation, float(energy_nuc), hcore,
                        orbital_labels(mol), mol.atom_charges(), mol.atom_coords(unit="Bohr"))
+
+
+def orthogonalizer_of(overlap: np.ndarray) -> np.ndarray:
+  """X = L⁻ᵀ (n, n) with S = L Lᵀ, so that Xᵀ S X = 1: the orthonormal basis φ' = φ X."""
+  return np.linalg.inv(np.linalg.cholesky(overlap)).T
 
 
 def orbital_labels(mol: gto.Mole) -> np.ndarray:

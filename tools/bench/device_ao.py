@@ -35,9 +35,9 @@ import numpy as np
 from pyscf import dft, gto, scf
 
 import qpt
-from qpt import labels, level, threads
+from qpt import integrals, labels, threads
 from .common import Command, comma_list, median_seconds, stamp, timed
-from .energy import build_as_a_worker, loss_and_gradient
+from .energy import build_as_a_worker, energy_arguments, loss_and_gradient
 
 SCREEN_THRESHOLD = 1e-7  # |φ|·√|w| below it: the AO column is negligible on that block of points
 
@@ -64,7 +64,7 @@ class ShellGroup:
 def shell_groups(mol: gto.Mole) -> tuple[list[ShellGroup], np.ndarray]:
   """`mol`'s basis as arrays, shells grouped by (l, K), and the order `ao_values` returns AOs in:
   its AO j is PySCF's AO order[j] (within a group m-major, then shell)."""
-  groups, first_ao, start = {}, {}, 0
+  groups, start = {}, 0
   for shell in range(mol.nbas):
     l, exponents = mol.bas_angular(shell), mol.bas_exp(shell)
     coefficients = mol._libcint_ctr_coeff(shell)  # (K, n_ctr), PySCF's normalisation
@@ -137,18 +137,16 @@ def ao_values(points: tuple[jax.Array, jax.Array], atoms: tuple[jax.Array, jax.A
 
 
 def arguments(parser: argparse.ArgumentParser):
-  parser.add_argument("--molecules", default="ethanol,uracil", help="comma list of built-in molecules")
-  parser.add_argument("--basis", default="def2-svp", help="comma list of basis sets")
-  parser.add_argument("--eri", default="dense", choices=level.ERI_MODES)
-  parser.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default 3)")
-  parser.add_argument("--repeats", type=int, default=5, help="timed runs per number (median)")
+  """`energy`'s options, with this measurement's own default molecules and basis."""
+  energy_arguments(parser)
+  parser.set_defaults(molecules="ethanol,uracil", basis="def2-svp")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
   if args.repeats < 1:
     raise qpt.InputError(f"--repeats {args.repeats}: need at least 1")
   molecules = [qpt.molecules.get(m) for m in comma_list(args.molecules)]
-  theories = [qpt.Level(b, "b3lyp5", args.grid_level, args.eri) for b in comma_list(args.basis)]
+  theories = [qpt.Level(b, args.xc, args.grid_level, args.eri) for b in comma_list(args.basis)]
   for m in molecules:
     for theory in theories:
       m.to_pyscf(theory.basis)  # a missing basis fails now
@@ -172,7 +170,7 @@ def case(molecule: qpt.Molecule, theory: qpt.Level, repeats: int) -> dict:
   padded = problem.weights.shape[0]
   coordinate_bytes = 2 * 3 * padded * 4  # float32 hi + lo per coordinate
   without_ao = problem_bytes - problem.ao_orth.nbytes + coordinate_bytes
-  x = np.linalg.inv(np.linalg.cholesky(mol.intor_symmetric("int1e_ovlp"))).T  # as integrals.py
+  x = integrals.orthogonalizer_of(mol.intor_symmetric("int1e_ovlp"))
   with threads.one_thread():
     ao, host_seconds = timed(lambda: _host_ao(mol, grids.coords, x))
 
