@@ -105,12 +105,14 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def batch_loss(params):
       # Parameters are read through the backend's getter, which gathers sharded ones layer by
-      # layer (FSDP). Model and loss go over the conformers together, as the backend says.
-      def one(problem, fock_label):
-        h = model_lib.hamiltonian(model, params, problem, backend.gather_parameter)
-        return loss_fn(problem, h, fock_label)
-
-      losses, reported = backend.map_conformers(one, batch, fock_labels)
+      # layer (FSDP). The model sees one conformer at a time on every layout: batched, its
+      # matmuls would fold the conformers into their rows, and how many share a device would
+      # change the last bits of W — which an untrained model's E[D(H)] turns into ~1e-6 Ha
+      # (docs/results.md §9). The loss goes over the conformers as the backend says.
+      hs = jax.lax.map(
+          lambda problem: model_lib.hamiltonian(model, params, problem, backend.gather_parameter),
+          batch)
+      losses, reported = backend.map_conformers(loss_fn, batch, hs, fock_labels)
       return jnp.mean(losses), reported
 
     (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
