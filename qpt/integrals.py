@@ -47,7 +47,7 @@ class HostIntegrals:
 
   Attributes:
     overlap: (n, n) S.
-    orthogonalizer: (n, n) X = L⁻ᵀ with S = L Lᵀ, so Xᵀ S X = 1.
+    orthogonalizer: (n, n) X = L⁻ᵀ with S = L Lᵀ, so Xᵀ S X = 1 (upper triangular).
     eri_factor: (n_aux, n, n) B with (μν|λσ) ≈ Σ_P B_Pμν B_Pλσ, Hartree^½.
     density_ref: (n, n) D0, the MINAO density (electrons; tr(D0 S) = n_electrons).
     fock_ref_nonxc: (n, n) G0 = Hcore + J[D0] − a/2·K[D0], Hartree (a: exact-exchange fraction).
@@ -109,8 +109,15 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
 
 
 def orthogonalizer_of(overlap: np.ndarray) -> np.ndarray:
-  """X = L⁻ᵀ (n, n) with S = L Lᵀ, so that Xᵀ S X = 1: the orthonormal basis φ' = φ X."""
-  return np.linalg.inv(np.linalg.cholesky(overlap)).T
+  """X = L⁻ᵀ (n, n) with S = L Lᵀ, so that Xᵀ S X = 1: the orthonormal basis φ' = φ X.
+
+  X is upper triangular, with exact zeros below the diagonal (a triangular inverse, not a general
+  one), so products with it may use BLAS's triangular kernels (`build.py`).
+  """
+  inverse, info = scipy.linalg.lapack.dtrtri(np.linalg.cholesky(overlap), lower=1)
+  if info:
+    raise RuntimeError(f"dtrtri: info {info}")
+  return inverse.T
 
 
 def orbital_labels(mol: gto.Mole) -> np.ndarray:

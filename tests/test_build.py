@@ -49,6 +49,19 @@ def test_padding_is_inert():
   np.testing.assert_array_equal(p.weights[:g], host.weights)  # float64: exactly the host's
 
 
+def test_orthonormal_fields_are_the_plain_transforms():
+  """φ X and Xᵀ B_P X, formed with triangular BLAS products, against plain float64 matmuls."""
+  water = qpt.molecules.get("water")
+  level = qpt.Level(basis="def2-svp", xc="pbe", grid_level=1, eri="df", dtype="float64")
+  host = integrals.compute(water.to_pyscf("def2-svp"), level)
+  p = qpt.build_problem(water, level)
+  x = host.orthogonalizer
+  (n_aux, n, _), g = host.eri_factor.shape, len(host.weights)
+  np.testing.assert_allclose(p.ao_orth[:, :g, :n], host.ao @ x, rtol=0, atol=1e-13)
+  np.testing.assert_allclose(p.eri_orth[:n_aux, :n, :n], x.T @ host.eri_factor @ x, rtol=0,
+                             atol=1e-13)
+
+
 def test_reference_energy_survives_float32():
   water = qpt.molecules.get("water")
   host = integrals.compute(water.to_pyscf("sto-3g"), PBE_STO3G)

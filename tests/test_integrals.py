@@ -91,6 +91,7 @@ def test_reference_terms_are_pyscfs():
   # X orthonormalises the AO basis.
   x = host.orthogonalizer
   np.testing.assert_allclose(x.T @ host.overlap @ x, np.eye(mf.mol.nao), atol=1e-12)
+  assert not np.tril(x, -1).any()  # exactly upper triangular: build.py's products rely on it
   assert host.occupation.sum() == mf.mol.nelectron
   assert host.energy_nuc == mf.mol.energy_nuc()
 
