@@ -105,8 +105,8 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
 
   # ---- optimisation ----
   c.train = ml_collections.ConfigDict()
-  # Optimizer steps. Water's 2,000 use `make run`'s 10-minute budget: 6.7 min in all, held-out
-  # energy MAE 46.6 µHa against 71.8 at 1,000 steps (docs/results.md §1).
+  # Optimizer steps. Water's 2,000 use `make run`'s 10-minute budget: 6.7–7.8 min in all, held-out
+  # energy MAE 46.6–49.0 µHa against 71.8 at 1,000 steps (docs/results.md §1).
   c.train.steps = 2000
   c.train.batch_size = 4  # global batch: conformers per step, over all devices
   c.train.learning_rate = 1e-3  # peak, after warm-up
