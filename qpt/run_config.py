@@ -49,6 +49,7 @@ def check(config) -> None:
   train.conformer_loss(config.loss, config.iterations, config.mixing,
                       config.self_consistency_weight)  # loss, mixing, weight
   model.model_config(config.model.size)
+  train.make_optimizer(config.train)  # learning rate, warm-up, weight decay, clip
   dft.check_refine(config.eval.refine_steps, "eval.refine_steps")
   if not config.eval.hot_temperature >= 0:
     raise InputError(f"eval.hot_temperature={config.eval.hot_temperature}: must be ≥ 0 K "

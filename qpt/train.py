@@ -11,6 +11,7 @@ never holds a NaN. Energies are reported as float64 totals assembled on the host
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import haiku as hk
@@ -38,7 +39,17 @@ class TrainState:
 
 
 def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Global-norm clip → AdamW with linear warm-up and cosine decay to 1% of the peak."""
+  """Global-norm clip → AdamW with linear warm-up and cosine decay to 1% of the peak. A field that
+  cannot train (a learning rate that is not a positive number, …) is an InputError naming it."""
+  for field, ok, need in (
+      ("learning_rate", train_config.learning_rate > 0 and math.isfinite(train_config.learning_rate),
+       "a positive finite number"),
+      ("warmup_steps", train_config.warmup_steps >= 0, "≥ 0"),
+      ("weight_decay", train_config.weight_decay >= 0 and math.isfinite(train_config.weight_decay),
+       "a finite number ≥ 0"),
+      ("clip_norm", train_config.clip_norm > 0, "> 0 (inf: no clipping)")):
+    if not ok:  # also NaN, which fails every comparison
+      raise InputError(f"train.{field}={getattr(train_config, field)}: must be {need}")
   steps = max(int(train_config.steps), int(train_config.warmup_steps) + 1)
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.learning_rate,

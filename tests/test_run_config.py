@@ -30,3 +30,19 @@ def test_a_recorded_config_reads_back_as_the_run_had_it(tmp_path):
   assert experiment.level(saved) == experiment.level(config)
   with pytest.raises(qpt.InputError, match="no config.json"):
     run_config.saved(str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", float("nan"), "train.learning_rate=nan: must be a positive finite number"),
+    ("learning_rate", -1e-3, "train.learning_rate=-0.001: must be a positive"),
+    ("warmup_steps", -2, "train.warmup_steps=-2: must be ≥ 0"),
+    ("weight_decay", -1.0, "train.weight_decay=-1.0: must be a finite number ≥ 0"),
+    ("clip_norm", 0.0, "train.clip_norm=0.0: must be > 0")])
+def test_an_optimizer_field_that_cannot_train_is_named(field, value, message):
+  """Before anything is built: these trained on silently (NaN parameters, or a run that climbs)."""
+  config = md17.get_config("water")
+  config.train[field] = value
+  with pytest.raises(qpt.InputError, match=message.replace(".", r"\.").replace("+", r"\+")):
+    run_config.check(config)
+  config.train[field] = md17.get_config("water").train[field]
+  run_config.check(config)  # the default passes
