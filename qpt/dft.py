@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Sequence
 
 import jax
@@ -388,6 +389,8 @@ def loss_self_consistency(problem: DFTProblem, h: jax.Array) -> jax.Array:
 
 def mixing_schedule(iterations: int, mixing: float | Sequence[float]) -> tuple[float, ...]:
   """`mixing` as k per-step weights: one value for every step, or a sequence of k values."""
+  if not (isinstance(iterations, numbers.Integral) and iterations >= 0):
+    raise InputError(f"iterations={iterations!r}: must be a whole number ≥ 0 (unrolled SCF steps)")
   m = (tuple(float(x) for x in mixing) if isinstance(mixing, Sequence)
        else (float(mixing),) * iterations)
   if len(m) != iterations:

@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every",
                      "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
                      "backend.emulate", "backend.coordinator_address", "backend.num_processes",
                      "backend.process_id", "mesh.data", "mesh.model")
+_AT_LEAST_ZERO = ("every", "n_validation", "n_conformers")  # of eval
 _AT_LEAST_ONE = ("train.steps", "train.batch_size", "log_every", "checkpoint.every",
                  "checkpoint.keep", "data.mol_repeats")
 
@@ -61,6 +62,9 @@ def check(config) -> None:
     molecules.get(config.molecule)
   if config.eval.per_molecule < 1:
     raise InputError(f"eval.per_molecule={config.eval.per_molecule}: must be at least 1")
+  for key in _AT_LEAST_ZERO:
+    if config.eval[key] < 0:
+      raise InputError(f"eval.{key}={config.eval[key]}: must be ≥ 0 (0: none)")
   for key in _AT_LEAST_ONE:
     value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
     if value < 1:
