@@ -9,6 +9,7 @@ every problem is reported as a one-line `qpt.InputError` naming the atom or fiel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from typing import Sequence
@@ -22,6 +23,12 @@ from qpt.errors import InputError
 
 MIN_DISTANCE_ANGSTROM = 0.1  # closer than this is a typo, not chemistry
 _MAX_Z = 86  # H..Rn: elements with standard Gaussian basis sets
+
+
+@functools.lru_cache(maxsize=None)
+def _has_core_potential(basis: str, symbol: str) -> bool:
+  """Whether PySCF's `basis` pairs element `symbol` with an effective core potential (read once)."""
+  return bool(gto.basis.load_ecp(basis, symbol))
 
 
 def _atomic_number(symbol: str, where: str) -> int:
@@ -178,6 +185,11 @@ class Molecule:
           gto.basis.load(basis, symbol)
       except Exception:  # PySCF raises BasisNotFoundError, KeyError or RuntimeError by case
         raise InputError(f"{self.name}: basis {basis!r} is not defined for element {symbol}") from None
+      # def2-* from Rb on, lanl2dz, …: such a basis holds only the valence functions, meant for a
+      # core potential. Used all-electron it gives a wrong energy without any warning.
+      if _has_core_potential(basis, symbol):
+        raise InputError(f"{self.name}: basis {basis!r} describes {symbol} with an effective core "
+                         "potential; QPT is all-electron only: choose an all-electron basis")
     atoms = [(s, tuple(p)) for s, p in zip(self.symbols, self.positions)]
     return gto.M(atom=atoms, unit="Bohr", basis=basis, charge=self.charge, spin=0, verbose=0)
 

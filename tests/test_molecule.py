@@ -77,6 +77,8 @@ def test_md17_molecules_are_built_in():
     (lambda: qpt.molecules.get("caffeine"), "unknown built-in molecule 'caffeine'"),
     (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("6-31g"),
      "basis '6-31g' is not defined for element I"),
+    (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("def2-svp"),
+     "basis 'def2-svp' describes I with an effective core potential"),
     (lambda: qpt.Molecule.from_pyscf(gto.M(atom="O 0 0 0; H 0 0 1", spin=1)), "spin 1"),
 ])
 def test_bad_input_is_one_line(make, fragment):
