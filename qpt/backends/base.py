@@ -57,6 +57,8 @@ class Policy:
       and wait for them there, and when every pool thread is such a waiting kernel — two fake
       devices on two cores, two or more conformers each — no task ever runs and the step hangs.
       In sequence each kernel has one matrix and nothing to wait for. One device keeps the batch.
+      (This is the loss only: the model always sees one conformer at a time, see
+      `train.make_train_step`.)
   Matmul precision is not a policy: the energy and the model pin full float32 themselves
   (`qpt.precision`), on every device and whatever the caller's JAX setting.
   """
