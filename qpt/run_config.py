@@ -26,9 +26,10 @@ RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every",
                      "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
                      "backend.emulate", "backend.coordinator_address", "backend.num_processes",
                      "backend.process_id", "mesh.data", "mesh.model")
-_AT_LEAST_ZERO = ("every", "n_validation", "n_conformers")  # of eval
-_AT_LEAST_ONE = ("train.steps", "train.batch_size", "log_every", "checkpoint.every",
-                 "checkpoint.keep", "data.mol_repeats")
+# Counts and their least sensible value (0 means "none" where it is allowed).
+_MINIMUM = {"train.steps": 1, "train.batch_size": 1, "log_every": 1, "checkpoint.every": 1,
+            "checkpoint.keep": 1, "data.mol_repeats": 1, "eval.per_molecule": 1,
+            "eval.every": 0, "eval.n_validation": 0, "eval.n_conformers": 0}
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
@@ -60,15 +61,11 @@ def check(config) -> None:
     raise InputError("data.md17_file and data.molecule_set are both set: choose one source")
   if not (config.data.md17_file or config.data.molecule_set):
     molecules.get(config.molecule)
-  if config.eval.per_molecule < 1:
-    raise InputError(f"eval.per_molecule={config.eval.per_molecule}: must be at least 1")
-  for key in _AT_LEAST_ZERO:
-    if config.eval[key] < 0:
-      raise InputError(f"eval.{key}={config.eval[key]}: must be ≥ 0 (0: none)")
-  for key in _AT_LEAST_ONE:
-    value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
-    if value < 1:
-      raise InputError(f"{key}={value}: must be at least 1")
+  flat = flatten(config.to_dict())
+  for key, minimum in _MINIMUM.items():
+    if flat[key] < minimum:
+      raise InputError(f"{key}={flat[key]}: must be at least {minimum}"
+                       + (" (0: none)" if minimum == 0 else ""))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

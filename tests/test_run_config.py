@@ -49,9 +49,9 @@ def test_an_optimizer_field_that_cannot_train_is_named(field, value, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("eval.every", -5, "eval.every=-5: must be ≥ 0"),
-    ("eval.n_conformers", -2, "eval.n_conformers=-2: must be ≥ 0"),
-    ("eval.n_validation", -1, "eval.n_validation=-1: must be ≥ 0"),
+    ("eval.every", -5, "eval.every=-5: must be at least 0"),
+    ("eval.n_conformers", -2, "eval.n_conformers=-2: must be at least 0"),
+    ("eval.n_validation", -1, "eval.n_validation=-1: must be at least 0"),
     ("iterations", -1, "iterations=-1: must be a whole number ≥ 0")])
 def test_a_negative_count_is_named(key, value, message):
   config = md17.get_config("water")
