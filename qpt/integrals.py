@@ -97,7 +97,7 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   a = functional.exact_exchange
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
-  ao, weights = quadrature(mol, level)
+  ao, weights = quadrature(mol, level, density_ref)
   exc_ref = functional_energy_density_host(level.xc, rho_on_grid(ao, density_ref))
   e_xc_ref = float(np.dot(weights, exc_ref))
   energy_nuc = mol.energy_nuc()
@@ -194,19 +194,15 @@ def coulomb_exchange(b: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np
 # ---- exchange-correlation quadrature ---------------------------------------------------------
 
 
-def quadrature(mol: gto.Mole, level: Level) -> tuple[np.ndarray, np.ndarray]:
-  """AO values (c, g, n) and weights (g,) on PySCF's grid at `level`: the points the reference's
-  RKS (`labels.pyscf_rks`) integrates on, in the order PySCF generates them.
+def quadrature(mol: gto.Mole, level: Level,
+               density_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """AO values (c, g, n) and weights (g,) on the grid of the PySCF reference at `level`.
 
-  PySCF then sorts its points into spatial boxes, which only serves its own (grid block × shell)
-  screening; the device does not screen, so the sort is skipped: it cost 0.07 s of a 0.78 s
-  ethanol/def2-SVP level-3 build and a fifth of a water level-1 one (docs/results.md §2). The
-  quadrature is the same set of points and weights, summed in another order.
+  PySCF drops grid points where the initial density is negligible (`small_rho_cutoff`) when it first
+  builds the grid; the reference's RKS (`labels.pyscf_rks`) builds it from the MINAO density, and
+  so do we, with that very object: both codes integrate on the same points.
   """
-  grids = dft.gen_grid.Grids(mol)
-  grids.level = level.grid_level
-  grids.verbose = 0
-  grids.build(sort_grids=False)
+  grids = labels.pyscf_rks(mol, level, density_ref=density_ref).grids
   ao = dft.numint.NumInt().eval_ao(mol, grids.coords, deriv=1 if level.functional.is_gga else 0)
   # LDA: (g, n) → (1, g, n). Left in PySCF's memory order (points fastest): every use is a
   # matmul, which reads either order, and a transposing copy would cost more than eval_ao itself.
