@@ -167,8 +167,8 @@ def test_refined_orbital_energies_are_the_diis_estimate():
   energies within 10 µHa of PySCF's converged ones (measured 1.2 µHa; F[D_4] alone is ~140 µHa
   off), while the energy stays E[D_4], variational: above PySCF's converged energy in float64
   (measured 0.04 µHa above), and the float32 refinement within float32's few µHa of it (measured
-  −1.6 µHa: its rounding is larger than the true excess, so its sign means nothing, and the
-  order the grid is summed in flips it). 0 steps is F[D(H)]."""
+  +2.9 µHa; −1.6 with the grid's points summed in another order: its rounding is larger than the
+  true excess, so its sign means nothing). 0 steps is F[D(H)]."""
   problem = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
   mf = ref.rks("water", "def2-svp", "b3lyp5")
   occupied = mf.mo_occ > 0

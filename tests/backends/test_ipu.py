@@ -22,6 +22,7 @@ c = md17.get_config("water")
 c.workdir = sys.argv[1]
 c.backend.name, c.backend.emulate = "ipu", True
 c.basis, c.grid_level, c.xc = "sto-3g", 1, "lda,vwn"
+c.data.grid_level = -1  # train on grid_level: the energies are checked against PySCF's on it
 c.data.workers, c.train.batch_size, c.train.steps, c.train.warmup_steps = 0, 2, 2, 1
 c.log_every, c.eval.every, c.eval.n_conformers = 1, 0, 0
 experiment.train(c, progress=False)
