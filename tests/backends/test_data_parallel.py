@@ -25,9 +25,10 @@ TOLERANCE = 1e-6  # Hartree, on the logged float64 batch-mean energy (as docs/re
 
 def tiny_run(workdir, *args):
   """md17.py arguments: water/STO-3G/LDA on a coarse grid, global batch 4, 12 steps."""
-  return ["--config.basis=sto-3g", "--config.grid_level=1", "--config.data.grid_level=1",
-          "--config.xc=lda,vwn",
-          "--config.data.workers=1", "--config.train.batch_size=4", "--config.train.warmup_steps=1",
+  # data.grid_level=-1: training on grid_level itself, whatever the water default's training grid.
+  return ["--config.basis=sto-3g", "--config.grid_level=1", "--config.data.grid_level=-1",
+          "--config.xc=lda,vwn", "--config.data.workers=1", "--config.train.batch_size=4",
+          "--config.train.warmup_steps=1",
           f"--config.train.steps={STEPS}", "--config.log_every=1", "--config.checkpoint.every=2",
           "--config.checkpoint.keep=10", "--config.eval.every=0", "--config.eval.n_conformers=0",
           f"--config.workdir={workdir}", *args]
