@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from pyscf import lib
+from pyscf import dft, lib
 
 import qpt
 from qpt import labels
@@ -27,6 +27,21 @@ def test_labels_are_converged_minao_runs():
   for f, d, p in zip(reference().fock, reference().density, problems()):  # self-consistent: FDS = SDF
     fds = f @ d @ np.asarray(p.overlap, np.float64)[:7, :7]
     assert np.abs(fds - fds.T).max() < 1e-4
+
+
+@pytest.mark.parametrize("name, grid_level", [("water", 0), ("water", 3), ("ethanol", 1),
+                                              ("uracil", 2)])
+def test_the_grid_grouping_is_pyscfs_permutation(name, grid_level):
+  """`labels.group_grids` (installed in PySCF's place) against PySCF's own `arg_group_grids`, on
+  a real grid and on points scattered far outside the boxes (clipped on every side)."""
+  mol = qpt.molecules.get(name).to_pyscf("def2-svp")
+  grid = dft.gen_grid.Grids(mol)
+  grid.level = grid_level
+  grid.build(sort_grids=False)
+  far = np.random.default_rng(0).uniform(-40.0, 40.0, (5000, 3))
+  for coords in (grid.coords, far, np.concatenate([far, grid.coords, far])):
+    assert np.array_equal(labels.group_grids(mol, coords), labels._pyscf_group_grids(mol, coords))
+  assert dft.gen_grid.arg_group_grids is labels.group_grids
 
 
 def test_a_restart_from_the_minao_density_is_the_labels_own_run():
