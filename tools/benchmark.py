@@ -46,7 +46,9 @@
            energy against PySCF), and what a (grid block × AO) screen would keep.
 
   inference  `qpt.predict` of a trained run (--workdir) on its held-out conformers, in the lab
-           frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao.
+           frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao,
+           and (--shrink λ,...) from D* + λ (D(H_pred) − D*): what a model with λ × this one's
+           density error would save.
 
   .venv/bin/python tools/benchmark.py energy
   .venv/bin/python tools/benchmark.py scaling --devices 1,2,4 --molecules water,ethanol

@@ -11,7 +11,7 @@ from pyscf import dft
 
 import qpt
 
-from tests.processes import ENV, ROOT
+from tests.processes import ENV, ROOT, md17_command
 from tools.bench import common, device_ao, scaling
 
 
@@ -39,6 +39,25 @@ def test_bad_argument_is_one_line(tmp_path):
        "unobtainium", "--out", str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
   assert out.returncode == 2
   assert len(out.stderr.strip().splitlines()) == 1 and "unobtainium" in out.stderr
+
+
+def test_inference_restarts_pyscf_from_a_shrunk_density_error(tmp_path):
+  """`inference --shrink`: PySCF restarted from D* + λ (D(H_pred) − D*). λ = 1 is the prediction
+  itself (its cycles), λ = 0 PySCF's own converged density (converged at once)."""
+  workdir = tmp_path / "run"
+  subprocess.run(md17_command("--config.basis=sto-3g", "--config.xc=lda,vwn", "--config.grid_level=1",
+                              "--config.data.workers=1", "--config.train.steps=3",
+                              "--config.eval.every=0", "--config.eval.n_conformers=0",
+                              f"--config.workdir={workdir}"),
+                 check=True, capture_output=True, env=ENV, timeout=600)
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "inference", "--workdir",
+       str(workdir), "--n", "2", "--shrink", "1,0", "--json", "--out", str(tmp_path)],
+      capture_output=True, text=True, env=ENV, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  for row in json.loads(out.stdout):
+    assert row["cycles_error_x1"] == row["cycles_from_prediction"] > 1
+    assert row["cycles_error_x0"] <= 2 < row["cycles_minao"]
 
 
 def test_exponent_fit_recovers_power_laws():

@@ -105,6 +105,22 @@ THROUGHPUT = Command(
 def inference_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--workdir", default="", help="a trained run (its config.json and checkpoint)")
   parser.add_argument("--n", type=int, default=10, help="held-out conformers")
+  parser.add_argument("--shrink", default=[], type=_factors,
+                      help="λ values, e.g. 0.5,0.3,0.1: also PySCF's cycles from D* + λ (D(H_pred) − "
+                           "D*), D* its converged density — a model with λ × this one's density "
+                           "error (JSON keys cycles_error_x<λ>)")
+
+
+def _factors(text: str) -> list[str]:
+  """--shrink's λ values, as written (they name the JSON keys): numbers ≥ 0."""
+  for value in comma_list(text):
+    try:
+      ok = float(value) >= 0
+    except ValueError:
+      ok = False
+    if not ok:
+      raise argparse.ArgumentTypeError(f"{value!r} is not a number ≥ 0")
+  return comma_list(text)
 
 
 def inference_run(args: argparse.Namespace) -> list[dict]:
@@ -128,6 +144,11 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
     minao, restart = labels.pyscf_rks(mol, theory), labels.pyscf_rks(mol, theory)
     _, scf_seconds = timed(lambda: labels.converge(minao))
     _, restart_seconds = timed(lambda: labels.converge(restart, qpt.to_pyscf_dm0(prediction)))
+    converged = minao.make_rdm1()
+    shrunk = {f"cycles_error_x{lam}": labels.converge(
+        labels.pyscf_rks(mol, theory),
+        converged + float(lam) * (qpt.to_pyscf_dm0(prediction) - converged)).cycles
+        for lam in args.shrink}
     rows.append(dict(molecule=config.molecule, conformer=i, basis=theory.basis,
                      predict_seconds=predict_seconds, pyscf_scf_seconds=scf_seconds,
                      ratio=predict_seconds / scf_seconds, cycles_minao=minao.cycles,
@@ -135,7 +156,7 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
                      cycle_ratio=restart.cycles / minao.cycles,
                      scf_seconds_from_prediction=restart_seconds,
                      energy_error_uha=(prediction.energy - minao.e_tot) * 1e6,
-                     **where))
+                     **shrunk, **where))
   return rows
 
 
