@@ -34,14 +34,14 @@ _MINIMUM = {"train.steps": 1, "train.batch_size": 1, "log_every": 1, "checkpoint
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """The config a file names, as `--config` reads it: "path/to/config.py" or "path.py:argument"
-  (get_config(argument))."""
-  path, _, argument = spec.partition(":")
+  (get_config(argument); "path.py:" passes the empty argument)."""
+  path, colon, argument = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("qpt_config", path)
   if module_spec is None or not os.path.isfile(path):
     raise InputError(f"{path}: no such config file")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
+  return module.get_config(argument) if colon else module.get_config()
 
 
 def check(config) -> None:

@@ -113,14 +113,15 @@ def inference_arguments(parser: argparse.ArgumentParser):
 
 def _factors(text: str) -> list[str]:
   """--shrink's λ values, as written (they name the JSON keys): numbers ≥ 0."""
-  for value in comma_list(text):
+  values = comma_list(text)
+  for value in values:
     try:
       ok = float(value) >= 0
     except ValueError:
       ok = False
     if not ok:
       raise argparse.ArgumentTypeError(f"{value!r} is not a number ≥ 0")
-  return comma_list(text)
+  return values
 
 
 def inference_run(args: argparse.Namespace) -> list[dict]:
@@ -145,9 +146,9 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
     _, scf_seconds = timed(lambda: labels.converge(minao))
     _, restart_seconds = timed(lambda: labels.converge(restart, qpt.to_pyscf_dm0(prediction)))
     converged = minao.make_rdm1()
+    error = qpt.to_pyscf_dm0(prediction) - converged
     shrunk = {f"cycles_error_x{lam}": labels.converge(
-        labels.pyscf_rks(mol, theory),
-        converged + float(lam) * (qpt.to_pyscf_dm0(prediction) - converged)).cycles
+        labels.pyscf_rks(mol, theory), converged + float(lam) * error).cycles
         for lam in args.shrink}
     rows.append(dict(molecule=config.molecule, conformer=i, basis=theory.basis,
                      predict_seconds=predict_seconds, pyscf_scf_seconds=scf_seconds,
