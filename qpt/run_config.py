@@ -20,12 +20,13 @@ from qpt.level import Level
 MODES = ("train", "eval")
 # Fields that may differ when resuming: they change neither the trajectory nor its meaning.
 # The device layout is among them: a checkpoint restores on any mesh (the trajectory then agrees
-# to float32 rounding, bitwise only on the same devices).
+# to float32 rounding; bitwise on the same devices, or with backend.layout_independent).
 RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
                      "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation", "eval.per_molecule",
                      "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
                      "backend.emulate", "backend.coordinator_address", "backend.num_processes",
-                     "backend.process_id", "mesh.data", "mesh.model")
+                     "backend.process_id", "backend.layout_independent", "mesh.data",
+                     "mesh.model")
 # Counts and their least sensible value (0 means "none" where it is allowed).
 _MINIMUM = {"train.steps": 1, "train.batch_size": 1, "log_every": 1, "checkpoint.every": 1,
             "checkpoint.keep": 1, "data.mol_repeats": 1, "eval.per_molecule": 1,

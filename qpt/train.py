@@ -55,9 +55,25 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
       init_value=0.0, peak_value=train_config.learning_rate,
       warmup_steps=train_config.warmup_steps, decay_steps=steps,
       end_value=0.01 * train_config.learning_rate)
-  tx = optax.chain(optax.clip_by_global_norm(train_config.clip_norm),
+  tx = optax.chain(clip_by_global_norm(train_config.clip_norm),
                    optax.adamw(schedule, weight_decay=train_config.weight_decay))
   return tx, schedule
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """optax.clip_by_global_norm (the same state, the same arithmetic), given the norm: `update`
+  takes `grad_norm=`, which the backend sums in the same order on every layout. optax's own sums
+  in XLA's order, which differs between a whole array and its shards, and a different last bit
+  of the clipping factor moves every parameter (`qpt.backends.reduction`)."""
+
+  def update(updates, state, params=None, *, grad_norm):
+    del params
+    def clip(t):
+      return jax.lax.select(grad_norm < max_norm, t, (t / grad_norm.astype(t.dtype)) * max_norm)
+
+    return jax.tree.map(clip, updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
 def conformer_loss(loss: str, iterations: int, mixing,
@@ -107,38 +123,40 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
   """The compiled step: (state, problems, fock_labels) → (state, metrics).
 
   `problems` is a stacked DFTProblem (global batch b leading, sharded by `backend.put_batch`);
-  `fock_labels` (b, n, n) or None for the label-free losses. Each device differentiates the mean
-  loss of its own conformers; the backend averages the gradients over devices. metrics:
+  `fock_labels` (b, n, n) or None for the label-free losses. Each device differentiates the sum
+  of its own conformers' losses; the backend sums the gradients over devices and divides by b
+  (`Backend.data_parallel`), and gives their norm for the clip. metrics:
   per_conformer (b,) the loss's reported values (ΔE for the energy loss), energy_ref (b, 2) of
   the batch (for float64 totals on the host), grad_norm, finite, lr — all replicated.
   """
 
   def local_gradients(params, batch: DFTProblem, fock_labels):
-    def batch_loss(params):
+    def total_loss(params):
       # Parameters are read through the backend's getter, which gathers sharded ones layer by
       # layer (FSDP). The model sees one conformer at a time on every layout: batched, its
       # matmuls would fold the conformers into their rows, and how many share a device would
       # change the last bits of W — which an untrained model's E[D(H)] turns into ~1e-6 Ha
-      # (docs/results.md §9). The loss goes over the conformers as the backend says.
-      hs = jax.lax.map(
-          lambda problem: model_lib.hamiltonian(model, params, problem, backend.gather_parameter),
-          batch)
+      # (docs/results.md §9). The backend maps it, and so decides in which order the gradient is
+      # summed over the conformers (`Backend.map_model`). The loss goes over the conformers as
+      # the backend says.
+      hs = backend.map_model(
+          lambda p, problem: model_lib.hamiltonian(model, p, problem, backend.gather_parameter),
+          params, batch)
       losses, reported = backend.map_conformers(loss_fn, batch, hs, fock_labels)
-      return jnp.mean(losses), reported
+      return jnp.sum(losses), reported
 
-    (_, per_conformer), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
+    (_, per_conformer), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
     return grads, per_conformer
 
   gradients = backend.data_parallel(local_gradients)
 
   def step(state: TrainState, batch: DFTProblem, fock_labels: jax.Array | None):
-    grads, per_conformer = gradients(state.params, batch, fock_labels)
+    grads, grad_norm, per_conformer = gradients(state.params, batch, fock_labels)
     loss = jnp.mean(per_conformer)
-    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def update(_):
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_norm=grad_norm)
       return optax.apply_updates(state.params, updates), opt_state
 
     # A non-finite gradient must not reach the optimizer's moments: a bad step keeps the old state

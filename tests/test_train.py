@@ -6,6 +6,7 @@ import re
 import jax
 import numpy as np
 import ml_collections
+import optax
 import pytest
 
 import qpt
@@ -188,3 +189,20 @@ def test_self_consistency_term_is_added_to_the_energy_and_not_reported():
   assert float(residual) > 1e-4  # H_init is not self-consistent
   assert float(reported_both) == float(reported) == float(energy)
   assert float(both) == pytest.approx(float(energy) + 3.0 * float(residual), rel=1e-5)
+
+
+def test_the_clip_given_the_norm_is_optaxs_clip():
+  """train.clip_by_global_norm takes the norm from the backend (summed in a fixed order there)
+  and otherwise does optax's arithmetic, bit for bit, clipping or not."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  grads = {"w": jax.random.normal(keys[0], (8, 5), np.float32),
+           "b": jax.random.normal(keys[1], (5,), np.float32)}
+  norm = optax.tree.norm(grads)
+  for max_norm in (0.5 * float(norm), 2.0 * float(norm)):
+    ours, _ = train.clip_by_global_norm(max_norm).update(grads, optax.EmptyState(),
+                                                          grad_norm=norm)
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    assert jax.tree.all(jax.tree.map(np.array_equal, ours, theirs))
+  clipped, _ = train.clip_by_global_norm(0.5 * float(norm)).update(grads, optax.EmptyState(),
+                                                                   grad_norm=norm)
+  assert np.isclose(float(optax.tree.norm(clipped)), 0.5 * float(norm), rtol=1e-6)

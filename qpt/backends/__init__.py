@@ -44,7 +44,8 @@ def create(config) -> Backend:
   if name not in KINDS:
     raise InputError(f"JAX runs on {name!r}, which has no QPT backend; set backend.name")
   kind = KINDS[name]
-  backend = Backend(kind.POLICY, kind.devices(b), config.mesh.data, config.mesh.model)
+  backend = Backend(kind.POLICY, kind.devices(b), config.mesh.data, config.mesh.model,
+                    b.layout_independent)
   backend.check_dtype(config.dtype)
   # float64 device arrays need x64; a float32-only policy switches it off so nothing can sneak in.
   if config.dtype == "float64":

@@ -19,6 +19,11 @@ whole conformers, and the two axes differ only in what they do to the training s
     ways along one dimension; small arrays (biases, norms, embeddings, counters) stay replicated.
     Per device the state then costs ~1/N, at the price of one all-gather of each layer's weights
     and one reduce-scatter of its gradient per step.
+
+  backend.layout_independent: every sum of the gradient (over a device's conformers, over
+    devices) and of its norm runs in one fixed order (`reduction`), so that layouts agree bit for
+    bit; otherwise XLA's reductions, whose order depends on the layout (agreement to ~1e-6 Ha
+    over 12 tiny-model steps, docs/results.md §9).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import math
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax._src import distributed  # the runtime's keyed barrier has no public name yet
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from qpt.backends import reduction
 from qpt.errors import InputError
 
 DATA, MODEL = "data", "model"  # mesh axis names
@@ -73,7 +80,8 @@ class Policy:
 class Backend:
   """Devices of one kind, arranged as a `(data, model)` mesh, with a precision policy."""
 
-  def __init__(self, policy: Policy, devices: list, mesh_data: int = -1, mesh_model: int = 1):
+  def __init__(self, policy: Policy, devices: list, mesh_data: int = -1, mesh_model: int = 1,
+               layout_independent: bool = False):
     """Builds the mesh over `devices` (all processes' devices, in JAX's global order).
 
     Args:
@@ -81,8 +89,11 @@ class Backend:
       devices: the global devices to use.
       mesh_data: size of the data axis; -1 = all devices / mesh_model.
       mesh_model: size of the model axis (parameter sharding; 1 = replicated parameters).
+      layout_independent: sum the gradient and its norm in one fixed order (`reduction`), so that
+        layouts agree bit for bit, at a cost (docs/results.md §9).
     """
     self.policy = policy
+    self.layout_independent = bool(layout_independent)
     n = len(devices)
     if mesh_model < 1 or n % mesh_model:
       raise InputError(f"mesh.model={mesh_model} does not divide the {n} devices")
@@ -267,42 +278,81 @@ class Backend:
       return jax.lax.map(lambda args: fn(*args), batched)
     return jax.vmap(fn)(*batched)
 
+  def map_model(self, fn: Callable, params: Any, batch: Any) -> Any:
+    """fn(params, problem) over a device's conformers one at a time (traced inside a device's
+    program), stacked. Layout-independent, over copies of the parameters
+    (`reduction.copies`), so that their gradient is summed over the conformers in the fixed
+    tree the devices continue, from each conformer's own; otherwise as autodiff sums it."""
+    if self.layout_independent:
+      b = jax.tree.leaves(batch)[0].shape[0]
+      return jax.lax.map(lambda args: fn(*args), (reduction.copies(params, b), batch))
+    return jax.lax.map(lambda problem: fn(params, problem), batch)
+
   def data_parallel(self, local_gradients: Callable) -> Callable:
-    """(params, batch, labels) → (gradients, per_conformer) over the global batch.
+    """(params, batch, labels) → (gradient, its global 2-norm, per_conformer) over the batch.
 
     `local_gradients` sees one device's conformers and its shards of the parameters, and returns
-    the gradient of their mean loss w.r.t. those shards and their per-conformer losses. Its model
-    must read every parameter through `gather_parameter`, which all-gathers a sharded one where it
-    is used; that gather's transpose reduce-scatters its gradient. Every device has an equal share
-    of the batch, so the mean of the devices' means is the global mean.
+    the gradient of the sum of their losses w.r.t. those shards (its model mapped over them by
+    `map_model`) and their per-conformer values. Its model must read every parameter through
+    `gather_parameter`, which all-gathers a sharded one where it is used (its transpose
+    reduce-scatters that conformer's gradient). The gradient returned is the mean over the
+    global batch.
+
+    Layout-independent (`backend.layout_independent`), every sum over conformers and devices,
+    and the norm, run in one fixed order (`reduction`): the same bits on every power-of-two
+    layout with one conformer per device or `mesh.model` 1 — not just the same value. Otherwise
+    XLA's own reductions (psum, reduce-scatter), whose order depends on the layout.
     """
 
     def gradients(params, batch, labels):
       specs = self.state_specs(params)  # from the global shapes, at trace time
-      n_model = self.model_size
-
-      def reduce(grad, spec):
-        if _model_axis(spec) is None:
-          return jax.lax.pmean(grad, BATCH)
-        # The gather's transpose (a reduce-scatter) already summed this shard over `model`.
-        return jax.lax.pmean(grad / n_model, DATA)
+      split = [_model_axis(spec) for spec in jax.tree.leaves(specs,
+                                                            is_leaf=lambda x: isinstance(x, P))]
+      n_batch = jax.tree.leaves(batch)[0].shape[0]  # the global batch (shapes at trace time)
 
       def per_device(shards, batch, labels):
-        grads, per_conformer = local_gradients(shards, batch, labels)
-        return jax.tree.map(reduce, grads, specs), per_conformer
+        local, per_conformer = local_gradients(shards, batch, labels)
+        leaves, tree = jax.tree.flatten(local)
+        # A sharded leaf was already summed over `model` (per conformer, by the gather's
+        # transpose); the rest of the batch is on the other devices of `data`. A replicated
+        # leaf is summed over every device.
+        total = [None] * len(leaves)
+        for sharded, axes, n in ((True, DATA, self.mesh.shape[DATA]),
+                                 (False, BATCH, self.data_size)):
+          group = [i for i, axis in enumerate(split) if (axis is not None) == sharded]
+          if not group:
+            continue
+          if self.layout_independent:
+            summed = _unconcat(reduction.sum_over_devices(
+                jnp.concatenate([leaves[i].reshape(-1) for i in group]), axes, n),
+                [leaves[i] for i in group])
+          else:
+            summed = [jax.lax.psum(leaves[i], axes) for i in group]
+          for i, leaf in zip(group, summed):
+            total[i] = leaf / n_batch
+        if self.layout_independent:
+          squares = reduction.squared_norm(total, split, MODEL)
+        else:
+          sums = [jnp.sum(jnp.square(leaf)) for leaf in total]
+          squares = (sum(s for s, axis in zip(sums, split) if axis is None)
+                     + jax.lax.psum(sum(s for s, axis in zip(sums, split) if axis is not None),
+                                    MODEL))
+        return jax.tree.unflatten(tree, total), jnp.sqrt(squares), per_conformer
 
       # check_vma=False: with it on, differentiating w.r.t. the replicated params inside the map
-      # already psums the gradient (the transpose of the implicit broadcast), and the pmean above
-      # would then return the sum — n_devices × the mean. Off, the one reduction is ours.
+      # already psums the gradient (the transpose of the implicit broadcast); off, every
+      # reduction is ours.
       return jax.shard_map(per_device, mesh=self.mesh, in_specs=(specs, P(BATCH), P(BATCH)),
-                           out_specs=(specs, P(BATCH)), check_vma=False)(params, batch, labels)
+                           out_specs=(specs, P(), P(BATCH)), check_vma=False)(params, batch,
+                                                                               labels)
 
     return gradients
 
-  @staticmethod
-  def gather_parameter(next_getter: Callable, value: jax.Array, context: Any) -> jax.Array:
+  def gather_parameter(self, next_getter: Callable, value: jax.Array, context: Any) -> jax.Array:
     """A Haiku custom getter: a parameter arriving as this device's shard (smaller than the shape
-    its module asks for along one dimension) is all-gathered over `model` where it is used.
+    its module asks for along one dimension) is all-gathered over `model` where it is used; the
+    gather's transpose reduce-scatters its gradient (layout-independent: in a fixed order,
+    `reduction.gather`).
 
     Inside `hk.layer_stack` that is one layer's slice per scan step, so under FSDP a device holds
     one layer's full weights at a time (with `model.remat`, also in the backward pass, which
@@ -311,7 +361,10 @@ class Backend:
     wanted = tuple(context.original_shape)
     if value.shape != wanted:
       axis = next(d for d, (a, b) in enumerate(zip(value.shape, wanted)) if a != b)
-      value = jax.lax.all_gather(value, MODEL, axis=axis, tiled=True)
+      if self.layout_independent:
+        value = reduction.gather(value, MODEL, axis, self.model_size)
+      else:
+        value = jax.lax.all_gather(value, MODEL, axis=axis, tiled=True)
     return next_getter(value)
 
   def compile_step(self, step: Callable) -> CompiledStep:
@@ -371,6 +424,12 @@ class CompiledStep:
       self._compiled[key] = program.lower(state, batch, labels).compile()
       self._backend.barrier("step")
     return self._compiled[key](state, batch, labels)
+
+
+def _unconcat(flat: jax.Array, like: list) -> list:
+  """`flat` cut back into arrays of the shapes of `like`, in order."""
+  ends = np.cumsum([a.size for a in like])[:-1]
+  return [part.reshape(a.shape) for part, a in zip(jnp.split(flat, ends), like)]
 
 
 def _model_axis(spec: P) -> int | None:
