@@ -133,12 +133,9 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
   def local_gradients(params, batch: DFTProblem, fock_labels):
     def total_loss(params):
       # Parameters are read through the backend's getter, which gathers sharded ones layer by
-      # layer (FSDP). The model sees one conformer at a time on every layout: batched, its
-      # matmuls would fold the conformers into their rows, and how many share a device would
-      # change the last bits of W — which an untrained model's E[D(H)] turns into ~1e-6 Ha
-      # (docs/results.md §9). The backend maps it, and so decides in which order the gradient is
-      # summed over the conformers (`Backend.map_model`). The loss goes over the conformers as
-      # the backend says.
+      # layer (FSDP). The backend maps the model and the loss over the conformers: batched where
+      # that is safe and fastest, one at a time where the gradient must be summed in a fixed
+      # order (`Backend.map_model`).
       hs = backend.map_model(
           lambda p, problem: model_lib.hamiltonian(model, p, problem, backend.gather_parameter),
           params, batch)

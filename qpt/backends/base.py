@@ -64,8 +64,7 @@ class Policy:
       and wait for them there, and when every pool thread is such a waiting kernel — two fake
       devices on two cores, two or more conformers each — no task ever runs and the step hangs.
       In sequence each kernel has one matrix and nothing to wait for. One device keeps the batch.
-      (This is the loss only: the model always sees one conformer at a time, see
-      `train.make_train_step`.)
+      (The model is mapped alike, unless the sums are layout-independent: `Backend.map_model`.)
   Matmul precision is not a policy: the energy and the model pin full float32 themselves
   (`qpt.precision`), on every device and whatever the caller's JAX setting.
   """
@@ -279,14 +278,21 @@ class Backend:
     return jax.vmap(fn)(*batched)
 
   def map_model(self, fn: Callable, params: Any, batch: Any) -> Any:
-    """fn(params, problem) over a device's conformers one at a time (traced inside a device's
-    program), stacked. Layout-independent, over copies of the parameters
-    (`reduction.copies`), so that their gradient is summed over the conformers in the fixed
-    tree the devices continue, from each conformer's own; otherwise as autodiff sums it."""
+    """fn(params, problem) over a device's conformers (traced inside a device's program),
+    stacked: the model's map.
+
+    By default as `map_conformers` maps the loss: one device batches its conformers (the model's
+    matmuls take them all as rows: make run's step 0.090 s, against 0.146 s one at a time).
+    Layout-independent, one at a time, over copies of the parameters (`reduction.copies`).
+    Batched, a matmul's rows change the last bits of each conformer's result with how many
+    conformers share the device (XLA:CPU sums a row differently for another row count, ~1e-6 Ha
+    of an untrained model's E, docs/results.md §9), and the copies keep each conformer's
+    gradient its own until the fixed tree sums it.
+    """
     if self.layout_independent:
       b = jax.tree.leaves(batch)[0].shape[0]
       return jax.lax.map(lambda args: fn(*args), (reduction.copies(params, b), batch))
-    return jax.lax.map(lambda problem: fn(params, problem), batch)
+    return self.map_conformers(lambda problem: fn(params, problem), batch)
 
   def data_parallel(self, local_gradients: Callable) -> Callable:
     """(params, batch, labels) → (gradient, its global 2-norm, per_conformer) over the batch.
