@@ -1,5 +1,5 @@
 """Sums over conformers and devices in one fixed order, so every layout rounds alike
-(`backend.layout_independent`; off by default, it costs ~1/3 of make run's step).
+(`backend.layout_independent`; off by default: make run's step takes 2× as long with it).
 
 Why: float32 addition is not associative, and a gradient summed in another order differs in its
 last bits. Adam turns such bits into whole steps wherever the true gradient is near zero (a
