@@ -111,7 +111,7 @@ def squared_norm(leaves: Sequence[jax.Array], split_axes: Sequence[int | None],
   for leaf, split in zip(leaves, split_axes):
     if split not in (None, 1):  # sliced along another axis: gather it whole first (exact)
       leaf = jax.lax.all_gather(leaf, axis_name, axis=split, tiled=True)
-    squares = leaf.astype(jnp.float32) ** 2
+    squares = jnp.square(leaf)
     for axis in reversed(range(squares.ndim)):
       if axis != 1:
         squares = _sum_by_halves(squares, axis)
