@@ -68,6 +68,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
   def update(updates, state, params=None, *, grad_norm):
     del params
+
     def clip(t):
       return jax.lax.select(grad_norm < max_norm, t, (t / grad_norm.astype(t.dtype)) * max_norm)
 
