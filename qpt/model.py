@@ -59,7 +59,8 @@ class ModelConfig:
     n_heads: attention heads per block; must divide d_model.
     mlp_ratio: hidden width of each block's MLP, in units of d_model.
     remat: recompute each block's activations in the backward pass (memory ∝ 1 block, not n_layers).
-    output_scale: initial value of W's learned output scale, Hartree: small so H ≈ H_init at init.
+    output_scale: initial value of W's learned output scale, Hartree: small so H ≈ H_init at init
+      (learned as log(scale / output_scale), parameter `output_log_scale`).
   """
 
   size: str = "tiny"
@@ -244,8 +245,11 @@ def _readout(config: ModelConfig, x: jax.Array, pairs: jax.Array, mask: jax.Arra
   # The pair term is ~10× the bilinear one at stddev 1; 0.25 keeps them comparable at init.
   pair_weights = hk.get_parameter("readout_pair", (pairs.shape[-1],), jnp.float32,
                                   init=hk.initializers.TruncatedNormal(0.25))
-  scale = hk.get_parameter("output_scale", (), jnp.float32,
-                           init=hk.initializers.Constant(config.output_scale))
+  # The scale is learned as its logarithm: Adam moves a parameter by ~lr per step whatever its
+  # gradient, which for a plain scalar of ~1e-3 means crossing zero in a step or two. Gated near
+  # zero, W would then pass no gradient to the readout (QM9 runs stalled so, at W ≈ 0).
+  log_scale = hk.get_parameter("output_log_scale", (), jnp.float32, init=jnp.zeros)
+  scale = config.output_scale * jnp.exp(log_scale)
   a = scale * (q @ k.T / math.sqrt(config.d_model) + pairs @ pair_weights)
   w = 0.5 * (a + a.T)
   # XLA may rewrite the transpose of a product as the product of transposes, whose rounding differs;

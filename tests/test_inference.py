@@ -34,8 +34,8 @@ def params() -> hk.Params:
   shapes = jax.eval_shape(NETWORK.init, jax.random.key(0), p, jnp.zeros(p.overlap.shape, p.dtype))
   rng = np.random.default_rng(0)
   return hk.data_structures.map(
-      lambda module, name, s: np.ones(s.shape, s.dtype) if name == "output_scale"
-      else rng.normal(0.0, 0.3, s.shape).astype(s.dtype), shapes)
+      lambda module, name, s: np.full(s.shape, -np.log(model.ModelConfig.output_scale), s.dtype)
+      if name == "output_log_scale" else rng.normal(0.0, 0.3, s.shape).astype(s.dtype), shapes)
 
 
 def test_predict_rotates_with_the_molecule():

@@ -58,7 +58,8 @@ def params() -> hk.Params:
 def trained_like_params() -> hk.Params:
   """Initial parameters with W's output scale raised to 1: W is O(1 Ha), so symmetry tests bite."""
   return hk.data_structures.map(
-      lambda module, name, v: jnp.ones_like(v) if name == "output_scale" else v, params())
+      lambda module, name, v: (jnp.full_like(v, -np.log(CONFIG.output_scale))
+                               if name == "output_log_scale" else v), params())
 
 
 # Compiled separately, so a new padded shape or a batch recompiles the network only.
