@@ -73,6 +73,25 @@ class Checkpointer:
     self._manager.close()
 
 
+def locate(path: str) -> tuple[str, int]:
+  """(checkpoint manager directory, step) of a workdir's latest finished checkpoint, or of one
+  checkpoint directory (.../checkpoints/<step>); a one-line InputError if there is none.
+  Cheap: runs check it before computing anything (`experiment.train`)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):  # a workdir
+    path = os.path.join(path, "checkpoints")
+  manager_dir, step = path, None
+  if os.path.basename(path).isdigit():  # one checkpoint: .../checkpoints/<step>
+    manager_dir, step = os.path.dirname(path), int(os.path.basename(path))
+  if not os.path.isdir(manager_dir) or (step is not None and not os.path.isdir(path)):
+    raise InputError(f"init_from={path}: no such checkpoint or workdir")
+  if step is None:
+    step = ocp.CheckpointManager(manager_dir).latest_step()
+  if step is None:
+    raise InputError(f"init_from={path}: no finished checkpoint there")
+  return manager_dir, step
+
+
 def load_params(path: str, like: Any = None) -> Any:
   """Model parameters from a workdir (its latest checkpoint) or one checkpoint directory.
 
@@ -80,18 +99,8 @@ def load_params(path: str, like: Any = None) -> Any:
   is a pytree of the parameters the current config expects; a missing or differently shaped
   parameter is a one-line InputError naming it. Without `like`, they come back as saved.
   """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):  # a workdir
-    path = os.path.join(path, "checkpoints")
-  manager_dir, step = path, None
-  if os.path.basename(path).isdigit():  # one checkpoint: .../checkpoints/<step>
-    manager_dir, step = os.path.dirname(path), int(os.path.basename(path))
-  if not os.path.isdir(manager_dir):
-    raise InputError(f"init_from={path}: no such checkpoint or workdir")
+  manager_dir, step = locate(path)
   manager = ocp.CheckpointManager(manager_dir)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise InputError(f"init_from={path}: no finished checkpoint there")
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   params = restored.state["params"]
   if like is None:

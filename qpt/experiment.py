@@ -287,15 +287,14 @@ def train(config, progress: bool = True) -> dict | None:
     meta = saver.meta(resume_step)
     run_config.check_resumable(meta["config"], flat)
     stream_state = meta["stream"]
+  elif config.init_from:
+    checkpoint.locate(config.init_from)  # a wrong path fails now, not minutes of labels later
   if backend.is_primary:
     run_config.record(workdir, config, backend.describe())
 
   trainer = make_trainer(config, backend)
   conformer_sources = sources(config, workdir)
   stream = make_stream(config, conformer_sources.train, backend, stream_state)
-  validate = None
-  if backend.is_primary and config.eval.every and config.eval.n_validation:
-    validate = _validator(config, trainer.network, conformer_sources.validation, workdir)
   with stream, _StopOnSignal() as signals, metrics_log.StepWatch() as watch:
     batch = next(stream)
     params = None
@@ -304,6 +303,9 @@ def train(config, progress: bool = True) -> dict | None:
     state = trainer.init_state(batch.problem, params)
     if resume_step is not None:
       state, _ = saver.restore(backend.abstract(state))
+    validate = None  # after the checks above: its PySCF labels can take minutes
+    if backend.is_primary and config.eval.every and config.eval.n_validation:
+      validate = _validator(config, trainer.network, conformer_sources.validation, workdir)
     first_step = int(backend.to_host(state.step))
     log = metrics_log.MetricsLog(workdir, progress and backend.is_primary, config.train.steps,
                                  first_step, write=backend.is_primary)

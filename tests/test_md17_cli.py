@@ -76,7 +76,8 @@ def test_bad_config_values_are_one_line_input_errors(overrides, words):
   assert "\n" not in message and all(w in message for w in words), message
 
 
-def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path):
+def save_another_models_checkpoint(workdir):
+  """A checkpoint in `workdir` of what a run with a narrower element embedding would have saved."""
   from experiments.configs import md17 as configs
   c = configs.get_config("water")
   c.basis, c.grid_level = "sto-3g", 0
@@ -84,16 +85,40 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path)
   example = qpt.build_problem(frame.canonical_molecule(qpt.molecules.get("water")),
                               experiment.level(c))
   like = jax.eval_shape(network.init, jax.random.key(0), example)
-  # What a run with a narrower element embedding would have saved.
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
   params["embedding/element"]["embeddings"] = np.zeros((37, 128), np.float32)
-  saver = checkpoint.Checkpointer(str(tmp_path / "other" / "checkpoints"))
+  saver = checkpoint.Checkpointer(str(workdir / "checkpoints"))
   saver.save(5, {"params": params, "step": np.int32(5)}, {})
   saver.wait()
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path):
+  save_another_models_checkpoint(tmp_path / "other")
   result = md17("--config.mode=eval", f"--config.workdir={tmp_path / 'eval'}",
                 f"--config.init_from={tmp_path / 'other'}", "--config.basis=sto-3g",
                 "--config.grid_level=0")
   assert_one_line_error(result, "['embedding/element']['embeddings']", "(37, 128)", "(37, 256)")
+
+
+@pytest.mark.parametrize("source, words", [
+    ("missing", ["init_from=", "missing", "no such checkpoint or workdir"]),
+    ("missing/checkpoints/7", ["init_from=", "checkpoints/7", "no such checkpoint or workdir"]),
+    ("empty", ["init_from=", "empty", "no finished checkpoint there"]),
+    ("other", ["['embedding/element']['embeddings']", "(37, 128)", "(37, 256)"]),
+])
+def test_fine_tuning_from_a_wrong_init_from_fails_before_validation_is_labelled(tmp_path, source,
+                                                                                  words):
+  """Training (mode=train, as a user fine-tunes): one line, and no PySCF label computed first —
+  for a molecule set the validation labels take minutes (the error used to wait for them)."""
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+  if source == "other":
+    save_another_models_checkpoint(tmp_path / "other")
+  run = tmp_path / "run"
+  result = md17(f"--config.workdir={run}", f"--config.init_from={tmp_path / source}",
+                "--config.basis=sto-3g", "--config.grid_level=0", "--config.data.workers=1",
+                "--config.train.steps=2", "--config.eval.every=1", "--config.eval.n_validation=2")
+  assert_one_line_error(result, *words)
+  assert not (run / "validation_labels.npz").exists()
 
 
 def test_a_killed_run_leaves_no_process_and_resumes_to_a_fresh_runs_trajectory(tmp_path):
