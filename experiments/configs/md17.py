@@ -5,8 +5,8 @@ at 500 K for water, 25 for the others; def2-SVP, B3LYP5, tiny model, float32, k 
 prints these numbers and writes them to WORKDIR/eval.json; docs/results.md has every measured run.
 
   python experiments/md17.py --config experiments/configs/md17.py:water          # = `make run`
-      ~5.5 min (AVX-512 Xeon; ~14 min on a 2-core AMD EPYC): energy MAE of E[D(H_pred)] ~15–18 µHa (MINAO baseline ~92,000),
-      occupied ε ~450–520 µHa, SCF-cycle ratio ~0.70
+      ~5.5 min (AVX-512 Xeon; ~14 min on a 2-core AMD EPYC): energy MAE of E[D(H_pred)]
+      ~15–18 µHa (MINAO baseline ~92,000), occupied ε ~450–520 µHa, SCF-cycle ratio ~0.70
   python experiments/md17.py --config experiments/configs/md17.py:ethanol
       ~23 min: energy MAE ~730 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
   python experiments/md17.py --config experiments/configs/md17.py:water --config.xc=pbe \
