@@ -129,8 +129,8 @@ def exponents(rows: list[dict]) -> list[dict]:
 def device_step(args: argparse.Namespace) -> dict:
   """Median time of the real compiled train step of `make run`'s config (tiny model, energy loss,
   k = 0) on n devices, every device given the same conformer. Its problems are built at the run's
-  evaluation level (grid 3, as every row of this benchmark since it began), not at the training
-  grid `data.grid_level`, so the step is costlier than in `make run` itself."""
+  evaluation level (`grid_level`, 3), not at the training grid `data.grid_level`, so the step is
+  costlier than in `make run` itself."""
   from qpt import backends, experiment, frame
 
   config = md17_config("water")
