@@ -39,6 +39,8 @@ def create(config) -> Backend:
     raise InputError(f"backend.name={b.name!r}: choose one of {', '.join(NAMES)}")
   if b.cpu_devices:
     _set_cpu_devices(int(b.cpu_devices))
+  if b.layout_independent:
+    cpu.fix_intra_op_threads()  # before JAX starts; only XLA:CPU reads it
   _initialize_distributed(b)
   name = jax.default_backend() if b.name == "auto" else b.name
   if name not in KINDS:

@@ -305,9 +305,11 @@ class Backend:
     global batch.
 
     Layout-independent (`backend.layout_independent`), every sum over conformers and devices,
-    and the norm, run in one fixed order (`reduction`): the same bits on every power-of-two
-    layout with one conformer per device or `mesh.model` 1 — not just the same value. Otherwise
-    XLA's own reductions (psum, reduce-scatter), whose order depends on the layout.
+    and the norm, run in one fixed order (`reduction`), and XLA:CPU's thread pool has one size
+    (`cpu.fix_intra_op_threads`): the same bits on every power-of-two layout with one conformer
+    per device — not just the same value. (With several per device the loss's batched kernels may
+    round a conformer otherwise: docs/results.md §9.) Otherwise XLA's own reductions (psum,
+    reduce-scatter), whose order depends on the layout.
     """
 
     def gradients(params, batch, labels):

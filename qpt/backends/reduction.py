@@ -17,7 +17,9 @@ exchanged (all_to_all: each device receives one slice of every device's sum) and
 same tree, give the bits that one device summing the whole batch gives. Under FSDP a sharded
 weight's gradient is reduce-scattered over `model` per conformer (`gather`'s transpose), before
 the device's conformers are summed, so the tree matches when each device holds one conformer
-(or `model` is 1). Which layouts agree bit for bit is tested in tests/backends/.
+(or `model` is 1). Which layouts agree bit for bit is tested in tests/backends/; the sums are
+not all it takes (the thread pool's size, `cpu.fix_intra_op_threads`; the loss's batched
+kernels, docs/results.md §9).
 """
 
 from __future__ import annotations
