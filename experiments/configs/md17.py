@@ -81,7 +81,8 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.backend.name = "auto"  # auto (what JAX sees) | cpu | gpu | tpu | ipu
   c.backend.cpu_devices = 0  # N fake CPU devices (tests of sharding on one machine); 0 = JAX's
   c.backend.emulate = False  # ipu without the IPU plugin: run the IPU policy on the CPU
-  # Sum gradients in one fixed order: layouts agree bit for bit, at a cost (results §9).
+  # Sum gradients in one fixed order (and, on CPU, give XLA one thread-pool size): layouts agree
+  # bit for bit, at a cost (results §9).
   c.backend.layout_independent = False
   # Multi-process runs; empty/0/-1 = from QPT_* variables (tools/launch_local.py), SLURM, MPI or
   # the TPU pod runtime.

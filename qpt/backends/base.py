@@ -21,9 +21,10 @@ whole conformers, and the two axes differ only in what they do to the training s
     and one reduce-scatter of its gradient per step.
 
   backend.layout_independent: every sum of the gradient (over a device's conformers, over
-    devices) and of its norm runs in one fixed order (`reduction`), so that layouts agree bit for
-    bit; otherwise XLA's reductions, whose order depends on the layout (agreement to ~1e-6 Ha
-    over 12 tiny-model steps, docs/results.md §9).
+    devices) and of its norm runs in one fixed order (`reduction`), and XLA:CPU's thread pool
+    has one size whatever the fake devices (`cpu.fix_intra_op_threads`), so that layouts agree
+    bit for bit; otherwise XLA's reductions, whose order depends on the layout (agreement to
+    ~1e-6 Ha over 12 tiny-model steps, docs/results.md §9).
 """
 
 from __future__ import annotations
