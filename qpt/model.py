@@ -291,17 +291,6 @@ def make_model(config: ModelConfig) -> hk.Transformed:
   return hk.without_apply_rng(hk.transform(forward))
 
 
-def init_params(model: hk.Transformed, seed: int, example: DFTProblem) -> hk.Params:
-  """Fresh parameters (numpy arrays) of `model` for `seed`; `example` is any one problem.
-
-  The values depend on the model's config and the seed only. With `example` closed over (not an
-  argument) the forward pass is dead code and leaves the program, so it is the same for every
-  molecule, and a compilation cache compiles it once for all of them (~5 s on a 2-core CPU).
-  """
-  init = jax.jit(lambda key: model.init(key, example))
-  return jax.tree.map(np.asarray, init(jax.random.key(seed)))
-
-
 @full_float32
 def hamiltonian(model: hk.Transformed, params: hk.Params, problem: DFTProblem,
                 parameter_getter=None) -> jax.Array:

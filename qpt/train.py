@@ -179,7 +179,7 @@ def init_state(model: hk.Transformed, tx: optax.GradientTransformation, seed: in
     if np.ndim(example.ao_mask) == 2:
       example = jax.tree.map(lambda a: a[0], example)
     # Initialised once, the same on every process and for every mesh, then placed.
-    params = model_lib.init_params(model, seed, example)
+    params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(seed), example))
   params = backend.put_state(params)
   return TrainState(params, backend.make_state(tx.init, params), backend.put_state(np.int32(0)))
 

@@ -51,7 +51,7 @@ def problem(name: str) -> qpt.dft.DFTProblem:
 @functools.cache
 def params() -> hk.Params:
   """Initial parameters, from water."""
-  return qm.init_params(MODEL, 0, problem("water"))
+  return jax.jit(MODEL.init)(jax.random.key(0), problem("water"))
 
 
 @functools.cache

@@ -25,7 +25,7 @@ def problem():
 
 @functools.cache
 def params():
-  return model.init_params(NETWORK, 0, problem())
+  return jax.jit(NETWORK.init)(jax.random.key(0), problem())
 
 
 def dots(lowered_text: str) -> list[str]:

@@ -131,7 +131,7 @@ def test_batch_energies_are_float64_totals():
   """The reported energies are PySCF's E[D(H_θ)] of the model's H, to float32's few µHa."""
   batch = water_batch()
   model = tiny_model()
-  params = model_lib.init_params(model, 0, jax.tree.map(lambda a: a[0], batch))
+  params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(lambda a: a[0], batch))
   deltas, expected = [], []
   for i, molecule in enumerate(water_conformers()):
     problem = jax.tree.map(lambda a: a[i], batch)
@@ -154,7 +154,7 @@ def test_supervised_loss_is_the_mean_squared_error_to_the_label():
   batch, fock = water_batch(), water_fock_labels()
   model = tiny_model()
   first = jax.tree.map(lambda a: a[0], batch)
-  params = model_lib.init_params(model, 0, first)
+  params = jax.jit(model.init)(jax.random.key(0), first)
   h = predict()(params, first)
   loss, reported = train.conformer_loss("supervised", 0, 0.0)(first, h, fock[0])
   h = np.asarray(h, np.float64)[:7, :7]
@@ -181,7 +181,7 @@ def test_self_consistency_term_is_added_to_the_energy_and_not_reported():
   """loss=energy with a weight: differentiated E + w·R, reported E alone, R the standalone
   self-consistency loss (so the logged energies stay energies)."""
   model, first = tiny_model(), jax.tree.map(lambda a: a[0], water_batch())
-  params = model_lib.init_params(model, 0, first)
+  params = jax.jit(model.init)(jax.random.key(0), first)
   h = model_lib.hamiltonian(model, params, first)
   energy, reported = train.conformer_loss("energy", 0, (), 0.0)(first, h, None)
   both, reported_both = train.conformer_loss("energy", 0, (), 3.0)(first, h, None)
