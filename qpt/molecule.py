@@ -23,6 +23,7 @@ from qpt.errors import InputError
 
 MIN_DISTANCE_ANGSTROM = 0.1  # closer than this is a typo, not chemistry
 _MAX_Z = 86  # H..Rn: elements with standard Gaussian basis sets
+_LAST_ELEMENT = 118  # Og
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,7 +38,13 @@ def _atomic_number(symbol: str, where: str) -> int:
   if text.isdigit():
     z = int(text)
   else:
-    z = elements.charge(text.capitalize()) if text.isalpha() else 0
+    try:  # PySCF's table: 0 for ghost-like 'X…', KeyError for other unknown letters
+      z = elements.charge(text.capitalize()) if text.isalpha() else 0
+    except KeyError:
+      z = 0
+  if _MAX_Z < z <= _LAST_ELEMENT:  # a real element, but no standard basis set has it
+    raise InputError(f"{where}: element {symbol!r} (Z = {z}) is past Rn (Z = {_MAX_Z}), the last "
+                     f"with standard Gaussian basis sets")
   if not 1 <= z <= _MAX_Z:
     raise InputError(f"{where}: unknown element {symbol!r}")
   return z

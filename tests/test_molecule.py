@@ -61,6 +61,10 @@ def test_md17_molecules_are_built_in():
 
 @pytest.mark.parametrize("make, fragment", [
     (lambda: qpt.Molecule(["O", "Xx"], [[0, 0, 0], [0, 0, 1]]), "unknown element 'Xx'"),
+    (lambda: qpt.Molecule(["O", "200"], [[0, 0, 0], [0, 0, 1]]), "unknown element '200'"),
+    (lambda: qpt.Molecule(["O", "Q"], [[0, 0, 0], [0, 0, 1]]), "unknown element 'Q'"),
+    (lambda: qpt.Molecule(["U", "O"], [[0, 0, 0], [0, 0, 1.8]]),
+     "atom 1: element 'U' (Z = 92) is past Rn (Z = 86)"),
     (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, np.nan], [0, 1, 0]]),
      "atom 2 (H) has a non-finite coordinate"),
     (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 0.05], [0, 1, 0]]),
