@@ -29,7 +29,7 @@ def molecule_from_arguments(args: argparse.Namespace) -> Molecule:
   """The molecule `add_molecule_arguments` asked for (InputError if it is bad)."""
   if args.xyz:
     return Molecule.from_xyz(args.xyz, charge=args.charge)
-  return molecules.get(args.molecule)
+  return molecules.get(args.molecule, charge=args.charge)
 
 
 def run_and_print(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,

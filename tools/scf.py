@@ -62,7 +62,7 @@ def _run(args) -> dict:
     extra = dict(init_from=args.init_from, iterations_minao=minao.iterations,
                  energy_minao=minao.energy, energy_predicted=prediction.energy)
   result = qpt.dft.scf(problem, max_iterations=args.max_iterations, density0=density0)
-  return dict(molecule=mol.name, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
+  return dict(molecule=mol.name, charge=mol.charge, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
               dtype=args.dtype, eri=args.eri, energy=result.energy, converged=result.converged,
               iterations=result.iterations, homo=result.homo, lumo=result.lumo,
               nao=int(np.sum(problem.ao_mask)), **extra, seconds=time.perf_counter() - start)
@@ -70,7 +70,9 @@ def _run(args) -> dict:
 
 def summary(out: dict) -> str:
   state = "converged" if out["converged"] else "NOT converged"
-  return (f"{out['molecule']} {out['basis']} {out['xc']} ({out['dtype']}, eri={out['eri']}): "
+  charge = f" (charge {out['charge']:+d})" if out["charge"] else ""
+  return (f"{out['molecule']}{charge} {out['basis']} {out['xc']} ({out['dtype']}, "
+          f"eri={out['eri']}): "
           f"E = {out['energy']:.10f} Ha, {state} in {out['iterations']} iterations, "
           f"HOMO {out['homo']:.6f} Ha, LUMO {out['lumo']:.6f} Ha, {out['nao']} AOs, "
           f"{out['seconds']:.1f} s"
