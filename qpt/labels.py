@@ -18,6 +18,8 @@ tests/test_labels.py compares the two on several molecules and levels).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import time
 from typing import Sequence
@@ -145,6 +147,7 @@ def label(molecules: Sequence[Molecule | gto.Mole], level: Level,
   molecules = _molecules(molecules)
   if not molecules:
     raise InputError("no conformers to label")
+  check_conv_tol(conv_tol)
   first = molecules[0]
   for k, m in enumerate(molecules):
     if not np.array_equal(m.atomic_numbers, first.atomic_numbers) or m.charge != first.charge:
@@ -209,8 +212,13 @@ def label_cached(path: str | os.PathLike, molecules: Sequence[Molecule | gto.Mol
                  conv_tol: float = CONV_TOL) -> tuple[Labels, bool]:
   """`label`, reusing `path` if it holds the same level of theory and geometries.
 
-  Returns (labels, reused). A file for anything else is relabelled and overwritten.
+  Returns (labels, reused). A file for anything else is relabelled and overwritten. A `path`
+  that cannot be written is an InputError before any label is computed (labels take minutes).
   """
+  check_conv_tol(conv_tol)
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+    raise InputError(f"{path}: cannot write there ({directory} is not a writable directory)")
   molecules = _molecules(molecules)
   if os.path.exists(path):
     try:
@@ -222,6 +230,13 @@ def label_cached(path: str | os.PathLike, molecules: Sequence[Molecule | gto.Mol
   labels = label(molecules, level, conv_tol)
   save_labels(labels, path)
   return labels, False
+
+
+def check_conv_tol(conv_tol: float) -> None:
+  """InputError unless `conv_tol` (Hartree) is a positive finite number: PySCF would take a
+  negative one and never converge (its gradient tolerance is √conv_tol: NaN)."""
+  if not (isinstance(conv_tol, numbers.Real) and math.isfinite(conv_tol) and conv_tol > 0):
+    raise InputError(f"conv_tol={conv_tol!r}: must be a positive number of Hartree")
 
 
 def _molecules(molecules: Sequence[Molecule | gto.Mole]) -> list[Molecule]:

@@ -80,3 +80,19 @@ def test_label_files_are_reused(tmp_path, monkeypatch, capsys):
   np.testing.assert_allclose(stored.positions[0] * qpt.molecule.BOHR, positions[0], atol=1e-12)
   assert tool.main(["--molecule", "water", "--positions", str(tmp_path / "nothing.npy"),
                     "--out", out]) == 2
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--displacement", "-0.1"], "--displacement -0.1: must be ≥ 0 Å"),
+    (["--conv-tol", "-1"], "conv_tol=-1.0: must be a positive number of Hartree"),
+    (["--out", "/nonexistent-dir/water.npz"], "/nonexistent-dir/water.npz: cannot write there"),
+], ids=["displacement", "conv_tol", "out"])
+def test_label_tool_refuses_bad_input_in_one_line_before_pyscf_runs(monkeypatch, capsys, tmp_path,
+                                                                    extra, words):
+  """Each of these used to run PySCF first: a NumPy ValueError, 50 never-converging SCFs (PySCF
+  takes a negative tolerance), or a FileNotFoundError after every label was computed."""
+  monkeypatch.setattr(labels, "converge", lambda *a, **k: pytest.fail("PySCF ran"))
+  argv = ["--molecule", "water", "--basis", BASIS, "--n", "1", "--out", str(tmp_path / "w.npz")]
+  assert load_tool().main(argv + extra) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"error: {words}") and "\n" not in err

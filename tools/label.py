@@ -72,6 +72,8 @@ def conformers(args) -> list[qpt.Molecule]:
   else:
     if args.n < 1:
       raise qpt.InputError(f"--n {args.n}: need at least one conformer")
+    if not args.displacement >= 0:  # NaN too
+      raise qpt.InputError(f"--displacement {args.displacement}: must be ≥ 0 Å")
     positions = gaussian_conformers(base, args.n, args.seed, args.displacement)
   molecules = [qpt.Molecule(base.symbols, p, base.charge, base.name) for p in positions]
   return [frame.to_canonical(m)[0] for m in molecules] if args.canonical else molecules
