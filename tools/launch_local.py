@@ -12,6 +12,7 @@ same step); if one process fails, the others are stopped. Exits with the first n
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,8 +42,10 @@ def main(argv=None) -> int:
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
   if args.processes < 1 or not command:
     parser.error("give --processes N (≥ 1) and a command after --")
+  if shutil.which(command[0]) is None:  # before any process starts, not as N tracebacks
+    parser.error(f"{command[0]}: no such command")
   address = f"127.0.0.1:{args.port or free_port()}"
-  processes = []
+  processes, relays = [], []
   for index in range(args.processes):
     env = dict(os.environ, QPT_COORDINATOR_ADDRESS=address,
                QPT_NUM_PROCESSES=str(args.processes), QPT_PROCESS_ID=str(index))
@@ -50,8 +53,9 @@ def main(argv=None) -> int:
     processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE if quiet else None,
                                       stderr=subprocess.STDOUT if quiet else None))
     if quiet:
-      threading.Thread(target=_relay, args=(processes[-1].stdout, f"[{index}] "),
-                       daemon=True).start()
+      relays.append(threading.Thread(target=_relay, args=(processes[-1].stdout, f"[{index}] "),
+                                     daemon=True))
+      relays[-1].start()
 
   def forward(signum, frame):
     del frame
@@ -61,6 +65,14 @@ def main(argv=None) -> int:
 
   signal.signal(signal.SIGINT, forward)
   signal.signal(signal.SIGTERM, forward)
+  code = _wait(processes)
+  for relay in relays:  # the others' last lines (often why one failed) reach the terminal too
+    relay.join(timeout=5)
+  return code
+
+
+def _wait(processes: list[subprocess.Popen]) -> int:
+  """The first non-zero exit code (the others then stopped), or 0 once every process succeeded."""
   while True:
     codes = [p.poll() for p in processes]
     failed = [c for c in codes if c not in (None, 0)]

@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 from pyscf import dft
 
 import qpt
@@ -31,6 +33,14 @@ def test_energy_subcommand_writes_rows_table_and_plot(tmp_path):
     assert r["n_ao"] == 7 and r["machine"]["cores"] == os.cpu_count() and r["date"]
     assert r["device_mb"] > 0
   assert rows[1]["qpt_seconds"] > rows[0]["qpt_seconds"]  # k = 3 differentiates 3 more Fock builds
+
+
+def test_device_counts_are_checked_before_any_process_starts():
+  assert common.device_counts("1, 2,4,2", batch=4) == [1, 2, 4]
+  for text, words in (("3,x", "write whole numbers"), ("0", "at least 1"),
+                      ("3", "must divide over every device count [3]")):
+    with pytest.raises(qpt.InputError, match=re.escape(words)):  # 3,x was a ValueError traceback
+      common.device_counts(text, batch=4)
 
 
 def test_bad_argument_is_one_line(tmp_path):

@@ -99,6 +99,19 @@ def comma_list(text: str) -> list[str]:
   return list(dict.fromkeys(items))
 
 
+def device_counts(text: str, batch: int) -> list[int]:
+  """--devices as a list of positive ints that each divide the global `batch`."""
+  try:
+    counts = [int(n) for n in comma_list(text)]
+  except ValueError:
+    raise qpt.InputError(f"--devices {text!r}: write whole numbers, e.g. 1,2,4") from None
+  if any(n < 1 for n in counts):
+    raise qpt.InputError(f"--devices {text!r}: every count must be at least 1")
+  if any(batch % n for n in counts):
+    raise qpt.InputError(f"--batch {batch} must divide over every device count {counts}")
+  return counts
+
+
 def print_table(columns, rows: list[dict]):
   if isinstance(columns, dict):  # one table per kind of row
     for part, part_columns in columns.items():

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 import qpt
-from .common import BENCHMARK_SCRIPT, Command, comma_list, md17_config, median_seconds, stamp, timed
+from .common import (BENCHMARK_SCRIPT, Command, comma_list, device_counts, md17_config,
+                     median_seconds, stamp, timed)
 
 SIZES = "tiny,small,base,medium"
 LAYOUTS = ("replicated", "fsdp")
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> list[dict]:
   the case's own."""
   if args.child:
     return [case(args)]
-  counts = [int(n) for n in comma_list(args.devices)]
-  if any(n < 1 or args.batch % n for n in counts):
-    raise qpt.InputError(f"--batch {args.batch} must divide over every device count {counts}")
+  counts = device_counts(args.devices, args.batch)
+  for size in comma_list(args.sizes):  # a bad size now, not as the first child's failure
+    qpt.model.model_config(size)
   where, rows = stamp(), []
   for size in comma_list(args.sizes):
     for n in counts:

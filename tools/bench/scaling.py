@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 import qpt
-from .common import (BENCHMARK_SCRIPT, Command, comma_list, md17_config, median_seconds, stamp,
-                     timed)
+from .common import (BENCHMARK_SCRIPT, Command, comma_list, device_counts, md17_config,
+                     median_seconds, stamp, timed)
 
 # Molecule/basis pairs from 24 to 358 AOs. def2-SVP for the molecules' sizes, then def2-TZVP to
 # pass 300 AOs (no built-in molecule has that many in def2-SVP).
@@ -53,9 +53,7 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
   series = [tuple(case.split("/")) for case in comma_list(args.series)] if args.series else []
   if any(len(case) != 2 for case in series):
     raise qpt.InputError(f"--series {args.series!r}: write molecule/basis pairs")
-  counts = [int(n) for n in comma_list(args.devices)] if args.devices else []
-  if any(n < 1 or args.batch % n for n in counts):
-    raise qpt.InputError(f"--batch {args.batch} must divide over every device count {counts}")
+  counts = device_counts(args.devices, args.batch) if args.devices else []
   eri_modes = comma_list(args.eri)
   where = stamp()
   rows = []
