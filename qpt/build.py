@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 import scipy.linalg.blas
@@ -53,6 +54,8 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
       (a stream's running shape).
   """
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
+  if isinstance(xc_chunk, bool) or not (isinstance(xc_chunk, numbers.Integral) and xc_chunk > 0):
+    raise InputError(f"xc_chunk={xc_chunk!r}: must be a positive whole number of grid points")
   if level.dtype == "float64" and not backends.float64_enabled():
     raise InputError("dtype=float64 needs JAX's float64: call qpt.backends.enable_float64() first "
                      "(a float64 config does it through its backend)")

@@ -76,6 +76,8 @@ def _to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
   """H' = Xᵀ H X in the problem's dtype (a float64 H from the host is rounded here, once). Rounding
   here only perturbs the Hamiltonian: energies change at second order."""
   x = problem.orthogonalizer
+  if jnp.shape(h) != x.shape:  # static: checked while tracing, free in the compiled program
+    raise InputError(f"H has shape {jnp.shape(h)}; this problem's is {x.shape} (its padded n_ao)")
   return x.T @ jnp.asarray(h, problem.dtype) @ x
 
 

@@ -111,10 +111,21 @@ def test_basis_missing_for_element_is_an_input_error():
     (dict(eri="cd"), "eri='cd'"),
     (dict(dtype="float16"), "dtype='float16'"),
     (dict(grid_level=12), "grid_level=12"),
+    (dict(xc_chunk=0), "xc_chunk=0"),  # was a ZeroDivisionError
+    (dict(xc_chunk=1.5), "xc_chunk=1.5"),
 ])
 def test_bad_options_are_input_errors(kwargs, fragment):
   with pytest.raises(qpt.InputError, match=fragment):
     qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", **kwargs)
+
+
+def test_a_hamiltonian_of_another_shape_is_one_input_error():
+  """An unpadded H (7 × 7 for water/STO-3G, whose problem pads to 8) used to fail deep in a
+  dot_general, jitted or not."""
+  problem = qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", grid_level=0)
+  for loss in (qpt.dft.loss_energy_delta, jax.jit(qpt.dft.loss_energy_delta)):
+    with pytest.raises(qpt.InputError, match=r"H has shape \(7, 7\); this problem's is \(8, 8\)"):
+      loss(problem, np.zeros((7, 7), np.float32))
 
 
 def test_pyscf_mole_is_accepted():
