@@ -58,12 +58,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                               meta=ocp.args.JsonRestore())
-    restored = self._manager.restore(step, args=args)
+    restored = _read(self._manager, self.directory, step, args)
     return restored.state, restored.meta
 
   def meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return _read(self._manager, self.directory, step,
+                 ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""
@@ -101,12 +102,27 @@ def load_params(path: str, like: Any = None) -> Any:
   """
   manager_dir, step = locate(path)
   manager = ocp.CheckpointManager(manager_dir)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  restored = _read(manager, manager_dir, step,
+                   ocp.args.Composite(state=ocp.args.StandardRestore()))
   params = restored.state["params"]
   if like is None:
     return jax.tree.map(np.asarray, params)
   check_same_shapes(params, like, f"checkpoint {manager_dir}/{step}")
   return jax.tree.map(lambda a, b: np.asarray(a, dtype=b.dtype), params, like)  # arrays or specs
+
+
+def _read(manager: ocp.CheckpointManager, directory: str, step: int, args) -> Any:
+  """`manager.restore(step, args)`, or a one-line InputError naming the checkpoint when its files
+  cannot be read (deleted or truncated after orbax finished it: a copied workdir, a full disk),
+  where orbax and TensorStore raise a traceback of ~150 lines."""
+  try:
+    return manager.restore(step, args=args)
+  except InputError:
+    raise
+  except Exception as e:  # orbax and TensorStore raise ValueError, OSError, FileNotFoundError …
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    raise InputError(f"checkpoint {directory}/{step} cannot be read ({type(e).__name__}: "
+                     f"{first}); delete that directory to resume from the one before it") from e
 
 
 def check_same_shapes(found: Any, expected: Any, source: str) -> None:

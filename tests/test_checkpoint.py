@@ -77,3 +77,25 @@ def test_mismatched_parameters_name_the_first_one(tmp_path):
     checkpoint.load_params(str(tmp_path), {"head": {"w": np.zeros(2)}})
   with pytest.raises(qpt.InputError, match="no such checkpoint"):
     checkpoint.load_params(str(tmp_path / "nowhere"), wrong)
+
+
+def test_a_checkpoint_whose_files_are_gone_is_one_input_error(tmp_path):
+  """Its arrays deleted after orbax finished it (a half-copied workdir, a full disk): orbax and
+  TensorStore raised ~150 lines of traceback. The error names the checkpoint and what to do."""
+  saver = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+  original = state()
+  for step in (1, 2):
+    saver.save(step, original, {"stream_position": step})
+  saver.wait()
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "state"):
+    for name in files:
+      if os.path.basename(root) == "d":  # OCDBT's data files: the arrays, not the metadata
+        os.remove(os.path.join(root, name))
+  assert saver.meta() == {"stream_position": 2}  # the JSON record is intact
+  for read in (lambda: saver.restore(abstract(original)),
+               lambda: checkpoint.load_params(str(tmp_path))):
+    with pytest.raises(qpt.InputError, match=r"checkpoints/2 cannot be read \(.*\); delete that "
+                                             r"directory to resume from the one before it"):
+      read()
+  restored, meta = saver.restore(abstract(original), step=1)  # the one before it still restores
+  assert meta == {"stream_position": 1}
