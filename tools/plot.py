@@ -2,14 +2,20 @@
 
 import sys
 
-from qpt import plot
+from qpt import cli, plot
 
-if __name__ == "__main__":
-  if len(sys.argv) != 2:
-    print("usage: python tools/plot.py WORKDIR", file=sys.stderr)
-    sys.exit(2)
+
+def main(argv=None) -> int:
+  parser = cli.OneLineParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdir", help="a training run's directory (it holds metrics.jsonl)")
+  args = parser.parse_args(argv)
   try:
-    print(plot.training_curves(sys.argv[1]))
+    print(plot.training_curves(args.workdir))
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
