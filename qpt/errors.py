@@ -1,4 +1,6 @@
-"""The one exception type users see for bad input."""
+"""The one exception type users see for bad input, and the checks every entry point shares."""
+
+import os
 
 
 class InputError(ValueError):
@@ -11,3 +13,10 @@ class InputError(ValueError):
 
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); the message says why."""
+
+
+def check_writable(path: str | os.PathLike) -> None:
+  """InputError unless a file can be created at `path`: checked before hours of work, not after."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+    raise InputError(f"{path}: cannot write there ({directory} is not a writable directory)")

@@ -29,7 +29,7 @@ import pyscf.df
 from pyscf import dft, gto, scf
 from pyscf.dft import gen_grid
 
-from qpt.errors import InputError
+from qpt.errors import InputError, check_writable
 from qpt.level import Level
 from qpt.molecule import Molecule
 
@@ -216,9 +216,7 @@ def label_cached(path: str | os.PathLike, molecules: Sequence[Molecule | gto.Mol
   that cannot be written is an InputError before any label is computed (labels take minutes).
   """
   check_conv_tol(conv_tol)
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-    raise InputError(f"{path}: cannot write there ({directory} is not a writable directory)")
+  check_writable(path)
   molecules = _molecules(molecules)
   if os.path.exists(path):
     try:

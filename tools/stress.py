@@ -30,6 +30,7 @@ import numpy as np
 
 import qpt
 from qpt import cli, conformers, dft, level
+from qpt.errors import check_writable
 
 SCALE_RANGE = (0.75, 1.6)  # bond factors: compressed to stretched
 NEAR_DEGENERATE_EVERY = 8  # one case in eight gets a HOMO–LUMO gap below MAX_GAP
@@ -112,6 +113,8 @@ def run(args) -> dict:
     raise qpt.InputError(f"--n {args.n}: need at least one conformer")
   if args.iterations < 0:
     raise qpt.InputError(f"--iterations {args.iterations}: must be ≥ 0")
+  if args.out:
+    check_writable(args.out)
   theory = qpt.Level(args.basis, args.xc, args.grid_level, args.eri, "float32")
   molecule = qpt.molecules.get(args.molecule)
   molecule.to_pyscf(theory.basis)  # a basis missing for an element fails now

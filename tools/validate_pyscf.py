@@ -37,6 +37,7 @@ import numpy as np
 
 import qpt
 from qpt import backends, cli, labels, level, xc
+from qpt.errors import check_writable
 
 MOLECULES = ("water", "ethanol", "malondialdehyde", "uracil")  # the default grid
 BASES = ("sto-3g", "6-31g", "def2-svp")
@@ -241,6 +242,8 @@ def run(args: argparse.Namespace) -> bool:
   # Resolve every molecule × basis first: a missing basis fails in a second, not an hour in.
   molecules = {name: qpt.molecules.get(name) for name in args.molecules}
   moles = {(m, b): molecules[m].to_pyscf(b) for m in args.molecules for b in args.basis}
+  if args.out:
+    check_writable(args.out)
   report = Report(args.json, args.out)
   report.start()
   for m in args.molecules:

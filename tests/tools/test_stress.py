@@ -83,3 +83,9 @@ def test_bad_arguments_are_one_line(capsys):
   assert load_tool().main(["--molecule", "caffeine", "--n", "3"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "caffeine" in err[0]
+  # An --out that cannot be written is refused before the sweep (it was a FileNotFoundError
+  # after every case had run).
+  assert load_tool().main(ARGS + ["--out", "/nonexistent-dir/report.json"]) == 2
+  assert capsys.readouterr().err.strip() == ("stress.py: error: /nonexistent-dir/report.json: "
+                                             "cannot write there (/nonexistent-dir is not a "
+                                             "writable directory)")
