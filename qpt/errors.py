@@ -20,3 +20,12 @@ def check_writable(path: str | os.PathLike) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
     raise InputError(f"{path}: cannot write there ({directory} is not a writable directory)")
+
+
+def make_directory(path: str | os.PathLike) -> None:
+  """`os.makedirs(path, exist_ok=True)`, or an InputError naming `path` (a file in the way, no
+  permission)."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"{path}: cannot make this directory ({e.strerror})") from None

@@ -30,7 +30,7 @@ import optax
 from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels, metrics_log
 from qpt import model, molecule_sets, molecules, plot, run_config
 from qpt.build import build_problem, grow_alike, max_shape
-from qpt.errors import InputError, TrainingError
+from qpt.errors import InputError, TrainingError, make_directory
 from qpt.level import Level
 from qpt.molecule import Molecule
 from qpt.train import (LABELLED_LOSSES, TrainState, conformer_loss, init_state, make_optimizer,
@@ -278,7 +278,7 @@ def train(config, progress: bool = True) -> dict | None:
   backend = backends.create(config)  # first: it must configure JAX before any device is used
   backend.check_batch_size(config.train.batch_size)
   workdir = os.path.abspath(config.workdir)
-  os.makedirs(workdir, exist_ok=True)
+  make_directory(workdir)
   flat = run_config.flatten(config.to_dict())
   saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
   resume_step = saver.latest_step()
@@ -425,7 +425,7 @@ def evaluate_checkpoint(config) -> dict:
   run_config.check(config)
   backends.create(config)  # the device precision of the config, as in training
   workdir = os.path.abspath(config.workdir)
-  os.makedirs(workdir, exist_ok=True)
+  make_directory(workdir)
   network = make_network(config)
   conformer_sources = sources(config, workdir)
   example = build_problem(frame.canonical_molecule(conformer_sources.test(0)), level(config))

@@ -96,6 +96,7 @@ from bench import (common, device_ao, economics, energy, model_scaling, pipeline
 
 import qpt
 from qpt import cli
+from qpt.errors import make_directory
 
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.replot:
     return common.replot(args.command, command.plot, args.out)
   try:
+    if not (getattr(args, "child", 0) or getattr(args, "case", None)):
+      make_directory(args.out)  # before the measurements: they can take an hour
     rows = command.run(args)
   except qpt.InputError as e:
     print(f"benchmark.py {args.command}: error: {e}", file=sys.stderr)
