@@ -74,33 +74,36 @@ class Checkpointer:
     self._manager.close()
 
 
-def locate(path: str) -> tuple[str, int]:
+def locate(path: str, field: str = "") -> tuple[str, int]:
   """(checkpoint manager directory, step) of a workdir's latest finished checkpoint, or of one
-  checkpoint directory (.../checkpoints/<step>); a one-line InputError if there is none.
-  Cheap: runs check it before computing anything (`experiment.train`)."""
+  checkpoint directory (.../checkpoints/<step>); a one-line InputError if there is none, naming
+  the config `field` the path came from if given. Cheap: runs check it before computing
+  anything (`experiment.train`)."""
   path = os.path.abspath(path)
+  where = f"{field}={path}" if field else path
   if os.path.isdir(os.path.join(path, "checkpoints")):  # a workdir
     path = os.path.join(path, "checkpoints")
   manager_dir, step = path, None
   if os.path.basename(path).isdigit():  # one checkpoint: .../checkpoints/<step>
     manager_dir, step = os.path.dirname(path), int(os.path.basename(path))
   if not os.path.isdir(manager_dir) or (step is not None and not os.path.isdir(path)):
-    raise InputError(f"init_from={path}: no such checkpoint or workdir")
+    raise InputError(f"{where}: no such checkpoint or workdir")
   if step is None:
     step = ocp.CheckpointManager(manager_dir).latest_step()
   if step is None:
-    raise InputError(f"init_from={path}: no finished checkpoint there")
+    raise InputError(f"{where}: no finished checkpoint there")
   return manager_dir, step
 
 
-def load_params(path: str, like: Any = None) -> Any:
+def load_params(path: str, like: Any = None, field: str = "") -> Any:
   """Model parameters from a workdir (its latest checkpoint) or one checkpoint directory.
 
   For fine-tuning and prediction: only `params` are read, whatever optimizer wrote them. `like`
   is a pytree of the parameters the current config expects; a missing or differently shaped
   parameter is a one-line InputError naming it. Without `like`, they come back as saved.
+  `field`: the config field the path came from, for the error messages (`locate`).
   """
-  manager_dir, step = locate(path)
+  manager_dir, step = locate(path, field)
   manager = ocp.CheckpointManager(manager_dir)
   restored = _read(manager, manager_dir, step,
                    ocp.args.Composite(state=ocp.args.StandardRestore()))

@@ -288,7 +288,7 @@ def train(config, progress: bool = True) -> dict | None:
     run_config.check_resumable(meta["config"], flat)
     stream_state = meta["stream"]
   elif config.init_from:
-    checkpoint.locate(config.init_from)  # a wrong path fails now, not minutes of labels later
+    checkpoint.locate(config.init_from, "init_from")  # fails now, not minutes of labels later
   if backend.is_primary:
     run_config.record(workdir, config, backend.describe())
 
@@ -299,7 +299,8 @@ def train(config, progress: bool = True) -> dict | None:
     batch = next(stream)
     params = None
     if config.init_from and resume_step is None:
-      params = checkpoint.load_params(config.init_from, trainer.abstract_params(batch.problem))
+      params = checkpoint.load_params(config.init_from, trainer.abstract_params(batch.problem),
+                                      "init_from")
     state = trainer.init_state(batch.problem, params)
     if resume_step is not None:
       state, _ = saver.restore(backend.abstract(state))
@@ -429,7 +430,8 @@ def evaluate_checkpoint(config) -> dict:
   network = make_network(config)
   conformer_sources = sources(config, workdir)
   example = build_problem(frame.canonical_molecule(conformer_sources.test(0)), level(config))
-  params = checkpoint.load_params(config.init_from or workdir, abstract_params(network, example))
+  params = checkpoint.load_params(config.init_from or workdir, abstract_params(network, example),
+                                  "init_from" if config.init_from else "workdir")
   return final_evaluation(config, network, params, conformer_sources, workdir)
 
 

@@ -79,6 +79,16 @@ def test_mismatched_parameters_name_the_first_one(tmp_path):
     checkpoint.load_params(str(tmp_path / "nowhere"), wrong)
 
 
+def test_a_missing_checkpoint_is_named_by_the_field_it_came_from(tmp_path):
+  """`mode=eval` of an empty workdir used to say "init_from=…" though no init_from was given."""
+  (tmp_path / "checkpoints").mkdir()
+  for field, prefix in (("workdir", f"workdir={tmp_path}"), ("init_from", f"init_from={tmp_path}"),
+                        ("", f"{tmp_path}")):
+    with pytest.raises(qpt.InputError) as error:
+      checkpoint.load_params(str(tmp_path), field=field)
+    assert str(error.value) == f"{prefix}: no finished checkpoint there"
+
+
 def test_a_checkpoint_whose_files_are_gone_is_one_input_error(tmp_path):
   """Its arrays deleted after orbax finished it (a half-copied workdir, a full disk): orbax and
   TensorStore raised ~150 lines of traceback. The error names the checkpoint and what to do."""
