@@ -215,8 +215,7 @@ def label_cached(path: str | os.PathLike, molecules: Sequence[Molecule | gto.Mol
   Returns (labels, reused). A file for anything else is relabelled and overwritten. A `path`
   that cannot be written is an InputError before any label is computed (labels take minutes).
   """
-  check_conv_tol(conv_tol)
-  check_writable(path)
+  check_writable(path)  # conv_tol is `label`'s to check, also before PySCF runs
   molecules = _molecules(molecules)
   if os.path.exists(path):
     try:

@@ -4,6 +4,7 @@ Children share the tests' persistent compilation cache, so a program one of them
 loaded, not recompiled, by the next.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -23,3 +24,12 @@ def launch_command(processes, *command):
   """tools/launch_local.py: `command` as `processes` local processes of one JAX run."""
   return [sys.executable, os.path.join(ROOT, "tools", "launch_local.py"),
           f"--processes={processes}", "--", *command]
+
+
+def load_tool(name: str):
+  """tools/<name>.py as a module (tools/ holds scripts, not a package), to call its main()."""
+  spec = importlib.util.spec_from_file_location(f"{name}_tool",
+                                                os.path.join(ROOT, "tools", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

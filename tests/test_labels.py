@@ -6,7 +6,8 @@ from pyscf import dft, lib
 
 import qpt
 from qpt import labels
-from tests.water_labels import BASIS, GRID_LEVEL, XC, load_tool, problems, reference
+from tests.processes import load_tool
+from tests.water_labels import BASIS, GRID_LEVEL, XC, problems, reference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -61,7 +62,7 @@ def test_label_files_are_reused(tmp_path, monkeypatch, capsys):
   runs = []
   converge = labels.converge
   monkeypatch.setattr(labels, "converge", lambda mf, dm0=None: runs.append(1) or converge(mf, dm0))
-  tool = load_tool()
+  tool = load_tool("label")
   out = str(tmp_path / "water.npz")
   argv = ["--molecule", "water", "--basis", BASIS, "--xc", XC, "--grid-level", str(GRID_LEVEL),
           "--n", "1", "--seed", "0", "--out", out, "--json"]
@@ -93,6 +94,6 @@ def test_label_tool_refuses_bad_input_in_one_line_before_pyscf_runs(monkeypatch,
   takes a negative tolerance), or a FileNotFoundError after every label was computed."""
   monkeypatch.setattr(labels, "converge", lambda *a, **k: pytest.fail("PySCF ran"))
   argv = ["--molecule", "water", "--basis", BASIS, "--n", "1", "--out", str(tmp_path / "w.npz")]
-  assert load_tool().main(argv + extra) == 2
+  assert load_tool("label").main(argv + extra) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f"error: {words}") and "\n" not in err

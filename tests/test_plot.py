@@ -1,13 +1,11 @@
 """Training curves are written as a real PNG from metrics.jsonl."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
 from qpt import plot
-from tests.processes import ROOT
+from tests.processes import load_tool
 
 
 def test_png_from_metrics(tmp_path):
@@ -29,17 +27,10 @@ def test_empty_metrics_is_a_clear_error(tmp_path):
 
 def test_the_plot_tool_has_help_and_one_line_errors(capsys):
   """`tools/plot.py --help` used to look for --help/metrics.jsonl."""
-  tool = load_tool()
+  tool = load_tool("plot")
   with pytest.raises(SystemExit) as exit_:
     tool.main(["--help"])
   assert exit_.value.code == 0 and "WORKDIR/training_curves.png" in capsys.readouterr().out
   assert tool.main(["/nonexistent-run"]) == 2
   assert capsys.readouterr().err.strip() == (
       "error: /nonexistent-run/metrics.jsonl: cannot read (No such file or directory)")
-
-
-def load_tool():
-  spec = importlib.util.spec_from_file_location("plot_tool", os.path.join(ROOT, "tools", "plot.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module

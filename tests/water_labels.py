@@ -6,8 +6,6 @@ conformers share one padded shape, so each jitted function compiles once.
 """
 
 import functools
-import importlib.util
-import os
 
 import numpy as np
 import scipy.linalg
@@ -15,25 +13,17 @@ import scipy.linalg
 import qpt
 from qpt import evaluate, frame, labels
 from tests import pyscf_reference as ref
+from tests.processes import load_tool
 
 LEVEL = qpt.Level("sto-3g", "lda,vwn", 1)
 BASIS, XC, GRID_LEVEL = LEVEL.basis, LEVEL.xc, LEVEL.grid_level
-
-
-def load_tool():
-  """tools/label.py as a module (tools/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "label.py")
-  spec = importlib.util.spec_from_file_location("label_tool", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @functools.cache
 def reference() -> labels.Labels:
   """Two displaced water conformers, labelled in their canonical frames."""
   water = qpt.molecules.get("water")
-  positions = load_tool().gaussian_conformers(water, 2, seed=0)
+  positions = load_tool("label").gaussian_conformers(water, 2, seed=0)
   molecules = [frame.to_canonical(qpt.Molecule(water.symbols, p))[0] for p in positions]
   return labels.label(molecules, LEVEL)
 

@@ -62,9 +62,10 @@ def _run(args) -> dict:
     extra = dict(init_from=args.init_from, iterations_minao=minao.iterations,
                  energy_minao=minao.energy, energy_predicted=prediction.energy)
   result = qpt.dft.scf(problem, max_iterations=args.max_iterations, density0=density0)
-  return dict(molecule=mol.name, charge=mol.charge, basis=args.basis, xc=args.xc, grid_level=args.grid_level,
-              dtype=args.dtype, eri=args.eri, energy=result.energy, converged=result.converged,
-              iterations=result.iterations, homo=result.homo, lumo=result.lumo,
+  return dict(molecule=mol.name, charge=mol.charge, basis=args.basis, xc=args.xc,
+              grid_level=args.grid_level, dtype=args.dtype, eri=args.eri, energy=result.energy,
+              converged=result.converged, iterations=result.iterations, homo=result.homo,
+              lumo=result.lumo,
               nao=int(np.sum(problem.ao_mask)), **extra, seconds=time.perf_counter() - start)
 
 

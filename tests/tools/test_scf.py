@@ -1,25 +1,15 @@
 """tools/scf.py: one SCF of a charged built-in molecule, against PySCF's RKS of the same ion."""
 
-import importlib.util
-import os
-
 from pyscf import dft
 
 import qpt
-from tests.processes import ROOT
-
-
-def load_tool():
-  spec = importlib.util.spec_from_file_location("scf_tool", os.path.join(ROOT, "tools", "scf.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.processes import load_tool
 
 
 def test_a_charged_built_in_molecule_matches_pyscfs_ion():
   """--molecule water --charge -2 (10 → 12 electrons; an SCF PySCF converges at STO-3G): the
   tool's float64 energy is PySCF's for the dianion, not neutral water's."""
-  tool = load_tool()
+  tool = load_tool("scf")
   args = tool.parse_args(["--molecule", "water", "--charge", "-2", "--basis", "sto-3g",
                           "--xc", "lda,vwn", "--grid-level", "1", "--dtype", "float64", "--json"])
   out = tool.run(args)

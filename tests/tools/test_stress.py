@@ -1,31 +1,21 @@
 """tools/stress.py: finite losses and gradients on distorted, near-degenerate cases; its report
 replays; non-finite or refused cases set the exit code."""
 
-import importlib.util
 import json
-import os
 
 import jax.numpy as jnp
 import pytest
 
 import qpt
-from tests.processes import ROOT
+from tests.processes import load_tool
 
 ARGS = ["--molecule", "water", "--n", "16", "--basis", "sto-3g", "--grid-level", "0"]
-
-
-def load_tool():
-  spec = importlib.util.spec_from_file_location("stress_tool", os.path.join(ROOT, "tools",
-                                                                            "stress.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("stress") / "report.json"
-  assert load_tool().main(ARGS + ["--out", str(out)]) == 0
+  assert load_tool("stress").main(ARGS + ["--out", str(out)]) == 0
   with open(out) as f:
     return json.load(f)
 
@@ -41,7 +31,7 @@ def test_every_case_is_finite_and_the_sweep_covers_distortions_and_small_gaps(re
 
 
 def test_a_case_replays_from_the_report(report):
-  tool = load_tool()
+  tool = load_tool("stress")
   case = next(c for c in report["cases"] if c["gap_ha"] < 0.1)
   molecule = qpt.Molecule(case["symbols"], case["positions_angstrom"])
   replayed = tool.run_case(molecule, qpt.Level("sto-3g", "b3lyp5", 0), 0, 1.0,
@@ -51,7 +41,7 @@ def test_a_case_replays_from_the_report(report):
 
 
 def test_non_finite_or_refused_cases_fail_the_sweep(monkeypatch, capsys):
-  tool = load_tool()
+  tool = load_tool("stress")
   real = tool.loss_and_gradient(0)
   calls = []
 
@@ -65,7 +55,7 @@ def test_non_finite_or_refused_cases_fail_the_sweep(monkeypatch, capsys):
   monkeypatch.setattr(tool, "loss_and_gradient", poisoned)
   assert tool.main(ARGS[:3] + ["8"] + ARGS[4:]) == 1
   assert capsys.readouterr().out.splitlines()[-1] == "8 conformers: 1 non-finite, 0 refused"
-  tool = load_tool()
+  tool = load_tool("stress")
   build, built = qpt.build_problem, []
 
   def refusing(molecule, *args, **kwargs):
@@ -80,12 +70,12 @@ def test_non_finite_or_refused_cases_fail_the_sweep(monkeypatch, capsys):
 
 
 def test_bad_arguments_are_one_line(capsys):
-  assert load_tool().main(["--molecule", "caffeine", "--n", "3"]) == 2
+  assert load_tool("stress").main(["--molecule", "caffeine", "--n", "3"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "caffeine" in err[0]
   # An --out that cannot be written is refused before the sweep (it was a FileNotFoundError
   # after every case had run).
-  assert load_tool().main(ARGS + ["--out", "/nonexistent-dir/report.json"]) == 2
+  assert load_tool("stress").main(ARGS + ["--out", "/nonexistent-dir/report.json"]) == 2
   assert capsys.readouterr().err.strip() == ("stress.py: error: /nonexistent-dir/report.json: "
                                              "cannot write there (/nonexistent-dir is not a "
                                              "writable directory)")

@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> list[dict]:
   the case's own."""
   if args.child:
     return [case(args)]
-  counts = device_counts(args.devices, args.batch)
-  for size in comma_list(args.sizes):  # a bad size now, not as the first child's failure
+  counts, sizes = device_counts(args.devices, args.batch), comma_list(args.sizes)
+  for size in sizes:  # a bad size now, not as the first child's failure
     qpt.model.model_config(size)
   where, rows = stamp(), []
-  for size in comma_list(args.sizes):
+  for size in sizes:
     for n in counts:
       for layout in LAYOUTS if n > 1 else LAYOUTS[:1]:
         rows.append(dict(child(args, f"{size}/{n}/{layout}"), **where))
