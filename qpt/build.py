@@ -31,7 +31,7 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
                   xc: str | None = None, grid_level: int | None = None, eri: str | None = None,
                   dtype: str | None = None, *, level: Level | None = None,
                   xc_chunk: int = DEFAULT_XC_CHUNK, pad_to: Shape | None = None,
-                  min_shape: Shape | None = None) -> DFTProblem:
+                  min_shape: Shape | None = None, ao_on_device: bool = False) -> DFTProblem:
   """The padded DFT problem for one conformer.
 
   The level of theory is either a `Level` (`level=`, or in place of `basis`) or given field by
@@ -48,10 +48,14 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
       (`qpt.backends.enable_float64()`): without it JAX would silently compute in float32.
     level: the whole level of theory at once.
     xc_chunk: grid points per XC chunk (bounds device memory).
-    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms, n_occ); a problem larger than it is an
-      error (given 4 sizes, n_occ is the problem's own bucket).
+    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim); a problem larger
+      than it is an error (n_occ, n_cart or n_prim 0 or left out: the problem's own bucket).
     min_shape: pad at least to this shape, each size the larger of it and the problem's own bucket
       (a stream's running shape).
+    ao_on_device: ship the grid's points and the basis, and let the device evaluate the AO
+      values chunk by chunk (`qpt.ao_values`), instead of the host's φ X on every point
+      (`ao_orth`): a fifth of the bytes and no g × n arrays in memory, for the cost of evaluating
+      them in the step (docs/results.md §2 measures the trade).
   """
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
   if isinstance(xc_chunk, bool) or not (isinstance(xc_chunk, numbers.Integral) and xc_chunk > 0):
@@ -61,17 +65,19 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
                      "(a float64 config does it through its backend)")
   host = integrals.compute(molecule.to_pyscf(level.basis), level)
   sizes = (len(host.occupation), len(host.weights), len(host.eri_factor), len(host.positions),
-           int(np.count_nonzero(host.occupation)))
+           int(np.count_nonzero(host.occupation))) + host.basis.radial.shape
   own = default_shape(sizes, xc_chunk)
   if pad_to is None:
     shape = own if min_shape is None else tuple(max(a, b) for a, b in zip(own, as_shape(min_shape)))
   else:
     shape = as_shape(pad_to)
-    shape = shape[:4] + (shape[4] or own[4],)
+    shape = shape[:4] + tuple(s or o for s, o in zip(shape[4:], own[4:]))
   if any(p < s for p, s in zip(shape, sizes)) or shape[1] % xc_chunk or shape[4] > shape[0]:
     raise InputError(f"pad_to={shape} is smaller than the problem {sizes}, n_grid is not a "
                      f"multiple of xc_chunk={xc_chunk}, or n_occ exceeds n_ao")
-  return _pad(host, level, xc_chunk, shape)
+  if not isinstance(ao_on_device, bool):
+    raise InputError(f"ao_on_device={ao_on_device!r}: must be True or False")
+  return _pad(host, level, xc_chunk, shape, ao_on_device)
 
 
 def molecule_and_level(molecule: Molecule | gto.Mole, basis: str | Level | None = None,
@@ -112,12 +118,13 @@ def bucket(n: int, multiple: int = 1) -> int:
 
 
 def default_shape(sizes: Shape, xc_chunk: int) -> Shape:
-  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms, n_occ).
+  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart,
+  n_prim).
 
   n_occ never exceeds n_ao: the energy reads the n_occ lowest of n_ao orbitals.
   """
-  shape = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4, 8)))
-  return shape[:4] + (min(shape[4], shape[0]),)
+  shape = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4, 8, 4, 8)))
+  return shape[:4] + (min(shape[4], shape[0]),) + shape[5:]
 
 
 def max_shape(*shapes: Shape) -> Shape:
@@ -138,21 +145,26 @@ def grow(problem: DFTProblem, shape: Shape) -> DFTProblem:
   shape = as_shape(shape)
   if problem.shapes == shape:
     return problem
-  arrays = {name: np.asarray(getattr(problem, name)) for name in LAYOUT}
+  arrays = {name: np.asarray(getattr(problem, name)) for name in LAYOUT
+            if getattr(problem, name) is not None}
   return dataclasses.replace(problem, **{name: _padded(name, a, shape, a.dtype)
                                          for name, a in arrays.items()})
 
 
-def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shape) -> DFTProblem:
+def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shape,
+         ao_on_device: bool) -> DFTProblem:
   """Transforms host integrals to the device's representation, casts them, pads to `shape`.
 
   Each field is written once, cast on the way, into its padded array: the AO values are the bulk
-  of a problem (ethanol/def2-SVP: 120 of 150 MB), and a float64 copy of φ X plus a second padded
-  copy cost the worker more than the integrals themselves.
+  of a problem (ethanol/def2-SVP: 115 of 137 MB), and a float64 copy of φ X plus a second padded
+  copy cost the worker more than the integrals themselves. With `ao_on_device` they are left out:
+  the device evaluates them from the points and the basis through T = C X (Cartesian → real
+  spherical → orthonormal), formed here in float64.
   """
   dtype = level.dtype
   x, x_inv = host.orthogonalizer, np.linalg.inv(host.orthogonalizer)
   energy_hi = np.float32(host.energy_ref) if dtype == "float32" else host.energy_ref
+  basis = host.basis
   real = dict(
       overlap=host.overlap, hcore=host.hcore, density_ref=host.density_ref,
       orthogonalizer=x, orthogonalizer_inv=x_inv,
@@ -160,21 +172,34 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
       fock_ref_nonxc_orth=x.T @ host.fock_ref_nonxc @ x,
       exchange_ref_orth=x.T @ host.exchange_ref @ x,
       density_ref_orth=x_inv @ host.density_ref @ x_inv.T,
+      primitive_exponents=basis.primitive_exponents, radial=basis.radial,
+      cart_to_orth=basis.cart_to_sph @ x,
+      positions_lo=_low_part(host.positions, dtype),
+      points=np.stack([host.coords.T, _low_part(host.coords.T, dtype)]),
       weights=host.weights, exc_ref=host.exc_ref,
       occupation=host.occupation[:np.count_nonzero(host.occupation)],
       ao_mask=np.ones(len(host.occupation)),
       energy_ref=np.array([energy_hi, host.energy_ref - np.float64(energy_hi)]),
       positions=host.positions)
   arrays = {name: _padded(name, a, shape, dtype) for name, a in real.items()}
-  arrays.update(orbital_labels=_padded("orbital_labels", host.orbital_labels, shape, np.int32),
-                atomic_numbers=_padded("atomic_numbers", host.atomic_numbers, shape, np.int32))
-  c, n_grid, n_ao = host.ao.shape
-  arrays["ao_orth"] = ao_orth = _padding("ao_orth", (c, n_grid, n_ao), shape, dtype)
-  for start in range(0, n_grid, _AO_BLOCK):  # φ X a block of points at a time, cast as written
-    block = slice(start, min(start + _AO_BLOCK, n_grid))
-    for component in range(c):
-      ao_orth[component, block, :n_ao] = _times_upper(host.ao[component, block], x)
+  integer = dict(orbital_labels=host.orbital_labels, atomic_numbers=host.atomic_numbers,
+                 primitive_atoms=basis.primitive_atoms, cart_atoms=basis.cart_atoms,
+                 cart_powers=basis.cart_powers)
+  arrays.update({name: _padded(name, a, shape, np.int32) for name, a in integer.items()})
+  if not ao_on_device:
+    c, n_grid, n_ao = host.ao.shape
+    arrays["ao_orth"] = ao_orth = _padding("ao_orth", (c, n_grid, n_ao), shape, dtype)
+    for start in range(0, n_grid, _AO_BLOCK):  # φ X a block of points at a time, cast as written
+      block = slice(start, min(start + _AO_BLOCK, n_grid))
+      for component in range(c):
+        ao_orth[component, block, :n_ao] = _times_upper(host.ao[component, block], x)
   return DFTProblem(**arrays, level=level, xc_chunk=xc_chunk)
+
+
+def _low_part(a: np.ndarray, dtype) -> np.ndarray:
+  """What casting float64 `a` to `dtype` loses: `a` = cast + this, to ~1e-14 relative in float32
+  pairs (a point 0.01 Bohr from a nucleus keeps its displacement's float64 accuracy)."""
+  return a - a.astype(dtype).astype(np.float64)
 
 
 def _times_upper(a: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Data path:  H ──Xᵀ·X──▶ H' ──eigh──▶ P ──▶ ΔE = E[P] − E[P0]   (+ E_ref on the host)
 
-Inside, everything lives in the orthonormal basis φ' = φ X prepared by `build.py` on the host: the density is
+Inside, everything lives in the orthonormal basis φ' = φ X prepared by `build.py` on the host
+(its AO values on the grid too, or made here from the basis, `ao_values.py`): the density is
 the projector P = U diag(occ) Uᵀ of H' = Xᵀ H X, never a float32 product X P Xᵀ. The public
 functions speak the AO basis (H, D, F as PySCF has them) and convert at the edge.
 
@@ -43,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qpt import ao_values
 from qpt.errors import InputError
 from qpt.precision import full_float32
 from qpt.problem import DFTProblem, mo_occupations, reference_energy  # noqa: F401  (public API)
@@ -265,15 +267,52 @@ def _xc_chunks(problem: DFTProblem) -> jax.Array:
 
 
 def _xc_chunk(problem: DFTProblem, k: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]:
-  """Chunk k of the grid: AO values as c arrays (chunk, n) — value, then gradient components —,
-  e(ρ0) and weights (chunk,). Each component is sliced on its own, straight into the contiguous
-  block a matmul reads: sliced as one (c, chunk, n) block, XLA copied it and then each component
-  out of it again (ethanol k = 3: ~15 % of the step in copies)."""
+  """Chunk k of the grid: orthonormal AO values φ' = φ X as c arrays (chunk, n) — value, then
+  gradient components —, e(ρ0) and weights (chunk,). Evaluated from the basis
+  (`ao_values.orthonormal`), or sliced from `ao_orth` where a path holds them (`_with_ao_values`):
+  each component on its own, straight into the contiguous block a matmul reads (sliced as one
+  (c, chunk, n) block, XLA copied it and then each component out of it again: ethanol k = 3,
+  ~15 % of the step in copies)."""
   start, size = k * problem.xc_chunk, problem.xc_chunk
-  c, _, n = problem.ao_orth.shape
-  ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, start, 0), (1, size, n))[0] for x in range(c)]
+  if problem.ao_orth is None:
+    ao = ao_values.orthonormal(problem, start, size)
+  else:
+    c, _, n = problem.ao_orth.shape
+    ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, start, 0), (1, size, n))[0]
+          for x in range(c)]
   return (ao, jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
           jax.lax.dynamic_slice_in_dim(problem.weights, start, size))
+
+
+def _xc_chunk_density(problem: DFTProblem, k: jax.Array):
+  """Chunk k of the grid for orbitals Y (n, m): (Y ↦ ρ and ∇ρ (c, chunk) of P = Y Yᵀ, e(ρ0),
+  weights). Without held AO values the orbitals are ψᵀ = (T Y)ᵀ φ_cart (m, chunk): the
+  (chunk, n) φ' is never formed, so the chunk costs g·n·m, not g·n², beyond the AO values, and
+  points stay the fastest axis (a product with the point axis contracted or leading ran 2× slower
+  on XLA:CPU)."""
+  if problem.ao_orth is not None:
+    ao, exc_ref, weights = _xc_chunk(problem, k)
+    return functools.partial(_density_on_grid_occupied, ao=ao), exc_ref, weights
+  start, size = k * problem.xc_chunk, problem.xc_chunk
+  cart = ao_values.cartesian(problem, start, size)  # c arrays (n_cart, chunk)
+
+  def density(y):
+    ty = (problem.cart_to_orth @ y).T  # (m, n_cart)
+    psi = [ty @ v for v in cart]  # (m, chunk)
+    return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(p * psi[0], axis=0)
+                      for x, p in enumerate(psi)])
+
+  return (density, jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
+          jax.lax.dynamic_slice_in_dim(problem.weights, start, size))
+
+
+def _with_ao_values(problem: DFTProblem) -> DFTProblem:
+  """`problem` holding φ' on every grid point (`ao_orth`), for a path that walks the grid
+  several times: one evaluation (and one g·n² transform) instead of one per walk, at the memory
+  of the whole (c, g, n) array."""
+  if problem.ao_orth is not None:
+    return problem
+  return dataclasses.replace(problem, ao_orth=ao_values.orthonormal_all(problem))
 
 
 def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array, weights: jax.Array) -> jax.Array:
@@ -296,7 +335,14 @@ def _xc_delta_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
   its VJP) — the XC quadrature is the largest part of a k = 0 step. First derivatives only: the
   Fock matrices of unrolled steps take their XC potential from `_xc_potential`, not from here.
   """
-  return _xc_delta(problem, functools.partial(_density_on_grid_occupied, y))
+  functional = problem.functional
+
+  def chunk(_, k):
+    density, exc_ref_k, w_k = _xc_chunk_density(problem, k)
+    return None, _xc_chunk_delta(functional, density(y), exc_ref_k, w_k)
+
+  _, partial = jax.lax.scan(chunk, None, _xc_chunks(problem))
+  return jnp.sum(partial)
 
 
 @full_float32  # traced with the gradient, possibly outside the caller's decorator
@@ -304,9 +350,8 @@ def _xc_delta_occupied_fwd(problem: DFTProblem, y: jax.Array):
   functional = problem.functional
 
   def chunk(gradient, k):
-    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    energy, vjp = jax.vjp(lambda y: _xc_chunk_delta(
-        functional, _density_on_grid_occupied(y, ao_k), exc_ref_k, w_k), y)
+    density, exc_ref_k, w_k = _xc_chunk_density(problem, k)
+    energy, vjp = jax.vjp(lambda y: _xc_chunk_delta(functional, density(y), exc_ref_k, w_k), y)
     return gradient + vjp(jnp.ones_like(energy))[0], energy
 
   gradient, partial = jax.lax.scan(chunk, jnp.zeros_like(y), _xc_chunks(problem))
@@ -356,6 +401,7 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   step or a sequence of k values (the paper: k = 3, mixing (0, 0.5, 0)). The last step never mixes,
   so D_k is idempotent and E[D_k] stays a variational upper bound of the SCF energy.
   """
+  problem = _with_ao_values(problem) if iterations else problem  # 2k + 1 walks of the grid
   y, norm_energy = _unrolled(problem, h, iterations, mixing)
   return _delta_energy_occupied(problem, y) - norm_energy
 
@@ -364,6 +410,7 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
 def unrolled_density(problem: DFTProblem, h: jax.Array, iterations: int = 0,
                      mixing: float | Sequence[float] = 0.0) -> jax.Array:
   """D_k (n, n), AO basis: the density whose energy `loss_energy_delta` returns."""
+  problem = _with_ao_values(problem) if iterations else problem
   x, y = problem.orthogonalizer, _unrolled(problem, h, iterations, mixing)[0]
   return x @ (y @ y.T) @ x.T
 
@@ -452,14 +499,14 @@ def _xc_potential(problem: DFTProblem, density) -> jax.Array:
 
 @full_float32  # traced with the gradient, possibly outside the caller's decorator
 def _xc_potential_fwd(problem: DFTProblem, density):
-  c, _, n = problem.ao_orth.shape
+  n = problem.overlap.shape[0]
 
   def chunk_potential(potential, k):
     ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
     rho = sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density)
     d_rho = _xc_chunk_potential(problem.functional, rho, exc_ref_k, w_k)  # (c, chunk)
     w_mat = 0.5 * d_rho[0][:, None] * ao_k[0]
-    for x in range(1, c):
+    for x in range(1, len(ao_k)):
       w_mat = w_mat + d_rho[x][:, None] * ao_k[x]
     part = w_mat.T @ ao_k[0]
     return potential + part + part.T, rho
@@ -478,22 +525,22 @@ def _xc_potential_bwd(residuals, cotangent):
   rather than through each Y_j's orbitals on the grid costs one g·n² product whatever the number
   of density terms (two g·n·m products per term otherwise)."""
   problem, density, rho = residuals
-  c, _, n = problem.ao_orth.shape
+  n = problem.overlap.shape[0]
   s = cotangent + cotangent.T
 
   def chunk(p_bar, inputs):
     k, rho_k = inputs
     ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
     w_bar = ao_k[0] @ s  # (chunk, n); S symmetric
-    v_bar = jnp.stack([(0.5 if x == 0 else 1.0) * jnp.sum(w_bar * ao_k[x], axis=-1)
-                       for x in range(c)])
+    v_bar = jnp.stack([(0.5 if x == 0 else 1.0) * jnp.sum(w_bar * a, axis=-1)
+                       for x, a in enumerate(ao_k)])
     # The Hessian is symmetric, so its VJP is ρ̄. Reverse over reverse, not forward: the float32
     # functional drops the overflowing curvature of near-zero densities with a select, which a
     # cotangent passes cleanly and a tangent does not (inf × 0; xc.py).
     rho_bar = jax.vjp(lambda r: _xc_chunk_potential(problem.functional, r, exc_ref_k, w_k),
                       rho_k)[1](v_bar)[0]
     a = rho_bar[0][:, None] * ao_k[0]
-    for x in range(1, c):
+    for x in range(1, len(ao_k)):
       a = a + 2.0 * rho_bar[x][:, None] * ao_k[x]
     return p_bar + a.T @ ao_k[0], None
 
@@ -640,6 +687,7 @@ def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space, extrapolate
   """
   n = p0.shape[0]
   x_inv = problem.orthogonalizer_inv
+  problem = _with_ao_values(problem)  # every iteration walks the grid twice
 
   def commutator(f, p):
     fp = f @ p

@@ -5,7 +5,9 @@ The device never sees a basis set or a grid builder, only arrays:
   molecule ──PySCF──▶ HostIntegrals (float64, unpadded) ──build.py──▶ DFTProblem (padded, device dtype)
 
 Why each piece is here rather than on the device:
-  * S, Hcore, the ERI factor and AO values need libcint / PySCF's grids.
+  * S, Hcore, the ERI factor, the grid and AO values need libcint / PySCF's grids (a problem
+    built with `ao_on_device` ships the basis instead, `cartesian_basis`, and the device
+    evaluates its own AO values; ρ0 below needs the host's either way).
   * The reference density D0 (MINAO, PySCF's default start) and the energy terms that depend only on
     it — E_nuc + E[D0] and G0 = Hcore + J[D0] − a/2·K[D0] — are large numbers (hundreds of Hartree).
     They are computed here in float64 so that the device only ever handles the *difference*
@@ -28,10 +30,12 @@ import dataclasses
 
 import numpy as np
 import pyscf.df
+import scipy.linalg
 import scipy.linalg.lapack
 from pyscf import ao2mo, dft, gto, lib, scf
 
-from qpt import labels
+from qpt import ao_values, labels
+from qpt.errors import InputError
 from qpt.level import Level
 
 # Hartree: the largest integral error of eri="dense", per device dtype. float32 rounds integrals of
@@ -54,7 +58,8 @@ class HostIntegrals:
     exchange_ref: (n, n) K[D0], Hartree.
     energy_ref: E_nuc + E[D0], Hartree: the total energy of the reference density.
     ao: (c, g, n) AO values and, for GGA, their x, y, z derivatives (Bohr^-3/2, Bohr^-5/2).
-    weights: (g,) quadrature weights, Bohr^3.
+    coords: (g, 3) grid points, Bohr; weights: (g,) quadrature weights, Bohr^3.
+    basis: the basis as arrays, for AO values on the device (`CartesianBasis`).
     exc_ref: (g,) e_xc(ρ0) = ρ0·ε_xc per grid point, Hartree/Bohr^3 (PySCF's libxc).
     occupation: (n,) 2 for the n_electrons/2 lowest orbitals, else 0.
     energy_nuc: nuclear repulsion, Hartree.
@@ -72,6 +77,7 @@ class HostIntegrals:
   exchange_ref: np.ndarray
   energy_ref: float
   ao: np.ndarray
+  coords: np.ndarray
   weights: np.ndarray
   exc_ref: np.ndarray
   occupation: np.ndarray
@@ -80,6 +86,53 @@ class HostIntegrals:
   orbital_labels: np.ndarray
   atomic_numbers: np.ndarray
   positions: np.ndarray
+  basis: CartesianBasis
+
+
+@dataclasses.dataclass(frozen=True)
+class CartesianBasis:
+  """A basis as the device evaluates it (`qpt.ao_values`): q Cartesian functions R(r²) xᵃ yᵇ zᶜ,
+  p primitives, n real-spherical AOs.
+
+    primitive_atoms (p,) int; primitive_exponents (p,) α, Bohr⁻²;
+    radial (q, p) the coefficient of each primitive in each Cartesian function's R = Σ C e^(−α r²)
+      (PySCF's normalised contraction coefficients, so φ_sph = φ_cart · cart_to_sph is exactly
+      PySCF's `eval_ao`);
+    cart_atoms (q,) int; cart_powers (q, 3) int (a, b, c);
+    cart_to_sph (q, n) block-diagonal: PySCF's Cartesian → real-spherical matrices, per shell.
+  """
+
+  primitive_atoms: np.ndarray
+  primitive_exponents: np.ndarray
+  radial: np.ndarray
+  cart_atoms: np.ndarray
+  cart_powers: np.ndarray
+  cart_to_sph: np.ndarray
+
+
+def cartesian_basis(mol: gto.Mole) -> CartesianBasis:
+  """`mol`'s basis as `CartesianBasis` arrays, AOs in PySCF's order (a general contraction's
+  functions one after another, each 2l + 1 AOs)."""
+  atoms, exponents, radial_rows, cart_atoms, powers, blocks = [], [], [], [], [], []
+  for shell in range(mol.nbas):
+    l, atom = mol.bas_angular(shell), mol.bas_atom(shell)
+    if l > ao_values.MAX_L:
+      raise InputError(f"basis {mol.basis!r} has l = {l} functions on {mol.atom_symbol(atom)}; "
+                       f"AO values on the device go up to l = {ao_values.MAX_L}")
+    first = len(exponents)
+    exponents += list(mol.bas_exp(shell))
+    atoms += [atom] * mol.bas_nprim(shell)
+    for column in mol._libcint_ctr_coeff(shell).T:  # (K,) per contracted function
+      for power in ao_values.cartesian_powers(l):
+        radial_rows.append((first, column))
+        cart_atoms.append(atom)
+        powers.append(power)
+      blocks.append(gto.cart2sph(l))
+  radial = np.zeros((len(radial_rows), len(exponents)))
+  for row, (first, column) in enumerate(radial_rows):
+    radial[row, first:first + len(column)] = column
+  return CartesianBasis(np.array(atoms), np.array(exponents), radial, np.array(cart_atoms),
+                        np.array(powers).reshape(-1, 3), scipy.linalg.block_diag(*blocks))
 
 
 def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
@@ -97,15 +150,17 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   a = functional.exact_exchange
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
-  ao, weights = quadrature(mol, level, density_ref)
+  basis = cartesian_basis(mol)
+  coords, ao, weights = quadrature(mol, level, density_ref)
   exc_ref = functional_energy_density_host(level.xc, rho_on_grid(ao, density_ref))
   e_xc_ref = float(np.dot(weights, exc_ref))
   energy_nuc = mol.energy_nuc()
   energy_ref = (energy_nuc + np.vdot(density_ref, hcore) + 0.5 * np.vdot(density_ref, j_ref)
                 - 0.25 * a * np.vdot(density_ref, k_ref) + e_xc_ref)
   return HostIntegrals(overlap, orthogonalizer, b, density_ref, fock_ref_nonxc, k_ref,
-                       float(energy_ref), ao, weights, exc_ref, occupation, float(energy_nuc), hcore,
-                       orbital_labels(mol), mol.atom_charges(), mol.atom_coords(unit="Bohr"))
+                       float(energy_ref), ao, coords, weights, exc_ref, occupation,
+                       float(energy_nuc), hcore, orbital_labels(mol), mol.atom_charges(),
+                       mol.atom_coords(unit="Bohr"), basis)
 
 
 def orthogonalizer_of(overlap: np.ndarray) -> np.ndarray:
@@ -195,8 +250,9 @@ def coulomb_exchange(b: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np
 
 
 def quadrature(mol: gto.Mole, level: Level,
-               density_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """AO values (c, g, n) and weights (g,) on the grid of the PySCF reference at `level`.
+               density_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Points (g, 3) Bohr, AO values (c, g, n) and weights (g,) Bohr³ on the grid of the PySCF
+  reference at `level`.
 
   PySCF drops grid points where the initial density is negligible (`small_rho_cutoff`) when it first
   builds the grid; the reference's RKS (`labels.pyscf_rks`) builds it from the MINAO density, and
@@ -207,7 +263,7 @@ def quadrature(mol: gto.Mole, level: Level,
   # LDA: (g, n) → (1, g, n). Left in PySCF's memory order (points fastest): every use is a
   # matmul, which reads either order, and a transposing copy would cost more than eval_ao itself.
   ao = ao.reshape(-1, *ao.shape[-2:])
-  return ao, np.asarray(grids.weights)
+  return np.asarray(grids.coords), ao, np.asarray(grids.weights)
 
 
 def rho_on_grid(ao: np.ndarray, density: np.ndarray) -> np.ndarray:

@@ -5,16 +5,19 @@ here imports the host side.
 
 Two bases, and why. What a model reads (S, Hcore, D0, X) is in the AO basis, as PySCF has it.
 What the energy reads is in the orthonormal basis φ' = φ X (X = L⁻ᵀ, S = L Lᵀ), transformed on the
-host in float64: the device then builds the density as P = U diag(occ) Uᵀ straight from the
-eigenvectors, with no float32 X·P·Xᵀ. That product cancels badly when S is ill-conditioned and its
-rounding errors enter the energy at first order (uracil/def2-SVP, cond S ≈ 5e3: 59 µHa;
-docs/numerics.md).
+host in float64 (AO values on the grid too, or on the device through a transform made in float64
+on the host, `qpt.ao_values`): the device then builds the density as P = U diag(occ) Uᵀ straight
+from the eigenvectors, with no float32 X·P·Xᵀ. That product cancels badly when S is
+ill-conditioned and its rounding errors enter the energy at first order (uracil/def2-SVP,
+cond S ≈ 5e3: 59 µHa; docs/numerics.md).
 
 Shapes are rounded up to size buckets (`build.bucket`), so conformers and molecules of similar size
 share one compiled program. Padding is inert by construction (`LAYOUT` says how each field pads):
   * padded AOs have S = X = X⁻¹ = 1 on their diagonal and zero everywhere else (AO values, ERI
-    factor, reference density and exchange);
-  * padded grid points have weight 0, AO values 0 and e_xc(ρ0) = 0;
+    factor, reference density and exchange; `cart_to_orth`'s column is zero);
+  * padded Cartesian functions have zero radial coefficients, padded primitives exponent 0 and
+    no coefficient: both add 0 to every AO value;
+  * padded grid points have weight 0, AO values 0 (they lie `FAR` away) and e_xc(ρ0) = 0;
   * padded auxiliary functions have a zero ERI factor;
   * padded occupied orbitals have occupation 0 (the energy reads only the `n_occ` lowest orbitals,
     so its cost follows the electrons, not the basis).
@@ -33,6 +36,7 @@ from qpt import xc as xc_lib
 from qpt.errors import InputError
 from qpt.level import Level
 
+FAR = 1e3  # Bohr: where padded grid points lie, hi and lo; every Gaussian underflows to 0 there
 DEFAULT_XC_CHUNK = 4096  # grid points per XC chunk: bounds device memory at chunk × n_ao × 4 values
 
 
@@ -48,9 +52,16 @@ class DFTProblem:
   Orthonormal basis (what the energy reads):
     eri_orth (n_aux, n, n) Xᵀ B_P X; fock_ref_nonxc_orth (n, n) Xᵀ G0 X, Hartree;
     exchange_ref_orth (n, n) K[P0] = Xᵀ K[D0] X, Hartree;
-    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ; ao_orth (c, g, n) φ X and its gradients (as
-    PySCF's eval_ao orders them): a chunk of points is c contiguous (chunk, n) matrices.
+    density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ.
+  The basis, for AO values on the grid (`qpt.ao_values`; q = n_cart Cartesian functions, p =
+  n_prim primitives, a = n_atoms):
+    primitive_atoms (p,) int32, primitive_exponents (p,) Bohr⁻²; radial (q, p) the contraction
+    coefficient of primitive p in Cartesian function q (PySCF's normalisation);
+    cart_atoms (q,) int32 and cart_powers (q, 3) int32 the centre and (a, b, c) of xᵃ yᵇ zᶜ;
+    cart_to_orth (q, n) T with φ X = φ_cart T (Cartesian → real spherical → orthonormal, formed
+    in float64 on the host); positions_lo (a, 3) Bohr, what float32 `positions` lost.
   Grid and bookkeeping:
+    points (2, 3, g) Bohr, hi and lo parts (hi + lo is the float64 coordinate);
     weights (g,) Bohr³; exc_ref (g,) e_xc(ρ0) per point, Hartree/Bohr³ (float64 libxc values, cast);
     occupation (m,) of the m lowest orbitals (2, or 0 for padding); ao_mask (n,) 1 for real AOs;
     energy_ref (2,): E_nuc + E[D0] in Hartree split as hi + lo so float32 carries it to ~1e-13
@@ -61,6 +72,11 @@ class DFTProblem:
   Static fields (part of the compiled program's identity):
     level: the level of theory the arrays were built at (`qpt.level.Level`).
     xc_chunk: grid points per chunk of the XC quadrature.
+  AO values on the grid, or None:
+    ao_orth (c, g, n) φ X and its gradients on every point (as PySCF's eval_ao orders them),
+    formed by the host in float64; None in a problem built with `ao_on_device`, whose device
+    evaluates them chunk by chunk from the basis above (`qpt.ao_values`), or holds them for a
+    step that walks the grid several times (`dft._with_ao_values`).
   """
 
   overlap: jax.Array
@@ -72,7 +88,14 @@ class DFTProblem:
   fock_ref_nonxc_orth: jax.Array
   exchange_ref_orth: jax.Array
   density_ref_orth: jax.Array
-  ao_orth: jax.Array
+  primitive_atoms: jax.Array
+  primitive_exponents: jax.Array
+  radial: jax.Array
+  cart_atoms: jax.Array
+  cart_powers: jax.Array
+  cart_to_orth: jax.Array
+  positions_lo: jax.Array
+  points: jax.Array
   weights: jax.Array
   exc_ref: jax.Array
   occupation: jax.Array
@@ -83,6 +106,7 @@ class DFTProblem:
   positions: jax.Array
   level: Level = dataclasses.field(metadata=dict(static=True), default=Level())
   xc_chunk: int = dataclasses.field(metadata=dict(static=True), default=DEFAULT_XC_CHUNK)
+  ao_orth: jax.Array | None = None
 
   @property
   def functional(self) -> xc_lib.Functional:
@@ -94,9 +118,11 @@ class DFTProblem:
 
   @property
   def shapes(self) -> Shape:
-    """(n_ao, n_grid, n_aux, n_atoms, n_occ), padded: the program's static shape."""
+    """(n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim), padded: the program's static
+    shape."""
     return (self.overlap.shape[-1], self.weights.shape[-1], self.eri_orth.shape[-3],
-            self.positions.shape[-2], self.occupation.shape[-1])
+            self.positions.shape[-2], self.occupation.shape[-1], self.radial.shape[-2],
+            self.radial.shape[-1])
 
 
 def reference_energy(problem: DFTProblem | np.ndarray) -> float | np.ndarray:
@@ -118,14 +144,17 @@ def mo_occupations(problem: DFTProblem) -> np.ndarray:
   return occ
 
 
-Shape = tuple[int, int, int, int, int]  # (n_ao, n_grid, n_aux, n_atoms, n_occ)
-SHAPE_NAMES = ("n_ao", "n_grid", "n_aux", "n_atoms", "n_occ")
-_AO, _GRID, _AUX, _ATOM, _OCC = range(5)
+Shape = tuple[int, int, int, int, int, int, int]  # SHAPE_NAMES
+SHAPE_NAMES = ("n_ao", "n_grid", "n_aux", "n_atoms", "n_occ", "n_cart", "n_prim")
+_AO, _GRID, _AUX, _ATOM, _OCC, _CART, _PRIM = range(7)
 LAYOUT = dict(  # field → (which size each axis has, None = fixed; what padding holds)
     overlap=((_AO, _AO), "identity"), hcore=((_AO, _AO), 0), density_ref=((_AO, _AO), 0),
     orthogonalizer=((_AO, _AO), "identity"), orthogonalizer_inv=((_AO, _AO), "identity"),
     eri_orth=((_AUX, _AO, _AO), 0), fock_ref_nonxc_orth=((_AO, _AO), 0),
     exchange_ref_orth=((_AO, _AO), 0), density_ref_orth=((_AO, _AO), 0),
+    primitive_atoms=((_PRIM,), 0), primitive_exponents=((_PRIM,), 0), radial=((_CART, _PRIM), 0),
+    cart_atoms=((_CART,), 0), cart_powers=((_CART, None), 0), cart_to_orth=((_CART, _AO), 0),
+    positions_lo=((_ATOM, None), 0), points=((None, None, _GRID), FAR),
     ao_orth=((None, _GRID, _AO), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
     occupation=((_OCC,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0),
     orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0),
@@ -133,12 +162,12 @@ LAYOUT = dict(  # field → (which size each axis has, None = fixed; what paddin
 
 
 def as_shape(sizes) -> Shape:
-  """A padded shape from 5 sizes, or from the 4 that checkpoints and configs written before
-  n_occ was a size hold (n_occ 0 then: each problem's own bucket)."""
+  """A padded shape from 7 sizes, or from the 4 or 5 that checkpoints and configs written before
+  n_occ, n_cart and n_prim were sizes hold (0 for those: each problem's own bucket)."""
   sizes = tuple(int(s) for s in sizes)
-  if len(sizes) == 4:
-    sizes += (0,)
-  if len(sizes) != 5 or min(sizes) < 0:
+  if len(sizes) in (4, 5):
+    sizes += (0,) * (7 - len(sizes))
+  if len(sizes) != 7 or min(sizes) < 0:
     raise InputError(f"a padded shape is ({', '.join(SHAPE_NAMES)}); got {sizes}")
   return sizes
 

@@ -72,7 +72,7 @@ def test_reference_energy_survives_float32():
   np.testing.assert_allclose(reference_energy(batch), [host.energy_ref] * 2, atol=1e-11)
 
 
-def test_pad_to_with_four_sizes_keeps_its_own_n_occ():
+def test_pad_to_with_four_sizes_keeps_its_own_n_occ_n_cart_n_prim():
   water = qpt.molecules.get("water")
   own = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
   four = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=own.shapes[:4])
@@ -84,12 +84,15 @@ def test_pad_to_smaller_than_problem_is_an_error():
     qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", pad_to=(4, 4096, 16, 4))
 
 
-def test_grow_and_min_shape_pad_exactly_like_pad_to():
+@pytest.mark.parametrize("ao_on_device", [False, True])
+def test_grow_and_min_shape_pad_exactly_like_pad_to(ao_on_device):
   water = qpt.molecules.get("water")
-  small = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
-  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4, 4)))
-  direct = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=big_shape)
-  at_least = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, min_shape=big_shape[:1] + (0,) * 4)
+  options = dict(xc_chunk=1024, ao_on_device=ao_on_device)
+  small = qpt.build_problem(water, PBE_STO3G, **options)
+  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4, 4, 4, 8)))
+  direct = qpt.build_problem(water, PBE_STO3G, pad_to=big_shape, **options)
+  at_least = qpt.build_problem(water, PBE_STO3G, min_shape=big_shape[:1] + (0,) * 6, **options)
+  assert (direct.ao_orth is None) == ao_on_device
   assert direct.shapes == big_shape and at_least.shapes == big_shape[:1] + small.shapes[1:]
   for other in (build.grow(small, big_shape), build.grow(at_least, big_shape)):
     leaves, tree = jax.tree.flatten(other)

@@ -98,23 +98,31 @@ def test_gradient_vanishes_at_the_converged_fock_matrix():
   assert at_scf < 1e-6
 
 
+@pytest.mark.parametrize("ao_on_device", [False, True])
 @pytest.mark.parametrize("xc", ["pbe", "b3lyp5"])  # b3lyp5: exchange through the occupied orbitals
-def test_padding_has_no_effect_and_gets_no_gradient(xc):
+def test_padding_has_no_effect_and_gets_no_gradient(xc, ao_on_device):
+  """Every padded size — AOs, grid points, auxiliary functions, atoms, occupied slots, and with AO
+  values on the device Cartesian functions and primitives — changes neither the energy (k = 0,
+  k = 1) nor the SCF, and garbage in H's padding gets no gradient."""
   mol = qpt.molecules.get("water")
-  small = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64")
-  n, g, n_aux, n_atoms, n_occ = small.shapes
+  small = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64",
+                            ao_on_device=ao_on_device)
+  n, g, n_aux, n_atoms, n_occ, n_cart, n_prim = small.shapes
   big = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64",
-                          pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2, n_occ + 3))
+                          ao_on_device=ao_on_device,
+                          pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2, n_occ + 3,
+                                  n_cart + 4, n_prim + 8))
   h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
   rng = np.random.default_rng(0)
   h_big = rng.standard_normal((n + 5, n + 5)) * 10  # garbage in the padding
   h_big[:n, :n] = h_small
   loss = jax.jit(qpt.dft.loss_energy_delta, static_argnums=2)  # jitted: eager ops each compile
-  e_small, e_big = float(loss(small, h_small, 1)), float(loss(big, h_big, 1))
-  assert abs(e_small - e_big) < 1e-10
-  grad = np.asarray(jax.jit(jax.grad(qpt.dft.loss_energy_delta, argnums=1), static_argnums=2)(
-      big, h_big, 1))
-  assert not grad[7:].any() and not grad[:, 7:].any()
+  for k in (0, 1):
+    e_small, e_big = float(loss(small, h_small, k)), float(loss(big, h_big, k))
+    assert abs(e_small - e_big) < 1e-10
+    grad = np.asarray(jax.jit(jax.grad(qpt.dft.loss_energy_delta, argnums=1), static_argnums=2)(
+        big, h_big, k))
+    assert not grad[7:].any() and not grad[:, 7:].any()
   assert abs(qpt.dft.scf(small).energy - qpt.dft.scf(big).energy) < 1e-8
 
 

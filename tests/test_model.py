@@ -37,10 +37,10 @@ def canonical(name: str) -> qpt.Molecule:
 
 
 @functools.cache
-def shape() -> tuple[int, int, int, int, int]:
+def shape() -> tuple[int, ...]:
   """One padded shape that holds every test problem (ethanol with room for a rotated grid)."""
-  n_ao, n_grid, n_aux, n_atoms, n_occ = build(canonical("ethanol")).shapes
-  return n_ao, n_grid + CHUNK, bucket(n_aux + 16, 16), n_atoms, n_occ
+  n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim = build(canonical("ethanol")).shapes
+  return n_ao, n_grid + CHUNK, bucket(n_aux + 16, 16), n_atoms, n_occ, n_cart, n_prim
 
 
 @functools.cache
@@ -129,8 +129,9 @@ def test_w_is_symmetric_and_blind_to_padding():
   _, w = map(np.asarray, predict(trained_like_params(), p))
   np.testing.assert_array_equal(w, w.T)
   assert not w[n:].any() and not w[:, n:].any()
-  n_ao, n_grid, n_aux, n_atoms, n_occ = p.shapes
-  bigger = build(canonical("water"), (n_ao + 9, n_grid + CHUNK, n_aux + 16, n_atoms + 3, n_occ))
+  n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim = p.shapes
+  bigger = build(canonical("water"), (n_ao + 9, n_grid + CHUNK, n_aux + 16, n_atoms + 3, n_occ,
+                                      n_cart + 4, n_prim + 8))
   # H_init's own padding invariance is the DFT's business (tests/test_problem.py); reuse it here.
   h_init_bigger = np.zeros(bigger.overlap.shape, np.float32)
   h_init_bigger[:n_ao, :n_ao] = fock_of_minao(p)

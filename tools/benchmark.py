@@ -40,11 +40,6 @@
            run's final validation energy MAE; time to reach it, validation excluded, for each route,
            with the pre-training's own wall time beside (never hidden in the fine-tuned time).
 
-  device-ao  AO values evaluated on the device from the basis (issue 12's candidate): one float32
-           pass over the grid against today's whole k = 0 step and the host's eval_ao + φX, the
-           bytes a problem would ship without them, their float32 accuracy (per AO, and the SCF
-           energy against PySCF), and what a (grid block × AO) screen would keep.
-
   inference  `qpt.predict` of a trained run (--workdir) on its held-out conformers, in the lab
            frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao,
            and (--shrink λ,...) from D* + λ (D(H_pred) − D*): what a model with λ × this one's
@@ -56,7 +51,7 @@
   .venv/bin/python tools/benchmark.py energy --molecules water,ethanol --basis sto-3g,def2-svp
   .venv/bin/python tools/benchmark.py energy --eri df --xc pbe --repeats 9 --json
   .venv/bin/python tools/benchmark.py transfer --pretrained workdir/qm9 --molecule ethanol
-  .venv/bin/python tools/benchmark.py device-ao --molecules ethanol,uracil --basis def2-svp
+  .venv/bin/python tools/benchmark.py energy --molecules ethanol --basis def2-svp --ao-on-device
 
 Every sub-command prints a table (or, with --json, a JSON list of row dicts), writes that list to
 benchmarks/results/<sub-command>.json and plots it in <sub-command>.png (--out: elsewhere;
@@ -91,7 +86,7 @@ import sys
 import warnings
 
 import jax
-from bench import (common, device_ao, economics, energy, model_scaling, pipeline, scaling,
+from bench import (common, economics, energy, model_scaling, pipeline, scaling,
                    transfer)  # tools/bench
 
 import qpt
@@ -101,7 +96,7 @@ from qpt.errors import make_directory
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
             "economics": economics.COMMAND, "model-scaling": model_scaling.COMMAND,
-            "transfer": transfer.COMMAND, "device-ao": device_ao.COMMAND}
+            "transfer": transfer.COMMAND}
 JAX_CACHE = os.path.join(common.ROOT, ".jax_cache")
 
 

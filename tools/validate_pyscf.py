@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--eri", default="dense", help="comma list of dense, df (default dense)")
   parser.add_argument("--dtype", default="float64,float32", help="comma list of float64, float32")
   parser.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default 3)")
+  parser.add_argument("--ao-on-device", action="store_true",
+                      help="problems ship the basis; the device evaluates the AO values")
   parser.add_argument("--json", action="store_true", help="print a JSON list of rows, no table")
   parser.add_argument("--out", metavar="FILE", help="also write the JSON list of rows to FILE")
   args = parser.parse_args(argv)
@@ -145,7 +147,7 @@ def _frontier(mo_energy: np.ndarray, mo_occ: np.ndarray) -> tuple[float, float]:
   return float(mo_energy[mo_occ > 0][-1]), float(mo_energy[mo_occ == 0][0])
 
 
-def qpt_scf(molecule: qpt.Molecule, theory: qpt.Level) -> dict:
+def qpt_scf(molecule: qpt.Molecule, theory: qpt.Level, ao_on_device: bool = False) -> dict:
   """Our SCF in `theory.dtype` on a freshly built problem: energy, frontier orbitals, iterations.
 
   Each dtype runs exactly as a run of that dtype would (`backends.device_dtype`): float32 with
@@ -154,7 +156,7 @@ def qpt_scf(molecule: qpt.Molecule, theory: qpt.Level) -> dict:
   """
   with backends.device_dtype(theory.dtype):
     start = time.perf_counter()
-    result = qpt.dft.scf(qpt.build_problem(molecule, theory))
+    result = qpt.dft.scf(qpt.build_problem(molecule, theory, ao_on_device=ao_on_device))
     seconds = time.perf_counter() - start
   return dict(energy=result.energy, homo=result.homo, lumo=result.lumo,
               iterations=result.iterations, converged=result.converged, seconds=seconds)
@@ -254,8 +256,9 @@ def run(args: argparse.Namespace) -> bool:
           theory = qpt.Level(b, functional, args.grid_level, eri, "float64")
           ref = pyscf_reference(mol, theory)
           for dtype in args.dtype:
-            ours = qpt_scf(molecules[m], theory.with_dtype(dtype))
-            case = dict(molecule=m, basis=b, xc=functional, eri=eri, dtype=dtype)
+            ours = qpt_scf(molecules[m], theory.with_dtype(dtype), args.ao_on_device)
+            case = dict(molecule=m, basis=b, xc=functional, eri=eri, dtype=dtype,
+                        ao_on_device=args.ao_on_device)
             report.add(make_row(case, mol.nao, ours, ref))
   report.finish()
   return all(r["passed"] for r in report.rows)

@@ -6,15 +6,13 @@ import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from pyscf import dft
 
 import qpt
 
 from tests.processes import ENV, ROOT, md17_command
-from tools.bench import common, device_ao, scaling
+from tools.bench import common, scaling
 
 
 def test_energy_subcommand_writes_rows_table_and_plot(tmp_path):
@@ -86,19 +84,3 @@ def test_table_prints_one_table_per_part(capsys):
   assert capsys.readouterr().out.split() == ["##", "a", "x", "1", "##", "b", "y", "—", "2.0"]
 
 
-def test_device_ao_values_are_pyscfs():
-  # The device-ao benchmark's evaluator against PySCF's eval_ao (float64) on water/def2-TZVP,
-  # which has s to f functions: float32 values and gradients within float32 rounding.
-  mol = qpt.molecules.get("water").to_pyscf("def2-tzvp")
-  grids = dft.gen_grid.Grids(mol)
-  grids.level = 1
-  grids.build()
-  groups, order = device_ao.shell_groups(mol)
-  assert sorted(order) == list(range(mol.nao)) and max(g.l for g in groups) == 3
-  points = tuple(p.T.copy() for p in device_ao.hi_lo(grids.coords))
-  values = jax.jit(lambda p, a: device_ao.ao_values(p, a, groups))(
-      points, device_ao.hi_lo(mol.atom_coords()))
-  reference = dft.numint.NumInt().eval_ao(mol, grids.coords, deriv=1)[:, :, order]
-  for ours, theirs in zip(values, reference):
-    scale = np.abs(theirs).max(axis=0)
-    assert np.max(np.abs(np.asarray(ours, np.float64).T - theirs) / scale) < 1e-6

@@ -26,6 +26,8 @@ def energy_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--eri", default="dense", choices=level.ERI_MODES)
   parser.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default 3)")
   parser.add_argument("--repeats", type=int, default=5, help="timed runs per number (median)")
+  parser.add_argument("--ao-on-device", action="store_true",
+                      help="problems ship the basis; the device evaluates AO values in the step")
 
 
 def energy_run(args: argparse.Namespace) -> list[dict]:
@@ -42,7 +44,7 @@ def energy_run(args: argparse.Namespace) -> list[dict]:
   theories = [qpt.Level(b, args.xc, args.grid_level, args.eri) for b in bases]  # checked first
   for molecule in molecules:
     for theory in theories:
-      for row in energy_case(molecule, theory, args.repeats):
+      for row in energy_case(molecule, theory, args.repeats, ao_on_device=args.ao_on_device):
         rows.append(dict(row, **where))
         print(f"# {row['molecule']} {row['basis']} k={row['k']}: {row['qpt_seconds']:.4f} s",
               file=sys.stderr, flush=True)  # progress; stdout stays the table or the JSON
@@ -50,10 +52,10 @@ def energy_run(args: argparse.Namespace) -> list[dict]:
 
 
 def energy_case(molecule: qpt.Molecule, theory: qpt.Level, repeats: int,
-                steps=ENERGY_STEPS) -> list[dict]:
+                steps=ENERGY_STEPS, ao_on_device: bool = False) -> list[dict]:
   """Both codes on one molecule at one level of theory: one row per (k, mixing) of `steps`."""
   mol = molecule.to_pyscf(theory.basis)
-  problem, build_seconds = build_as_a_worker(molecule, theory)
+  problem, build_seconds = build_as_a_worker(molecule, theory, ao_on_device)
   problem_bytes = len(pickle.dumps(problem, protocol=pickle.HIGHEST_PROTOCOL))  # as a worker ships it
   problem = jax.tree.map(jax.numpy.asarray, problem)  # on the device once, not at every call
   h = jax.block_until_ready(jax.jit(qpt.dft.initial_fock)(problem))
@@ -66,6 +68,7 @@ def energy_case(molecule: qpt.Molecule, theory: qpt.Level, repeats: int,
   for k, (trace_seconds, compile_seconds, qpt_seconds, device_bytes) in measured:
     rows.append(dict(
         molecule=molecule.name, basis=theory.basis, eri=theory.eri, k=k, n_ao=mol.nao, n_grid=n_grid,
+        ao_on_device=ao_on_device,
         device_mb=device_bytes / 2**20, peak_rss_mb=peak_rss_mb, problem_bytes=problem_bytes,
         problem_mb=problem_bytes / 2**20,
         qpt_seconds=qpt_seconds, pyscf_iteration_seconds=pyscf_seconds,
@@ -76,13 +79,15 @@ def energy_case(molecule: qpt.Molecule, theory: qpt.Level, repeats: int,
   return rows
 
 
-def build_as_a_worker(molecule: qpt.Molecule, theory: qpt.Level) -> tuple[qpt.dft.DFTProblem, float]:
+def build_as_a_worker(molecule: qpt.Molecule, theory: qpt.Level,
+                      ao_on_device: bool = False) -> tuple[qpt.dft.DFTProblem, float]:
   """(the problem, seconds to build it) as a stream worker builds a conformer: on one thread, for a
   geometry never built before. A displaced copy is built first, so that one-time costs (imports,
   basis parsing) are not counted, and no cache of problems or integrals can help."""
+  build = functools.partial(qpt.build_problem, level=theory, ao_on_device=ao_on_device)
   with threads.one_thread():
-    qpt.build_problem(molecule.with_positions(molecule.positions * 1.01), theory)
-    return timed(functools.partial(qpt.build_problem, molecule, theory))
+    build(molecule.with_positions(molecule.positions * 1.01))
+    return timed(functools.partial(build, molecule))
 
 
 def loss_and_gradient(problem, h, k: int, mixing,
@@ -167,6 +172,7 @@ COMMAND = Command(
     add_arguments=energy_arguments,
     run=energy_run,
     columns=(("molecule", "molecule", "s"), ("basis", "basis", "s"), ("k", "k", "d"),
+             ("AO on device", "ao_on_device", "d"),
              ("n_ao", "n_ao", "d"), ("grid", "n_grid", "d"), ("qpt s", "qpt_seconds", ".4f"),
              ("pyscf iter s", "pyscf_iteration_seconds", ".4f"), ("ratio", "ratio", ".2f"),
              ("compile s", "compile_seconds", ".2f"), ("trace s", "trace_seconds", ".2f"),

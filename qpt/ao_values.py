@@ -1,0 +1,94 @@
+"""AO values on the grid, evaluated on the device from the basis a `DFTProblem` carries.
+
+A problem ships the grid's points and the basis as a few small arrays, not the AO values
+themselves: those are g × n_ao × 4 numbers (ethanol/def2-SVP at grid level 3: 115 of a
+137 MB problem), which the host took ~0.2 s to compute and transform per conformer and the
+device held all at once. Here they are made a chunk of points at a time, where the XC
+quadrature needs them (docs/numerics.md §2 has the float32 accuracy; docs/results.md §2 the cost).
+
+Every AO is a contraction of Cartesian Gaussians φ_c = R(r²) xᵃ yᵇ zᶜ, with r = point − centre,
+R = Σ_p C_cp exp(−α_p r²) over the primitives p of its shell. A problem's real-spherical AOs are
+fixed linear combinations of those, and the orthonormal basis φ' = φ X another: both are folded
+into one matrix on the host (`DFTProblem.cart_to_orth`, float64, then cast), so the device forms
+φ' = φ_cart · T with one matmul and never holds a spherical AO.
+
+Float32 on the device: the displacement r − A is formed from hi + lo float32 pairs of the point
+and the centre (a plain float32 coordinate near 5 Bohr is rounded by up to 2.4e-7 Bohr, which
+0.01 Bohr from a nucleus is 2e-5 of r − A); the rest is plain float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from qpt.precision import full_float32
+
+MAX_L = 5  # the highest angular momentum evaluated: h, the highest in the bases PySCF ships
+
+
+def cartesian_powers(l: int) -> list[tuple[int, int, int]]:
+  """(a, b, c) of xᵃ yᵇ zᶜ for the Cartesian functions of angular momentum l, in PySCF's order
+  (a, then b, descending)."""
+  return [(a, b, l - a - b) for a in range(l, -1, -1) for b in range(l - a, -1, -1)]
+
+
+@full_float32
+def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
+  """φ_cart and, for GGA, ∂φ_cart/∂x, ∂y, ∂z at points start … start + size: c arrays
+  (n_cart, size), Bohr^-3/2 and Bohr^-5/2. Points are the fastest axis, so all but the radial
+  contraction are wide element-wise operations XLA fuses.
+
+  ∂/∂x (R xᵃ yᵇ zᶜ) = R'·x·xᵃ yᵇ zᶜ + a·R·xᵃ⁻¹ yᵇ zᶜ with R' = −2 Σ_p C_cp α_p exp(−α_p r²).
+  """
+  points = jax.lax.dynamic_slice_in_dim(problem.points, start, size, axis=2)  # (2, 3, size)
+  hi, lo = problem.positions, problem.positions_lo  # (a, 3)
+  d = (points[0][None] - hi[:, :, None]) + (points[1][None] - lo[:, :, None])  # (a, 3, size)
+  r2 = jnp.sum(d * d, axis=1)  # (a, size)
+  alpha = problem.primitive_exponents
+  gaussians = jnp.exp(-alpha[:, None] * r2[problem.primitive_atoms])  # (p, size)
+  radial = problem.radial @ gaussians  # (n_cart, size)
+  n_atoms = d.shape[0]
+  atom, powers = problem.cart_atoms, problem.cart_powers  # (n_cart,), (n_cart, 3)
+  factors = []  # per axis: (n_cart, size) d_axis^power of each function's centre
+  lowered = []  # per axis: d_axis^(power − 1), 1 where power = 0 (multiplied by 0 then)
+  table = []
+  for axis in range(3):
+    rows = [jnp.ones_like(r2)]
+    for _ in range(MAX_L):
+      rows.append(rows[-1] * d[:, axis])
+    table.append(jnp.concatenate(rows))  # ((MAX_L + 1)·a, size): power-major
+    factors.append(table[-1][powers[:, axis] * n_atoms + atom])
+    lowered.append(table[-1][jnp.maximum(powers[:, axis] - 1, 0) * n_atoms + atom])
+  monomial = factors[0] * factors[1] * factors[2]
+  values = [radial * monomial]
+  if not problem.functional.is_gga:
+    return values
+  slope = (problem.radial * (-2.0 * alpha)[None, :]) @ gaussians  # (n_cart, size)
+  for axis in range(3):
+    others = [factors[x] for x in range(3) if x != axis]
+    down = powers[:, axis, None].astype(radial.dtype) * lowered[axis] * others[0] * others[1]
+    values.append(slope * table[axis][n_atoms + atom] * monomial + radial * down)
+  return values
+
+
+@full_float32
+def orthonormal(problem, start: jax.Array, size: int) -> list[jax.Array]:
+  """φ' = φ X and its gradients at points start … start + size: c arrays (size, n)."""
+  transform = problem.cart_to_orth  # (n_cart, n)
+  return [jax.lax.dot_general(v, transform, (((0,), (0,)), ((), ())))
+          for v in cartesian(problem, start, size)]
+
+
+@full_float32
+def orthonormal_all(problem) -> jax.Array:
+  """φ' and its gradients on every grid point, (c, g, n), a chunk at a time: for the paths that
+  walk the grid several times (unrolled steps, the SCF), one evaluation instead of one per walk."""
+  chunk = problem.xc_chunk
+
+  def one(_, k):
+    return None, jnp.stack(orthonormal(problem, k * chunk, chunk))
+
+  _, blocks = jax.lax.scan(one, None, jnp.arange(problem.weights.shape[0] // chunk))
+  c, n = blocks.shape[1], blocks.shape[3]
+  return jnp.moveaxis(blocks, 1, 0).reshape(c, -1, n)
