@@ -83,7 +83,8 @@ class Batch:
 
 def build(molecule: Molecule, level: Level, xc_chunk: int, fock_labels: bool,
           transform: Callable[[Molecule], Molecule] | None = None,
-          min_shape: Shape = (0, 0, 0, 0, 0)) -> tuple[DFTProblem, np.ndarray | None, float]:
+          min_shape: Shape = (0,) * 7,
+          ao_on_device: bool = False) -> tuple[DFTProblem, np.ndarray | None, float]:
   """One conformer's problem, padded to its own bucket and at least `min_shape`.
 
   Returns:
@@ -93,7 +94,8 @@ def build(molecule: Molecule, level: Level, xc_chunk: int, fock_labels: bool,
   start = time.perf_counter()
   if transform is not None:
     molecule = transform(molecule)
-  problem = build_problem(molecule, level, xc_chunk=xc_chunk, min_shape=min_shape)
+  problem = build_problem(molecule, level, xc_chunk=xc_chunk, min_shape=min_shape,
+                          ao_on_device=ao_on_device)
   fock = labels.label([molecule], level).fock[0] if fock_labels else None
   return problem, fock, time.perf_counter() - start
 
@@ -158,7 +160,7 @@ class ProblemStream:
                transform: Callable[[Molecule], Molecule] | None = None, process_index: int = 0,
                process_count: int = 1, pad_to: Shape | None = None,
                agree_shape: Callable[[Shape], Shape] | None = None,
-               state: Mapping | None = None):
+               ao_on_device: bool = False, state: Mapping | None = None):
     """Sets the stream up; workers start at the first `next`.
 
     Args:
@@ -176,10 +178,13 @@ class ProblemStream:
       transform: Molecule → Molecule applied to each conformer before building (e.g. a canonical
         frame). Must be picklable for workers: a module-level function, not a lambda.
       process_index, process_count: this process's slice of each global batch.
-      pad_to: smallest padded (n_ao, n_grid, n_aux, n_atoms, n_occ) to use (4 sizes: n_occ as needed).
+      pad_to: smallest padded shape to use (`qpt.problem.SHAPE_NAMES`; sizes left out or 0 past
+        n_atoms: as needed).
       agree_shape: called with this process's padded shape for each new batch, returns the shape
         to use — with several processes, the maximum over them (a host collective every process
         reaches in step), so all feed one compiled program.
+      ao_on_device: problems ship the basis and the grid's points, and the device evaluates the
+        AO values (`build_problem`).
       state: a `state` saved from a stream with the same arguments, to resume from.
     """
     if batch_size < 1 or process_count < 1 or batch_size % process_count:
@@ -197,13 +202,13 @@ class ProblemStream:
         raise InputError(f"transform {transform!r} cannot be sent to worker processes; use a "
                          "module-level function") from None
     self.conformers, self.level, self.transform = conformers, level, transform
-    self.xc_chunk, self.fock_labels = xc_chunk, fock_labels
+    self.xc_chunk, self.fock_labels, self.ao_on_device = xc_chunk, fock_labels, ao_on_device
     self.batch_size, self.n_workers, self.prefetch = batch_size, n_workers, prefetch
     self.mol_repeats = mol_repeats
     self.local_size = batch_size // process_count
     self._offset = process_index * self.local_size
     self.stream_position, self.repeat = 0, 0  # next global conformer index; uses of it so far
-    self.pad_to: Shape = as_shape(pad_to) if pad_to else (0, 0, 0, 0, 0)
+    self.pad_to: Shape = as_shape(pad_to) if pad_to else (0,) * 7
     self.agree_shape = agree_shape or (lambda shape: shape)
     self._current: Batch | None = None  # the batch being repeated
     self._pending: dict = {}  # global conformer index → Future of `build`
@@ -283,7 +288,7 @@ class ProblemStream:
   def _build(self, i: int):
     """`build` of conformer i, in this process."""
     return build(self.conformers(int(i)), self.level, self.xc_chunk, self.fock_labels,
-                 self.transform, self.pad_to)
+                 self.transform, self.pad_to, self.ao_on_device)
 
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""
@@ -300,7 +305,7 @@ class ProblemStream:
             # The current padded shape as a hint: workers pad to it, so `grow` rarely copies.
             self._pending[int(i)] = self._pool.submit(
                 build, self.conformers(int(i)), self.level, self.xc_chunk, self.fock_labels,
-                self.transform, self.pad_to)
+                self.transform, self.pad_to, self.ao_on_device)
 
   def close(self) -> None:
     """Stops the workers: queued conformers are dropped, those being built are finished first.

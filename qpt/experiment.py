@@ -256,7 +256,8 @@ def make_stream(config, source: Callable[[int], Molecule], backend: backends.Bac
                             process_index=backend.process_index,
                             process_count=backend.process_count,
                             pad_to=tuple(config.data.pad_to) or None,
-                            agree_shape=backend.max_across_processes, state=state)
+                            agree_shape=backend.max_across_processes,
+                            ao_on_device=config.data.ao_on_device, state=state)
 
 
 def read_metrics(workdir: str) -> list[dict]:

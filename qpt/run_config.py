@@ -114,7 +114,7 @@ def saved(workdir: str) -> ml_collections.ConfigDict:
 # ethanol and qm9.py train on a level-1 grid with density fitting), so a run saved before them
 # must not pick the new defaults up silently on resumption.
 BEFORE_IT_EXISTED = {"data.grid_level": -1, "data.eri": "", "data.mol_repeats": 1,
-                     "self_consistency_weight": 0.0}
+                     "self_consistency_weight": 0.0, "data.ao_on_device": False}
 
 
 def check_resumable(saved_flat: dict, wanted_flat: dict) -> None:

@@ -64,6 +64,22 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
       assert abs(energy - untrained) < 2e-3, (energy, untrained)
 
 
+def test_ao_values_made_on_the_device_train_like_the_hosts(tmp_path):
+  """data.ao_on_device: a worker process ships problems without AO values and the step evaluates
+  them. The logged batch energies (k = 0, and k = 1, which holds them for its two walks) are the
+  host-AO run's to float32 rounding: 2 µHa, where a step moves them by mHa."""
+  for iterations in (0, 1):
+    runs = {}
+    for on_device in (False, True):
+      c = small_config(tmp_path / f"{iterations}-{on_device}", 3)
+      c.iterations, c.mixing = iterations, (0.0,) * iterations
+      c.data.ao_on_device, c.data.workers = on_device, int(on_device)
+      experiment.train(c, progress=False)
+      runs[on_device] = losses(tmp_path / f"{iterations}-{on_device}")
+    np.testing.assert_allclose(runs[True], runs[False], rtol=0, atol=2e-6)
+    assert abs(runs[False][-1] - runs[False][0]) > 1e-4
+
+
 def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
   experiment.train(small_config(tmp_path, 2), progress=False)
   changed = small_config(tmp_path, 4)

@@ -64,7 +64,13 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   # Repulsion integrals of label-free training's problems: "" = eri, or dense | df. Evaluation
   # always uses eri.
   c.data.eri = ""
-  c.data.pad_to = ()  # (n_ao, n_grid, n_aux, n_atoms, n_occ) at least; () = size buckets as they come
+  # (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim) at least; () = size buckets as they come
+  c.data.pad_to = ()
+  # Training problems ship the basis and the grid's points, and the device evaluates the AO values
+  # in the step, instead of the host's φX on every point: ethanol/def2-SVP 139 → 22 MB a problem
+  # and no (grid × AO) arrays in memory, for an AO evaluation per step (docs/results.md §2). On
+  # an accelerator, where the host build is what limits a run, true; on 2 CPU cores the host's.
+  c.data.ao_on_device = False
   # Many molecules instead of `molecule` (pre-training; experiments/configs/qm9.py): "qm9"
   # (qm9pack's data), a folder of its CSV files, or a folder / tarball of .xyz files. The set is
   # cut by molecule into train / validation / test (data.split_fractions, data.split_seed);
