@@ -18,6 +18,8 @@ def throughput_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--batch", type=int, default=2, help="global batch")
   parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
   parser.add_argument("--labels", type=int, default=4, help="conformers PySCF labels")
+  parser.add_argument("--ao-on-device", action="store_true",
+                      help="data.ao_on_device: workers ship the basis; the step evaluates AO values")
 
 
 def throughput_run(args: argparse.Namespace) -> list[dict]:
@@ -43,6 +45,7 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
         c.workdir, c.basis, c.data.workers, c.data.mol_repeats = workdir, args.basis, workers, repeats
         c.train.batch_size, c.train.steps, c.log_every = args.batch, args.steps, 1
         c.eval.every, c.eval.n_conformers, c.checkpoint.every = 0, 0, args.steps
+        c.data.ao_on_device = args.ao_on_device
         experiment.train(c, progress=False)
         records = experiment.read_metrics(workdir)
       first, last = records[len(records) // 4], records[-1]  # past compilation and pool start
@@ -51,7 +54,7 @@ def throughput_run(args: argparse.Namespace) -> list[dict]:
       span = last["seconds"] - first["seconds"]
       rate = (seen(last) - seen(first)) / span
       rows.append(dict(molecule=args.molecule, basis=args.basis, workers=workers,
-                       mol_repeats=repeats, batch=args.batch,
+                       mol_repeats=repeats, batch=args.batch, ao_on_device=args.ao_on_device,
                        step_seconds=span / (last["step"] - first["step"]),
                        unique_conformers_per_s=rate,
                        host_wait_fraction=(waited(last) - waited(first)) / span,
