@@ -19,8 +19,10 @@ NETWORK = model.make_model(model.model_config("tiny", d_model=32, n_layers=1, n_
 
 
 @functools.cache
-def problem():
-  return qpt.build_problem(qpt.molecules.get("water"), LEVEL, xc_chunk=1024)
+def problem(ao_on_device: bool = False):
+  """Water; with ao_on_device, the program also evaluates the AO values (`qpt.ao_values`)."""
+  return qpt.build_problem(qpt.molecules.get("water"), LEVEL, xc_chunk=1024,
+                           ao_on_device=ao_on_device)
 
 
 @functools.cache
@@ -51,23 +53,27 @@ def test_the_check_sees_a_default_precision_dot():
   assert not_full_precision(lambda a: a @ a, jnp.ones((3, 3)))
 
 
+@pytest.mark.parametrize("ao_on_device", [False, True])
 @pytest.mark.parametrize("k, mixing", [(0, 0.0), (2, (0.5, 0.0))])
-def test_loss_and_its_gradient(k, mixing):
+def test_loss_and_its_gradient(k, mixing, ao_on_device):
   loss = functools.partial(dft.loss_energy_delta, iterations=k, mixing=mixing)
-  h = dft.initial_fock(problem())
-  assert not_full_precision(jax.value_and_grad(loss, argnums=1), problem(), h) == []
+  p = problem(ao_on_device)
+  h = dft.initial_fock(p)
+  assert not_full_precision(jax.value_and_grad(loss, argnums=1), p, h) == []
 
 
-def test_energy_fock_and_orbitals():
-  p = problem()
+@pytest.mark.parametrize("ao_on_device", [False, True])
+def test_energy_fock_and_orbitals(ao_on_device):
+  p = problem(ao_on_device)
   d = np.asarray(p.density_ref)
   for fn, args in ((dft.delta_energy, (p, d)), (dft.fock, (p, d)), (dft.orbitals, (p, d)),
                    (dft.initial_fock, (p,))):
     assert not_full_precision(fn, *args) == [], fn.__name__
 
 
-def test_scf():
-  p = problem()
+@pytest.mark.parametrize("ao_on_device", [False, True])
+def test_scf(ao_on_device):
+  p = problem(ao_on_device)
   args = (p, p.density_ref_orth, jnp.float32(1e-7), jnp.float32(1e-4), jnp.asarray(50))
   for extrapolate_last in (False, True):  # scf, refine
     loop = functools.partial(dft._scf_loop, diis_space=8, extrapolate_last=extrapolate_last)
