@@ -75,9 +75,6 @@ def get_config(size: str = "cpu"):
     c.train.batch_size = 64
     c.data.mol_repeats = 1  # every conformer fresh: the host's cost is measured, not hidden
     c.data.workers = 32
-    # The host build sets this run's pace: its workers skip φX and ship the basis instead of AO
-    # values (uracil/def2-SVP DF: 2.29 → 1.15 s a build, 421 → 61 MB; docs/results.md §2).
-    c.data.ao_on_device = True
     c.eval.every = 5000
     c.eval.n_validation = 200
     c.eval.n_conformers = 2000

@@ -70,8 +70,9 @@ def throughput_plot(rows: list[dict], path: str) -> None:
   ratio and the host-wait fraction written on each bar."""
   from .common import pyplot, save_figure
   plt = pyplot()
-  figure, ax = plt.subplots(figsize=(7, 4))
-  names = [f"{r['workers']} workers\nmol_repeats {r['mol_repeats']}" for r in rows]
+  figure, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows)), 4.5))
+  names = [f"{r['molecule']}, {r['workers']} workers\nmol_repeats {r['mol_repeats']}"
+           + ("\nAO on device" if r.get("ao_on_device") else "") for r in rows]
   at = range(len(rows))
   bars = ax.bar([i - 0.2 for i in at], [r["unique_conformers_per_s"] for r in rows], 0.4,
                 label="QPT training (unique conformers)")
@@ -81,10 +82,11 @@ def throughput_plot(rows: list[dict], path: str) -> None:
     ax.annotate(f"{r['ratio']:.2f}×\nhost wait {r['host_wait_fraction']:.2f}",
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                 fontsize=8)
-  ax.set_xticks(list(at), names, fontsize=8)
-  ax.set_ylim(0, 1.25 * max(r["unique_conformers_per_s"] for r in rows))
+  ax.set_xticks(list(at), names, fontsize=7)
+  ax.set_yscale("log")  # molecules differ by 10× in rate
+  ax.set_ylim(top=3 * max(r["unique_conformers_per_s"] for r in rows))
   ax.set(ylabel="unique conformers / s",
-         title=f"{rows[0]['molecule']}/{rows[0]['basis']}: training vs labelling")
+         title=f"{', '.join(dict.fromkeys(r['basis'] for r in rows))}: training vs labelling")
   ax.legend(fontsize=8)
   save_figure(figure, path)
 
