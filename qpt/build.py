@@ -54,7 +54,8 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
       (a stream's running shape).
     ao_on_device: ship the grid's points and the basis, and let the device evaluate the AO
       values chunk by chunk (`qpt.ao_values`), instead of the host's φ X on every point
-      (`ao_orth`): a fifth of the bytes and no g × n arrays in memory, for the cost of evaluating
+      (`ao_orth`): a fifth of the bytes, no g × n arrays in memory and no AO values on the host
+      at all (the device sums the whole E_xc, `integrals.compute`), for the cost of evaluating
       them in the step (docs/results.md §2 measures the trade).
   """
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
@@ -63,7 +64,10 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
   if level.dtype == "float64" and not backends.float64_enabled():
     raise InputError("dtype=float64 needs JAX's float64: call qpt.backends.enable_float64() first "
                      "(a float64 config does it through its backend)")
-  host = integrals.compute(molecule.to_pyscf(level.basis), level)
+  if not isinstance(ao_on_device, bool):
+    raise InputError(f"ao_on_device={ao_on_device!r}: must be True or False")
+  host = integrals.compute(molecule.to_pyscf(level.basis), level,
+                           ao_values_on_host=not ao_on_device)
   sizes = (len(host.occupation), len(host.weights), len(host.eri_factor), len(host.positions),
            int(np.count_nonzero(host.occupation))) + host.basis.radial.shape
   own = default_shape(sizes, xc_chunk)
@@ -75,8 +79,6 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
   if any(p < s for p, s in zip(shape, sizes)) or shape[1] % xc_chunk or shape[4] > shape[0]:
     raise InputError(f"pad_to={shape} is smaller than the problem {sizes}, n_grid is not a "
                      f"multiple of xc_chunk={xc_chunk}, or n_occ exceeds n_ao")
-  if not isinstance(ao_on_device, bool):
-    raise InputError(f"ao_on_device={ao_on_device!r}: must be True or False")
   return _pad(host, level, xc_chunk, shape, ao_on_device)
 
 

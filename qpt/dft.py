@@ -15,7 +15,10 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      with G0 = Hcore + J[D0] − a/2 K[D0] from the host. The Coulomb term of the naive formula is
      where float32 lost most (−386 µHa on uracil): here it acts on the small ΔD only.
   2. The XC difference is taken per grid point, e(ρ) − e(ρ0), with e(ρ0) the host's float64 value:
-     the XC term is the one float32 handles well even as a total (~1 µHa on uracil).
+     the XC term is the one float32 handles well even as a total (~1 µHa on uracil). So a problem
+     built with `ao_on_device`, whose host evaluates no AO values, takes it as a total: e(ρ0) = 0
+     and E_ref leaves E_xc[D0] out. ΔE is then E_xc-sized (tens of Ha), and the float32 ΔE a
+     total is assembled from is rounded to ~2 µHa; its gradient is unchanged.
   3. Reductions are two-level: per-chunk partial sums of the quadrature, then a sum of those,
      so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
   4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
@@ -245,9 +248,10 @@ def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
   """Σ_g w_g (e(ρ_g) − e(ρ0_g)), in chunks of grid points; `density_on_grid` maps a chunk of AO
   values (c arrays (chunk, n), `_xc_chunk`) to ρ (and ∇ρ) (c, chunk).
 
-  e(ρ0) per point is the host's float64 libxc value (`exc_ref`): the same number E_ref holds, so
-  the difference is exact but for the float32 rounding of e(ρ) itself (docs/numerics.md §1: XC
-  loses ~1 µHa in float32 even as a total). A scan over chunks with rematerialisation: peak
+  e(ρ0) per point is the host's float64 libxc value (`exc_ref`; 0 with `ao_on_device`, point 2
+  of the module docstring): the same number E_ref holds, so the difference is exact but for the
+  float32 rounding of e(ρ) itself (docs/numerics.md §1: XC loses ~1 µHa in float32 even as a
+  total). A scan over chunks with rematerialisation: peak
   memory is one chunk's intermediates, forward and backward, whatever n_grid is.
   """
   functional = problem.functional

@@ -57,10 +57,12 @@ class HostIntegrals:
     fock_ref_nonxc: (n, n) G0 = Hcore + J[D0] − a/2·K[D0], Hartree (a: exact-exchange fraction).
     exchange_ref: (n, n) K[D0], Hartree.
     energy_ref: E_nuc + E[D0], Hartree: the total energy of the reference density.
-    ao: (c, g, n) AO values and, for GGA, their x, y, z derivatives (Bohr^-3/2, Bohr^-5/2).
+    ao: (c, g, n) AO values and, for GGA, their x, y, z derivatives (Bohr^-3/2, Bohr^-5/2);
+      None when the device evaluates them (`compute`'s ao_values_on_host).
     coords: (g, 3) grid points, Bohr; weights: (g,) quadrature weights, Bohr^3.
     basis: the basis as arrays, for AO values on the device (`CartesianBasis`).
-    exc_ref: (g,) e_xc(ρ0) = ρ0·ε_xc per grid point, Hartree/Bohr^3 (PySCF's libxc).
+    exc_ref: (g,) e_xc(ρ0) = ρ0·ε_xc per grid point, Hartree/Bohr^3 (PySCF's libxc); 0 without
+      host AO values.
     occupation: (n,) 2 for the n_electrons/2 lowest orbitals, else 0.
     energy_nuc: nuclear repulsion, Hartree.
     hcore: (n, n) kinetic + nuclear attraction, Hartree.
@@ -135,8 +137,14 @@ def cartesian_basis(mol: gto.Mole) -> CartesianBasis:
                         np.array(powers).reshape(-1, 3), scipy.linalg.block_diag(*blocks))
 
 
-def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
-  """All host-side arrays for `mol` (a built PySCF Mole, in `level.basis`) at `level`."""
+def compute(mol: gto.Mole, level: Level, ao_values_on_host: bool = True) -> HostIntegrals:
+  """All host-side arrays for `mol` (a built PySCF Mole, in `level.basis`) at `level`.
+
+  ao_values_on_host=False (a problem whose device evaluates its AO values): no AO values here at
+  all, so no ρ0 on the grid either. `ao` is None, `exc_ref` is 0, and `energy_ref` leaves out
+  E_xc[D0]: the device then sums the whole E_xc[ρ] (float32 holds it to ~1 µHa as a total,
+  docs/numerics.md §1), and E_ref + ΔE is the same total energy.
+  """
   functional = level.functional
   overlap = mol.intor_symmetric("int1e_ovlp")
   hcore = mol.intor_symmetric("int1e_kin") + mol.intor_symmetric("int1e_nuc")
@@ -151,8 +159,11 @@ def compute(mol: gto.Mole, level: Level) -> HostIntegrals:
   fock_ref_nonxc = hcore + j_ref - 0.5 * a * k_ref
 
   basis = cartesian_basis(mol)
-  coords, ao, weights = quadrature(mol, level, density_ref)
-  exc_ref = functional_energy_density_host(level.xc, rho_on_grid(ao, density_ref))
+  coords, ao, weights = quadrature(mol, level, density_ref, ao_values_on_host)
+  if ao_values_on_host:
+    exc_ref = functional_energy_density_host(level.xc, rho_on_grid(ao, density_ref))
+  else:
+    exc_ref = np.zeros_like(weights)
   e_xc_ref = float(np.dot(weights, exc_ref))
   energy_nuc = mol.energy_nuc()
   energy_ref = (energy_nuc + np.vdot(density_ref, hcore) + 0.5 * np.vdot(density_ref, j_ref)
@@ -249,16 +260,18 @@ def coulomb_exchange(b: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np
 # ---- exchange-correlation quadrature ---------------------------------------------------------
 
 
-def quadrature(mol: gto.Mole, level: Level,
-               density_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Points (g, 3) Bohr, AO values (c, g, n) and weights (g,) Bohr³ on the grid of the PySCF
-  reference at `level`.
+def quadrature(mol: gto.Mole, level: Level, density_ref: np.ndarray,
+               with_ao: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+  """Points (g, 3) Bohr, AO values (c, g, n) (None unless `with_ao`) and weights (g,) Bohr³ on
+  the grid of the PySCF reference at `level`.
 
   PySCF drops grid points where the initial density is negligible (`small_rho_cutoff`) when it first
   builds the grid; the reference's RKS (`labels.pyscf_rks`) builds it from the MINAO density, and
   so do we, with that very object: both codes integrate on the same points.
   """
   grids = labels.pyscf_rks(mol, level, density_ref=density_ref).grids
+  if not with_ao:
+    return np.asarray(grids.coords), None, np.asarray(grids.weights)
   ao = dft.numint.NumInt().eval_ao(mol, grids.coords, deriv=1 if level.functional.is_gga else 0)
   # LDA: (g, n) → (1, g, n). Left in PySCF's memory order (points fastest): every use is a
   # matmul, which reads either order, and a transposing copy would cost more than eval_ao itself.

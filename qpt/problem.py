@@ -62,7 +62,8 @@ class DFTProblem:
     in float64 on the host); positions_lo (a, 3) Bohr, what float32 `positions` lost.
   Grid and bookkeeping:
     points (2, 3, g) Bohr, hi and lo parts (hi + lo is the float64 coordinate);
-    weights (g,) Bohr³; exc_ref (g,) e_xc(ρ0) per point, Hartree/Bohr³ (float64 libxc values, cast);
+    weights (g,) Bohr³; exc_ref (g,) e_xc(ρ0) per point, Hartree/Bohr³ (float64 libxc values,
+      cast), or 0 in a problem built with `ao_on_device`, whose E_ref leaves E_xc[D0] out;
     occupation (m,) of the m lowest orbitals (2, or 0 for padding); ao_mask (n,) 1 for real AOs;
     energy_ref (2,): E_nuc + E[D0] in Hartree split as hi + lo so float32 carries it to ~1e-13
       relative; `reference_energy` adds them in float64 on the host.
