@@ -19,7 +19,7 @@ def throughput_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
   parser.add_argument("--labels", type=int, default=4, help="conformers PySCF labels")
   parser.add_argument("--ao-on-device", action="store_true",
-                      help="data.ao_on_device: workers ship the basis; the step evaluates AO values")
+                      help="data.ao_on_device: workers ship the basis, the step makes AO values")
 
 
 def throughput_run(args: argparse.Namespace) -> list[dict]:
