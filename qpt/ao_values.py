@@ -1,10 +1,11 @@
 """AO values on the grid, evaluated on the device from the basis a `DFTProblem` carries.
 
-A problem ships the grid's points and the basis as a few small arrays, not the AO values
-themselves: those are g × n_ao × 4 numbers (ethanol/def2-SVP at grid level 3: 115 of a
-137 MB problem), which the host took ~0.2 s to compute and transform per conformer and the
-device held all at once. Here they are made a chunk of points at a time, where the XC
-quadrature needs them (docs/numerics.md §2 has the float32 accuracy; docs/results.md §2 the cost).
+A problem built with `ao_on_device` ships the grid's points and the basis as a few small arrays,
+not the AO values themselves: those are g × n_ao × 4 numbers (ethanol/def2-SVP at grid level 3:
+115 of a 137 MB problem), which the host took ~0.3 s per conformer to compute, transform and
+contract into ρ0, and the device held all at once. Here they are made a chunk of points at a
+time, where the XC quadrature needs them (docs/numerics.md §1–2 has the float32 accuracy;
+docs/results.md §2 the cost).
 
 Every AO is a contraction of Cartesian Gaussians φ_c = R(r²) xᵃ yᵇ zᶜ, with r = point − centre,
 R = Σ_p C_cp exp(−α_p r²) over the primitives p of its shell. A problem's real-spherical AOs are
