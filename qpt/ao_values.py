@@ -38,7 +38,7 @@ def cartesian_powers(l: int) -> list[tuple[int, int, int]]:
 def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
   """φ_cart and, for GGA, ∂φ_cart/∂x, ∂y, ∂z at points start … start + size: c arrays
   (n_cart, size), Bohr^-3/2 and Bohr^-5/2. Points are the fastest axis, so all but the radial
-  contraction are wide element-wise operations XLA fuses.
+  contraction are row gathers and wide element-wise operations XLA fuses.
 
   ∂/∂x (R xᵃ yᵇ zᶜ) = R'·x·xᵃ yᵇ zᶜ + a·R·xᵃ⁻¹ yᵇ zᶜ with R' = −2 Σ_p C_cp α_p exp(−α_p r²).
   """

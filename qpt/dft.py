@@ -230,9 +230,7 @@ def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
 def _density_on_grid(p: jax.Array, ao: list[jax.Array]) -> jax.Array:
   """ρ (and ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν for GGA) (c, chunk) of a density P (n, n) from a chunk of
   AO values ao: c arrays (chunk, n)."""
-  ao_p = ao[0] @ p  # (chunk, n); P symmetric
-  return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(a * ao_p, axis=-1)
-                    for x, a in enumerate(ao)])
+  return _rho_and_gradient(ao, ao[0] @ p, axis=-1)  # φ P (chunk, n); P symmetric
 
 
 def _density_on_grid_occupied(y: jax.Array, ao: list[jax.Array]) -> jax.Array:
@@ -240,8 +238,14 @@ def _density_on_grid_occupied(y: jax.Array, ao: list[jax.Array]) -> jax.Array:
   ao: c arrays (chunk, n), with ψ = φ Y: plain 2-D matmuls, which XLA's CPU backend runs many
   times faster than a contraction over two axes."""
   psi = [a @ y for a in ao]
-  return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(p * psi[0], axis=-1)
-                    for x, p in enumerate(psi)])
+  return _rho_and_gradient(psi, psi[0], axis=-1)
+
+
+def _rho_and_gradient(values: list[jax.Array], partner: jax.Array, axis: int) -> jax.Array:
+  """(c, chunk): Σ over `axis` of partner·values[x], the gradient rows (x ≥ 1) doubled — ρ and
+  ∇ρ = 2 Σ ψ ∇ψ from orbitals (values ψ, ∇ψ; partner ψ), or from AO values and φ P."""
+  return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(v * partner, axis=axis)
+                    for x, v in enumerate(values)])
 
 
 def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
@@ -284,7 +288,13 @@ def _xc_chunk(problem: DFTProblem, k: jax.Array) -> tuple[list[jax.Array], jax.A
     c, _, n = problem.ao_orth.shape
     ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, start, 0), (1, size, n))[0]
           for x in range(c)]
-  return (ao, jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
+  return (ao, *_exc_ref_and_weights(problem, start, size))
+
+
+def _exc_ref_and_weights(problem: DFTProblem, start: jax.Array,
+                         size: int) -> tuple[jax.Array, jax.Array]:
+  """e(ρ0) and the weights (size,) of points start … start + size."""
+  return (jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
           jax.lax.dynamic_slice_in_dim(problem.weights, start, size))
 
 
@@ -303,11 +313,9 @@ def _xc_chunk_density(problem: DFTProblem, k: jax.Array):
   def density(y):
     ty = (problem.cart_to_orth @ y).T  # (m, n_cart)
     psi = [ty @ v for v in cart]  # (m, chunk)
-    return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(p * psi[0], axis=0)
-                      for x, p in enumerate(psi)])
+    return _rho_and_gradient(psi, psi[0], axis=0)
 
-  return (density, jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
-          jax.lax.dynamic_slice_in_dim(problem.weights, start, size))
+  return (density, *_exc_ref_and_weights(problem, start, size))
 
 
 def _with_ao_values(problem: DFTProblem) -> DFTProblem:

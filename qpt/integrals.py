@@ -5,9 +5,9 @@ The device never sees a basis set or a grid builder, only arrays:
   molecule ──PySCF──▶ HostIntegrals (float64, unpadded) ──build.py──▶ DFTProblem (padded, device dtype)
 
 Why each piece is here rather than on the device:
-  * S, Hcore, the ERI factor, the grid and AO values need libcint / PySCF's grids (a problem
-    built with `ao_on_device` ships the basis instead, `cartesian_basis`, and the device
-    evaluates its own AO values; ρ0 below needs the host's either way).
+  * S, Hcore, the ERI factor, the grid and AO values need libcint / PySCF's grids. A problem
+    built with `ao_on_device` ships the basis instead (`cartesian_basis`): the device evaluates
+    its own AO values, and the host none at all (`compute`: no ρ0, E_xc summed on the device).
   * The reference density D0 (MINAO, PySCF's default start) and the energy terms that depend only on
     it — E_nuc + E[D0] and G0 = Hcore + J[D0] − a/2·K[D0] — are large numbers (hundreds of Hartree).
     They are computed here in float64 so that the device only ever handles the *difference*
