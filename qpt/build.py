@@ -170,7 +170,6 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
   real = dict(
       overlap=host.overlap, hcore=host.hcore, density_ref=host.density_ref,
       orthogonalizer=x, orthogonalizer_inv=x_inv,
-      eri_orth=_orthonormal_factor(host.eri_factor, x),
       fock_ref_nonxc_orth=x.T @ host.fock_ref_nonxc @ x,
       exchange_ref_orth=x.T @ host.exchange_ref @ x,
       density_ref_orth=x_inv @ host.density_ref @ x_inv.T,
@@ -184,6 +183,8 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
       energy_ref=np.array([energy_hi, host.energy_ref - np.float64(energy_hi)]),
       positions=host.positions)
   arrays = {name: _padded(name, a, shape, dtype) for name, a in real.items()}
+  arrays["eri_orth"] = _padding("eri_orth", host.eri_factor.shape, shape, dtype)
+  _write_orthonormal_factor(host.eri_factor, x, arrays["eri_orth"])
   integer = dict(orbital_labels=host.orbital_labels, atomic_numbers=host.atomic_numbers,
                  primitive_atoms=basis.primitive_atoms, cart_atoms=basis.cart_atoms,
                  cart_powers=basis.cart_powers)
@@ -207,18 +208,27 @@ def _low_part(a: np.ndarray, dtype) -> np.ndarray:
 def _times_upper(a: np.ndarray, x: np.ndarray) -> np.ndarray:
   """a @ x (m, n) for an upper triangular x (n, n), float64: BLAS's triangular product does half
   a matmul's multiplications (X = L⁻ᵀ is triangular). Uracil/def2-SVP, one thread: φ X 0.55 →
-  0.38 s, Xᵀ B X 0.19 → 0.14 s (docs/results.md §3)."""
+  0.38 s (docs/results.md §3)."""
   if a.flags.c_contiguous:  # a C-ordered a is the Fortran matrix aᵀ: (a X)ᵀ = Xᵀ aᵀ, Xᵀ lower
     return scipy.linalg.blas.dtrmm(1.0, x.T, a.T, side=0, lower=1).T
   return scipy.linalg.blas.dtrmm(1.0, x, a, side=1, lower=0)  # Fortran-ordered (PySCF's AOs)
 
 
-def _orthonormal_factor(b: np.ndarray, x: np.ndarray) -> np.ndarray:
-  """Xᵀ B_P X (n_aux, n, n) for symmetric B_P (n_aux, n, n): two (n_aux·n, n) @ (n, n) products,
-  one BLAS call each (einsum's batched ones took 1.4× as long: ethanol/def2-SVP, one thread)."""
+def _write_orthonormal_factor(b: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+  """out[P, :n, :n] = Xᵀ B_P X, cast to out's dtype, for symmetric B_P (n_aux, n, n) float64.
+
+  One BLAS call gives every Xᵀ B_P at once, then one call per P multiplies by X and the result is
+  cast into `out` as it is written: no transposed copy of the whole float64 factor, which took
+  longer than both products (naphthalene/def2-TZVP, 896 × 358²: 5.5 → 2.2 s on one thread,
+  docs/results.md §3). Per P, (n, n) operands stay in cache.
+  """
   n_aux, n, _ = b.shape
-  bx = _times_upper(b.reshape(n_aux * n, n), x).reshape(n_aux, n, n)  # B_P X
-  return _times_upper(bx.transpose(0, 2, 1).reshape(n_aux * n, n), x).reshape(n_aux, n, n)
+  # A C-ordered (n_aux·n, n) array is the Fortran (n, n_aux·n) matrix [B_1, …, B_P] (each B_P
+  # symmetric); Xᵀ times it is [Xᵀ B_1, …], column block P Fortran-ordered.
+  xt_b = scipy.linalg.blas.dtrmm(1.0, x.T, b.reshape(n_aux * n, n).T, side=0, lower=1)
+  for p in range(n_aux):
+    xt_b_x = scipy.linalg.blas.dtrmm(1.0, x, xt_b[:, p * n:(p + 1) * n], side=1, lower=0)
+    out[p, :n, :n] = xt_b_x
 
 
 def _padding(name: str, real_shape: tuple[int, ...], shape: Shape, dtype) -> np.ndarray:
