@@ -91,7 +91,7 @@ def orthonormal_all(problem) -> jax.Array:
   0.19 → 0.15 s, docs/results.md §2)."""
   chunk, n = problem.xc_chunk, problem.cart_to_orth.shape[1]
   n_grid = problem.weights.shape[0]
-  c = 4 if problem.functional.is_gga else 1
+  c = 4 if problem.functional.is_gga else 1  # as `cartesian` returns them
 
   def one(k, values):
     for x, v in enumerate(orthonormal(problem, k * chunk, chunk)):

@@ -219,8 +219,8 @@ def _write_orthonormal_factor(b: np.ndarray, x: np.ndarray, out: np.ndarray) -> 
 
   One BLAS call gives every Xᵀ B_P at once, then one call per P multiplies by X and the result is
   cast into `out` as it is written: no transposed copy of the whole float64 factor, which took
-  longer than both products (naphthalene/def2-TZVP, 896 × 358²: 5.5 → 2.2 s on one thread,
-  docs/results.md §3). Per P, (n, n) operands stay in cache.
+  longer than both products (naphthalene/def2-TZVP, 896 × 358², one thread: 5.5 → 2.6–3.6 s,
+  docs/results.md §2). Per P, (n, n) operands stay in cache.
   """
   n_aux, n, _ = b.shape
   # A C-ordered (n_aux·n, n) array is the Fortran (n, n_aux·n) matrix [B_1, …, B_P] (each B_P
