@@ -46,11 +46,16 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
   hi, lo = problem.positions, problem.positions_lo  # (a, 3)
   d = (points[0][None] - hi[:, :, None]) + (points[1][None] - lo[:, :, None])  # (a, 3, size)
   r2 = jnp.sum(d * d, axis=1)  # (a, size)
-  alpha = problem.primitive_exponents
-  gaussians = jnp.exp(-alpha[:, None] * r2[problem.primitive_atoms])  # (p, size)
-  radial = problem.radial @ gaussians  # (n_cart, size)
-  n_atoms = d.shape[0]
+  alpha, coefficients = problem.atom_exponents, problem.atom_radial  # (a, k), (a, c, k)
+  gaussians = jnp.exp(-alpha[:, :, None] * r2[:, None, :])  # (a, k, size)
   atom, powers = problem.cart_atoms, problem.cart_powers  # (n_cart,), (n_cart, 3)
+  if problem.functional.is_gga:  # R and R' from one product: [C; −2α C] per atom
+    coefficients = jnp.concatenate([coefficients, -2.0 * alpha[:, None, :] * coefficients], 1)
+  blocks = jnp.einsum("ack,aks->acs", coefficients, gaussians)  # (a, c or 2c, size)
+  # Each function's row of its atom's block; a padded function has no place (`problem.NO_PLACE`)
+  # and reads 0.
+  radial = blocks.at[atom, problem.cart_locals].get(mode="fill", fill_value=0)  # (n_cart, size)
+  n_atoms = d.shape[0]
   factors = []  # per axis: (n_cart, size) d_axis^power of each function's centre
   lowered = []  # per axis: d_axis^(power − 1), 1 where power = 0 (multiplied by 0 then)
   table = []
@@ -65,7 +70,8 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
   values = [radial * monomial]
   if not problem.functional.is_gga:
     return values
-  slope = (problem.radial * (-2.0 * alpha)[None, :]) @ gaussians  # (n_cart, size)
+  slope = blocks.at[atom, problem.cart_locals + problem.atom_radial.shape[1]].get(
+      mode="fill", fill_value=0)  # (n_cart, size): the rows of −2α C
   for axis in range(3):
     others = [factors[x] for x in range(3) if x != axis]
     down = powers[:, axis, None].astype(radial.dtype) * lowered[axis] * others[0] * others[1]

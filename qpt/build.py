@@ -48,8 +48,9 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
       (`qpt.backends.enable_float64()`): without it JAX would silently compute in float32.
     level: the whole level of theory at once.
     xc_chunk: grid points per XC chunk (bounds device memory).
-    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim); a problem larger
-      than it is an error (n_occ, n_cart or n_prim 0 or left out: the problem's own bucket).
+    pad_to: exact padded (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_atom_prim,
+      n_atom_cart); a problem larger than it is an error (the last four 0 or left out: the
+      problem's own bucket).
     min_shape: pad at least to this shape, each size the larger of it and the problem's own bucket
       (a stream's running shape).
     ao_on_device: ship the grid's points and the basis, and let the device evaluate the AO
@@ -69,7 +70,7 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
   host = integrals.compute(molecule.to_pyscf(level.basis), level,
                            ao_values_on_host=not ao_on_device)
   sizes = (len(host.occupation), len(host.weights), len(host.eri_factor), len(host.positions),
-           int(np.count_nonzero(host.occupation))) + host.basis.radial.shape
+           int(np.count_nonzero(host.occupation))) + host.basis.sizes
   own = default_shape(sizes, xc_chunk)
   if pad_to is None:
     shape = own if min_shape is None else tuple(max(a, b) for a, b in zip(own, as_shape(min_shape)))
@@ -120,12 +121,11 @@ def bucket(n: int, multiple: int = 1) -> int:
 
 
 def default_shape(sizes: Shape, xc_chunk: int) -> Shape:
-  """The bucketed padded shape for unpadded sizes (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart,
-  n_prim).
+  """The bucketed padded shape for unpadded sizes (`problem.SHAPE_NAMES`).
 
   n_occ never exceeds n_ao: the energy reads the n_occ lowest of n_ao orbitals.
   """
-  shape = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4, 8, 4, 8)))
+  shape = tuple(bucket(s, m) for s, m in zip(sizes, (4, xc_chunk, 16, 4, 8, 4, 4, 4)))
   return shape[:4] + (min(shape[4], shape[0]),) + shape[5:]
 
 
@@ -173,7 +173,7 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
       fock_ref_nonxc_orth=x.T @ host.fock_ref_nonxc @ x,
       exchange_ref_orth=x.T @ host.exchange_ref @ x,
       density_ref_orth=x_inv @ host.density_ref @ x_inv.T,
-      primitive_exponents=basis.primitive_exponents, radial=basis.radial,
+      atom_exponents=basis.atom_exponents, atom_radial=basis.atom_radial,
       cart_to_orth=basis.cart_to_sph @ x,
       positions_lo=_low_part(host.positions, dtype),
       points=np.stack([host.coords.T, _low_part(host.coords.T, dtype)]),
@@ -186,7 +186,7 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
   arrays["eri_orth"] = _padding("eri_orth", host.eri_factor.shape, shape, dtype)
   _write_orthonormal_factor(host.eri_factor, x, arrays["eri_orth"])
   integer = dict(orbital_labels=host.orbital_labels, atomic_numbers=host.atomic_numbers,
-                 primitive_atoms=basis.primitive_atoms, cart_atoms=basis.cart_atoms,
+                 cart_atoms=basis.cart_atoms, cart_locals=basis.cart_locals,
                  cart_powers=basis.cart_powers)
   arrays.update({name: _padded(name, a, shape, np.int32) for name, a in integer.items()})
   if not ao_on_device:

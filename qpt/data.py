@@ -44,7 +44,7 @@ from qpt.build import build_problem, grow, max_shape
 from qpt.errors import InputError
 from qpt.level import Level
 from qpt.molecule import Molecule
-from qpt.problem import DEFAULT_XC_CHUNK, DFTProblem, Shape, as_shape
+from qpt.problem import DEFAULT_XC_CHUNK, SHAPE_NAMES, DFTProblem, Shape, as_shape
 
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
 
@@ -83,7 +83,7 @@ class Batch:
 
 def build(molecule: Molecule, level: Level, xc_chunk: int, fock_labels: bool,
           transform: Callable[[Molecule], Molecule] | None = None,
-          min_shape: Shape = (0,) * 7,
+          min_shape: Shape = (0,) * len(SHAPE_NAMES),
           ao_on_device: bool = False) -> tuple[DFTProblem, np.ndarray | None, float]:
   """One conformer's problem, padded to its own bucket and at least `min_shape`.
 
@@ -208,7 +208,7 @@ class ProblemStream:
     self.local_size = batch_size // process_count
     self._offset = process_index * self.local_size
     self.stream_position, self.repeat = 0, 0  # next global conformer index; uses of it so far
-    self.pad_to: Shape = as_shape(pad_to) if pad_to else (0,) * 7
+    self.pad_to: Shape = as_shape(pad_to) if pad_to else (0,) * len(SHAPE_NAMES)
     self.agree_shape = agree_shape or (lambda shape: shape)
     self._current: Batch | None = None  # the batch being repeated
     self._pending: dict = {}  # global conformer index → Future of `build`

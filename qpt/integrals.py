@@ -94,46 +94,66 @@ class HostIntegrals:
 @dataclasses.dataclass(frozen=True)
 class CartesianBasis:
   """A basis as the device evaluates it (`qpt.ao_values`): q Cartesian functions R(r²) xᵃ yᵇ zᶜ,
-  p primitives, n real-spherical AOs.
+  n real-spherical AOs, in blocks per atom (a atoms, at most k primitives and c Cartesian
+  functions on one atom).
 
-    primitive_atoms (p,) int; primitive_exponents (p,) α, Bohr⁻²;
-    radial (q, p) the coefficient of each primitive in each Cartesian function's R = Σ C e^(−α r²)
-      (PySCF's normalised contraction coefficients, so φ_sph = φ_cart · cart_to_sph is exactly
-      PySCF's `eval_ao`);
-    cart_atoms (q,) int; cart_powers (q, 3) int (a, b, c);
+    atom_exponents (a, k) α of each atom's primitives, Bohr⁻² (0 past the atom's own);
+    atom_radial (a, c, k) the coefficient of the atom's primitive in each of its Cartesian
+      functions' R = Σ C e^(−α r²) (PySCF's normalised contraction coefficients, so φ_sph =
+      φ_cart · cart_to_sph is exactly PySCF's `eval_ao`; 0 past the atom's own);
+    cart_atoms (q,) int and cart_locals (q,) int: function q's atom, and its place among that
+      atom's c Cartesian functions;
+    cart_powers (q, 3) int (a, b, c);
     cart_to_sph (q, n) block-diagonal: PySCF's Cartesian → real-spherical matrices, per shell.
+
+  Why blocks: a Cartesian function reads only its own shell's few primitives (uracil/def2-SVP:
+  228 nonzero coefficients in a 144 × 120 Cartesian × primitive matrix), and all of them sit on
+  its atom. One (c, k) block per atom keeps the device's radial product small and dense
+  (docs/results.md §2).
   """
 
-  primitive_atoms: np.ndarray
-  primitive_exponents: np.ndarray
-  radial: np.ndarray
+  atom_exponents: np.ndarray
+  atom_radial: np.ndarray
   cart_atoms: np.ndarray
+  cart_locals: np.ndarray
   cart_powers: np.ndarray
   cart_to_sph: np.ndarray
+
+  @property
+  def sizes(self) -> tuple[int, int, int]:
+    """(q, k, c): Cartesian functions, and primitives and Cartesian functions per atom."""
+    return len(self.cart_atoms), self.atom_radial.shape[2], self.atom_radial.shape[1]
 
 
 def cartesian_basis(mol: gto.Mole) -> CartesianBasis:
   """`mol`'s basis as `CartesianBasis` arrays, AOs in PySCF's order (a general contraction's
   functions one after another, each 2l + 1 AOs)."""
-  atoms, exponents, radial_rows, cart_atoms, powers, blocks = [], [], [], [], [], []
+  exponents = [[] for _ in range(mol.natm)]  # per atom
+  rows = [[] for _ in range(mol.natm)]  # per atom: (first primitive, coefficients)
+  cart_atoms, cart_locals, powers, blocks = [], [], [], []
   for shell in range(mol.nbas):
     l, atom = mol.bas_angular(shell), mol.bas_atom(shell)
     if l > ao_values.MAX_L:
       raise InputError(f"basis {mol.basis!r} has l = {l} functions on {mol.atom_symbol(atom)}; "
                        f"AO values on the device go up to l = {ao_values.MAX_L}")
-    first = len(exponents)
-    exponents += list(mol.bas_exp(shell))
-    atoms += [atom] * mol.bas_nprim(shell)
+    first = len(exponents[atom])
+    exponents[atom] += list(mol.bas_exp(shell))
     for column in mol._libcint_ctr_coeff(shell).T:  # (K,) per contracted function
       for power in ao_values.cartesian_powers(l):
-        radial_rows.append((first, column))
         cart_atoms.append(atom)
+        cart_locals.append(len(rows[atom]))
+        rows[atom].append((first, column))
         powers.append(power)
       blocks.append(gto.cart2sph(l))
-  radial = np.zeros((len(radial_rows), len(exponents)))
-  for row, (first, column) in enumerate(radial_rows):
-    radial[row, first:first + len(column)] = column
-  return CartesianBasis(np.array(atoms), np.array(exponents), radial, np.array(cart_atoms),
+  k = max(len(e) for e in exponents)
+  c = max(len(r) for r in rows)
+  atom_exponents = np.zeros((mol.natm, k))
+  atom_radial = np.zeros((mol.natm, c, k))
+  for atom in range(mol.natm):
+    atom_exponents[atom, :len(exponents[atom])] = exponents[atom]
+    for local, (first, column) in enumerate(rows[atom]):
+      atom_radial[atom, local, first:first + len(column)] = column
+  return CartesianBasis(atom_exponents, atom_radial, np.array(cart_atoms), np.array(cart_locals),
                         np.array(powers).reshape(-1, 3), scipy.linalg.block_diag(*blocks))
 
 

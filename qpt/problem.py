@@ -15,8 +15,9 @@ Shapes are rounded up to size buckets (`build.bucket`), so conformers and molecu
 share one compiled program. Padding is inert by construction (`LAYOUT` says how each field pads):
   * padded AOs have S = X = X⁻¹ = 1 on their diagonal and zero everywhere else (AO values, ERI
     factor, reference density and exchange; `cart_to_orth`'s column is zero);
-  * padded Cartesian functions have zero radial coefficients, padded primitives exponent 0 and
-    no coefficient: both add 0 to every AO value;
+  * padded Cartesian functions have no place in any atom's block (`NO_PLACE`), so their radial
+    part is 0; padded primitives (per atom) have exponent 0 and no coefficient: both add 0 to
+    every AO value;
   * padded grid points have weight 0, AO values 0 (they lie `FAR` away) and e_xc(ρ0) = 0;
   * padded auxiliary functions have a zero ERI factor;
   * padded occupied orbitals have occupation 0 (the energy reads only the `n_occ` lowest orbitals,
@@ -37,6 +38,7 @@ from qpt.errors import InputError
 from qpt.level import Level
 
 FAR = 1e3  # Bohr: where padded grid points lie, hi and lo; every Gaussian underflows to 0 there
+NO_PLACE = 2**30  # `cart_locals` of a padded Cartesian function: past every atom's block
 DEFAULT_XC_CHUNK = 4096  # grid points per XC chunk: bounds device memory at chunk × n_ao × 4 values
 
 
@@ -53,11 +55,13 @@ class DFTProblem:
     eri_orth (n_aux, n, n) Xᵀ B_P X; fock_ref_nonxc_orth (n, n) Xᵀ G0 X, Hartree;
     exchange_ref_orth (n, n) K[P0] = Xᵀ K[D0] X, Hartree;
     density_ref_orth (n, n) P0 = X⁻¹ D0 X⁻ᵀ.
-  The basis, for AO values on the grid (`qpt.ao_values`; q = n_cart Cartesian functions, p =
-  n_prim primitives, a = n_atoms):
-    primitive_atoms (p,) int32, primitive_exponents (p,) Bohr⁻²; radial (q, p) the contraction
-    coefficient of primitive p in Cartesian function q (PySCF's normalisation);
-    cart_atoms (q,) int32 and cart_powers (q, 3) int32 the centre and (a, b, c) of xᵃ yᵇ zᶜ;
+  The basis, for AO values on the grid (`qpt.ao_values`; q = n_cart Cartesian functions, a =
+  n_atoms, k = n_atom_prim primitives and c = n_atom_cart Cartesian functions per atom; in blocks
+  per atom, as `integrals.CartesianBasis` says why):
+    atom_exponents (a, k) Bohr⁻²; atom_radial (a, c, k) the contraction coefficient of the atom's
+    primitive k in its Cartesian function c (PySCF's normalisation);
+    cart_atoms (q,) int32, cart_locals (q,) int32: function q's atom and place in its block;
+    cart_powers (q, 3) int32 the (a, b, c) of xᵃ yᵇ zᶜ;
     cart_to_orth (q, n) T with φ X = φ_cart T (Cartesian → real spherical → orthonormal, formed
     in float64 on the host); positions_lo (a, 3) Bohr, what float32 `positions` lost.
   Grid and bookkeeping:
@@ -89,10 +93,10 @@ class DFTProblem:
   fock_ref_nonxc_orth: jax.Array
   exchange_ref_orth: jax.Array
   density_ref_orth: jax.Array
-  primitive_atoms: jax.Array
-  primitive_exponents: jax.Array
-  radial: jax.Array
+  atom_exponents: jax.Array
+  atom_radial: jax.Array
   cart_atoms: jax.Array
+  cart_locals: jax.Array
   cart_powers: jax.Array
   cart_to_orth: jax.Array
   positions_lo: jax.Array
@@ -119,11 +123,11 @@ class DFTProblem:
 
   @property
   def shapes(self) -> Shape:
-    """(n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim), padded: the program's static
-    shape."""
+    """(n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_atom_prim, n_atom_cart), padded: the
+    program's static shape."""
     return (self.overlap.shape[-1], self.weights.shape[-1], self.eri_orth.shape[-3],
-            self.positions.shape[-2], self.occupation.shape[-1], self.radial.shape[-2],
-            self.radial.shape[-1])
+            self.positions.shape[-2], self.occupation.shape[-1], self.cart_atoms.shape[-1],
+            self.atom_radial.shape[-1], self.atom_radial.shape[-2])
 
 
 def reference_energy(problem: DFTProblem | np.ndarray) -> float | np.ndarray:
@@ -145,16 +149,18 @@ def mo_occupations(problem: DFTProblem) -> np.ndarray:
   return occ
 
 
-Shape = tuple[int, int, int, int, int, int, int]  # SHAPE_NAMES
-SHAPE_NAMES = ("n_ao", "n_grid", "n_aux", "n_atoms", "n_occ", "n_cart", "n_prim")
-_AO, _GRID, _AUX, _ATOM, _OCC, _CART, _PRIM = range(7)
+Shape = tuple[int, int, int, int, int, int, int, int]  # SHAPE_NAMES
+SHAPE_NAMES = ("n_ao", "n_grid", "n_aux", "n_atoms", "n_occ", "n_cart", "n_atom_prim",
+               "n_atom_cart")
+_AO, _GRID, _AUX, _ATOM, _OCC, _CART, _ATOM_PRIM, _ATOM_CART = range(8)
 LAYOUT = dict(  # field → (which size each axis has, None = fixed; what padding holds)
     overlap=((_AO, _AO), "identity"), hcore=((_AO, _AO), 0), density_ref=((_AO, _AO), 0),
     orthogonalizer=((_AO, _AO), "identity"), orthogonalizer_inv=((_AO, _AO), "identity"),
     eri_orth=((_AUX, _AO, _AO), 0), fock_ref_nonxc_orth=((_AO, _AO), 0),
     exchange_ref_orth=((_AO, _AO), 0), density_ref_orth=((_AO, _AO), 0),
-    primitive_atoms=((_PRIM,), 0), primitive_exponents=((_PRIM,), 0), radial=((_CART, _PRIM), 0),
-    cart_atoms=((_CART,), 0), cart_powers=((_CART, None), 0), cart_to_orth=((_CART, _AO), 0),
+    atom_exponents=((_ATOM, _ATOM_PRIM), 0), atom_radial=((_ATOM, _ATOM_CART, _ATOM_PRIM), 0),
+    cart_atoms=((_CART,), 0), cart_locals=((_CART,), NO_PLACE), cart_powers=((_CART, None), 0),
+    cart_to_orth=((_CART, _AO), 0),
     positions_lo=((_ATOM, None), 0), points=((None, None, _GRID), FAR),
     ao_orth=((None, _GRID, _AO), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
     occupation=((_OCC,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0),
@@ -163,12 +169,16 @@ LAYOUT = dict(  # field → (which size each axis has, None = fixed; what paddin
 
 
 def as_shape(sizes) -> Shape:
-  """A padded shape from 7 sizes, or from the 4 or 5 that checkpoints and configs written before
-  n_occ, n_cart and n_prim were sizes hold (0 for those: each problem's own bucket)."""
+  """A padded shape from 8 sizes, or from what checkpoints and configs written before some were
+  sizes hold (0 for those: each problem's own bucket): 4 or 5 (before n_occ, n_cart and the
+  basis's), or 7 (…, n_cart, n_prim: before the basis came in blocks per atom; its n_prim, a
+  count of all primitives, is dropped)."""
   sizes = tuple(int(s) for s in sizes)
+  if len(sizes) == 7:
+    sizes = sizes[:6] + (0, 0)
   if len(sizes) in (4, 5):
-    sizes += (0,) * (7 - len(sizes))
-  if len(sizes) != 7 or min(sizes) < 0:
+    sizes += (0,) * (8 - len(sizes))
+  if len(sizes) != 8 or min(sizes) < 0:
     raise InputError(f"a padded shape is ({', '.join(SHAPE_NAMES)}); got {sizes}")
   return sizes
 

@@ -72,11 +72,20 @@ def test_reference_energy_survives_float32():
   np.testing.assert_allclose(reference_energy(batch), [host.energy_ref] * 2, atol=1e-11)
 
 
-def test_pad_to_with_four_sizes_keeps_its_own_n_occ_n_cart_n_prim():
+def test_pad_to_with_four_sizes_keeps_its_own_n_occ_and_basis_sizes():
   water = qpt.molecules.get("water")
   own = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
   four = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=own.shapes[:4])
   assert four.shapes == own.shapes
+
+
+def test_pad_to_of_seven_sizes_drops_the_old_primitive_count():
+  """A stream's shape from before the basis came in per-atom blocks (…, n_cart, n_prim): its
+  n_prim counted all primitives, so it is dropped and the per-atom sizes are the problem's own."""
+  water = qpt.molecules.get("water")
+  own = qpt.build_problem(water, PBE_STO3G, xc_chunk=1024)
+  old = own.shapes[:6] + (64,)
+  assert qpt.build_problem(water, PBE_STO3G, xc_chunk=1024, pad_to=old).shapes == own.shapes
 
 
 def test_pad_to_smaller_than_problem_is_an_error():
@@ -89,9 +98,9 @@ def test_grow_and_min_shape_pad_exactly_like_pad_to(ao_on_device):
   water = qpt.molecules.get("water")
   options = dict(xc_chunk=1024, ao_on_device=ao_on_device)
   small = qpt.build_problem(water, PBE_STO3G, **options)
-  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4, 4, 4, 8)))
+  big_shape = tuple(s + d for s, d in zip(small.shapes, (4, 2048, 16, 4, 4, 4, 8, 4)))
   direct = qpt.build_problem(water, PBE_STO3G, pad_to=big_shape, **options)
-  at_least = qpt.build_problem(water, PBE_STO3G, min_shape=big_shape[:1] + (0,) * 6, **options)
+  at_least = qpt.build_problem(water, PBE_STO3G, min_shape=big_shape[:1] + (0,) * 7, **options)
   assert (direct.ao_orth is None) == ao_on_device
   assert direct.shapes == big_shape and at_least.shapes == big_shape[:1] + small.shapes[1:]
   for other in (build.grow(small, big_shape), build.grow(at_least, big_shape)):

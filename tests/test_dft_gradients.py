@@ -102,16 +102,17 @@ def test_gradient_vanishes_at_the_converged_fock_matrix():
 @pytest.mark.parametrize("xc", ["pbe", "b3lyp5"])  # b3lyp5: exchange through the occupied orbitals
 def test_padding_has_no_effect_and_gets_no_gradient(xc, ao_on_device):
   """Every padded size — AOs, grid points, auxiliary functions, atoms, occupied slots, and with AO
-  values on the device Cartesian functions and primitives — changes neither the energy (k = 0,
-  k = 1) nor the SCF, and garbage in H's padding gets no gradient."""
+  values on the device Cartesian functions, and primitives and Cartesian functions per atom —
+  changes neither the energy (k = 0, k = 1) nor the SCF, and garbage in H's padding gets no
+  gradient."""
   mol = qpt.molecules.get("water")
   small = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64",
                             ao_on_device=ao_on_device)
-  n, g, n_aux, n_atoms, n_occ, n_cart, n_prim = small.shapes
+  n, g, n_aux, n_atoms, n_occ, n_cart, n_atom_prim, n_atom_cart = small.shapes
   big = qpt.build_problem(mol, basis="sto-3g", xc=xc, grid_level=1, dtype="float64",
                           ao_on_device=ao_on_device,
                           pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2, n_occ + 3,
-                                  n_cart + 4, n_prim + 8))
+                                  n_cart + 4, n_atom_prim + 8, n_atom_cart + 4))
   h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
   rng = np.random.default_rng(0)
   h_big = rng.standard_normal((n + 5, n + 5)) * 10  # garbage in the padding

@@ -39,8 +39,8 @@ def canonical(name: str) -> qpt.Molecule:
 @functools.cache
 def shape() -> tuple[int, ...]:
   """One padded shape that holds every test problem (ethanol with room for a rotated grid)."""
-  n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim = build(canonical("ethanol")).shapes
-  return n_ao, n_grid + CHUNK, bucket(n_aux + 16, 16), n_atoms, n_occ, n_cart, n_prim
+  n_ao, n_grid, n_aux, n_atoms, n_occ, *basis = build(canonical("ethanol")).shapes
+  return n_ao, n_grid + CHUNK, bucket(n_aux + 16, 16), n_atoms, n_occ, *basis
 
 
 @functools.cache
@@ -129,9 +129,9 @@ def test_w_is_symmetric_and_blind_to_padding():
   _, w = map(np.asarray, predict(trained_like_params(), p))
   np.testing.assert_array_equal(w, w.T)
   assert not w[n:].any() and not w[:, n:].any()
-  n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim = p.shapes
+  n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_atom_prim, n_atom_cart = p.shapes
   bigger = build(canonical("water"), (n_ao + 9, n_grid + CHUNK, n_aux + 16, n_atoms + 3, n_occ,
-                                      n_cart + 4, n_prim + 8))
+                                      n_cart + 4, n_atom_prim + 8, n_atom_cart + 4))
   # H_init's own padding invariance is the DFT's business (tests/test_problem.py); reuse it here.
   h_init_bigger = np.zeros(bigger.overlap.shape, np.float32)
   h_init_bigger[:n_ao, :n_ao] = fock_of_minao(p)

@@ -64,7 +64,7 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   # Repulsion integrals of label-free training's problems: "" = eri, or dense | df. Evaluation
   # always uses eri.
   c.data.eri = ""
-  # (n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_prim) at least; () = size buckets as they come
+  # qpt.problem.SHAPE_NAMES at least (n_ao, n_grid, …); () = size buckets as they come
   c.data.pad_to = ()
   # Training problems ship the basis and the grid's points, and the device evaluates the AO values
   # in the step, instead of the host's φX on every point: a fifth of the bytes between processes
