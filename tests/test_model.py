@@ -132,7 +132,8 @@ def test_w_is_symmetric_and_blind_to_padding():
   n_ao, n_grid, n_aux, n_atoms, n_occ, n_cart, n_atom_prim, n_atom_cart = p.shapes
   bigger = build(canonical("water"), (n_ao + 9, n_grid + CHUNK, n_aux + 16, n_atoms + 3, n_occ,
                                       n_cart + 4, n_atom_prim + 8, n_atom_cart + 4))
-  # H_init's own padding invariance is the DFT's business (tests/test_problem.py); reuse it here.
+  # H_init's own padding invariance is the DFT's business (tests/test_dft_gradients.py);
+  # reuse it here.
   h_init_bigger = np.zeros(bigger.overlap.shape, np.float32)
   h_init_bigger[:n_ao, :n_ao] = fock_of_minao(p)
   w_bigger = np.asarray(apply(trained_like_params(), bigger, h_init_bigger))
