@@ -57,7 +57,6 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
   radial = blocks.at[atom, problem.cart_locals].get(mode="fill", fill_value=0)  # (n_cart, size)
   n_atoms = d.shape[0]
   factors = []  # per axis: (n_cart, size) d_axis^power of each function's centre
-  lowered = []  # per axis: d_axis^(power − 1), 1 where power = 0 (multiplied by 0 then)
   table = []
   for axis in range(3):
     rows = [jnp.ones_like(r2)]
@@ -65,7 +64,6 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
       rows.append(rows[-1] * d[:, axis])
     table.append(jnp.concatenate(rows))  # ((MAX_L + 1)·a, size): power-major
     factors.append(table[-1][powers[:, axis] * n_atoms + atom])
-    lowered.append(table[-1][jnp.maximum(powers[:, axis] - 1, 0) * n_atoms + atom])
   monomial = factors[0] * factors[1] * factors[2]
   values = [radial * monomial]
   if not problem.functional.is_gga:
@@ -73,8 +71,10 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
   slope = blocks.at[atom, problem.cart_locals + problem.atom_radial.shape[1]].get(
       mode="fill", fill_value=0)  # (n_cart, size): the rows of −2α C
   for axis in range(3):
+    # d_axis^(power − 1), read at power 1 where power = 0 (then multiplied by 0)
+    lowered = table[axis][jnp.maximum(powers[:, axis] - 1, 0) * n_atoms + atom]
     others = [factors[x] for x in range(3) if x != axis]
-    down = powers[:, axis, None].astype(radial.dtype) * lowered[axis] * others[0] * others[1]
+    down = powers[:, axis, None].astype(radial.dtype) * lowered * others[0] * others[1]
     values.append(slope * table[axis][n_atoms + atom] * monomial + radial * down)
   return values
 
@@ -97,7 +97,7 @@ def orthonormal_all(problem) -> jax.Array:
   0.19 → 0.15 s, docs/results.md §2)."""
   chunk, n = problem.xc_chunk, problem.cart_to_orth.shape[1]
   n_grid = problem.weights.shape[0]
-  c = 4 if problem.functional.is_gga else 1  # as `cartesian` returns them
+  c = len(jax.eval_shape(lambda: orthonormal(problem, 0, chunk)))  # components, as made
 
   def one(k, values):
     for x, v in enumerate(orthonormal(problem, k * chunk, chunk)):

@@ -193,7 +193,12 @@ def _delta_energy(problem: DFTProblem, p: jax.Array) -> jax.Array:
   if a:
     bd = problem.eri_orth @ dp  # (n_aux, n, n); tr(ΔP K[ΔP]) = Σ_Q tr(B_Q ΔP B_Q ΔP)
     energy -= 0.25 * a * jnp.sum(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
-  return energy + _xc_delta(problem, functools.partial(_density_on_grid, p))
+
+  def density(k):
+    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
+    return _density_on_grid(p, ao_k), exc_ref_k, w_k
+
+  return energy + _xc_delta(problem, density)
 
 
 def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
@@ -248,9 +253,9 @@ def _rho_and_gradient(values: list[jax.Array], partner: jax.Array, axis: int) ->
                     for x, v in enumerate(values)])
 
 
-def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
-  """Σ_g w_g (e(ρ_g) − e(ρ0_g)), in chunks of grid points; `density_on_grid` maps a chunk of AO
-  values (c arrays (chunk, n), `_xc_chunk`) to ρ (and ∇ρ) (c, chunk).
+def _xc_delta(problem: DFTProblem, density) -> jax.Array:
+  """Σ_g w_g (e(ρ_g) − e(ρ0_g)), in chunks of grid points; `density(k)` gives chunk k's ρ (and
+  ∇ρ) (c, chunk), e(ρ0) and weights (chunk,) (from `_xc_chunk` or `_xc_chunk_density`).
 
   e(ρ0) per point is the host's float64 libxc value (`exc_ref`; 0 with `ao_on_device`, point 2
   of the module docstring): the same number E_ref holds, so the difference is exact but for the
@@ -262,8 +267,7 @@ def _xc_delta(problem: DFTProblem, density_on_grid) -> jax.Array:
 
   @jax.checkpoint
   def chunk_energy(_, k):
-    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    return None, _xc_chunk_delta(functional, density_on_grid(ao_k), exc_ref_k, w_k)
+    return None, _xc_chunk_delta(functional, *density(k))
 
   _, partial = jax.lax.scan(chunk_energy, None, _xc_chunks(problem))
   return jnp.sum(partial)
@@ -347,14 +351,11 @@ def _xc_delta_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
   its VJP) — the XC quadrature is the largest part of a k = 0 step. First derivatives only: the
   Fock matrices of unrolled steps take their XC potential from `_xc_potential`, not from here.
   """
-  functional = problem.functional
+  def density(k):
+    density_of, exc_ref_k, w_k = _xc_chunk_density(problem, k)
+    return density_of(y), exc_ref_k, w_k
 
-  def chunk(_, k):
-    density, exc_ref_k, w_k = _xc_chunk_density(problem, k)
-    return None, _xc_chunk_delta(functional, density(y), exc_ref_k, w_k)
-
-  _, partial = jax.lax.scan(chunk, None, _xc_chunks(problem))
-  return jnp.sum(partial)
+  return _xc_delta(problem, density)
 
 
 @full_float32  # traced with the gradient, possibly outside the caller's decorator
