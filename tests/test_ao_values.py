@@ -84,13 +84,26 @@ def test_float32_scf_with_ao_on_device_matches_pyscf():
   """Float32 with AO values made on the device: the SCF energy within 10 µHa of PySCF's float64 on
   uracil/def2-SVP (cond S ≈ 5e3, where a float32 X P Xᵀ was 59 µHa off; docs/numerics.md §2).
   Measured −3.6 µHa (host AO values: +6.6) with DF on grid level 1; dense at level 3 +1.1 (+1.6).
-  E_xc is summed whole here (no ρ0 on the host), where the host's problem sums E_xc − E_xc[ρ0]."""
+  E_xc is summed whole here (no ρ0 on the host), where the host's problem sums E_xc − E_xc[ρ0].
+
+  The energy bound holds where this SCF stops (12 iterations), not as a property: stopped after
+  12–24 iterations, the float32 energy moved between −3.6 and +11.7 µHa, though the density it
+  had converged to is PySCF's (docs/numerics.md §4c). So the density is checked on its own:
+  made idempotent in float64 (McWeeny), PySCF's own energy of it is PySCF's SCF energy within
+  0.1 µHa (measured < 0.01)."""
   problem = qpt.build_problem(qpt.molecules.get("uracil"), basis="def2-svp", xc="b3lyp5",
                               eri="df", grid_level=1, ao_on_device=True)
   result = qpt.dft.scf(problem)
   assert result.converged
-  reference = ref.rks("uracil", "def2-svp", "b3lyp5", eri="df", grid_level=1).e_tot
-  assert abs(result.energy - reference) < 1e-5
+  mf = ref.rks("uracil", "def2-svp", "b3lyp5", eri="df", grid_level=1)
+  assert abs(result.energy - mf.e_tot) < 1e-5
+
+  s = mf.get_ovlp()
+  half = 0.5 * result.density[:len(s), :len(s)]  # idempotent in the S metric: Q S Q = Q
+  for _ in range(3):
+    qs = half @ s
+    half = 3.0 * qs @ half - 2.0 * qs @ qs @ half
+  assert 0.0 <= mf.energy_tot(dm=2.0 * half) - mf.e_tot < 1e-7
 
 
 def test_ao_on_device_must_be_a_bool():
