@@ -87,9 +87,22 @@ def _to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
 
 
 def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """P = Y Yᵀ (n, n) for an orthonormal-basis H', and the norm-error energy (see `_orbitals`)."""
+  """P = Y Yᵀ (n, n) for an orthonormal-basis H', and the first-order energy of its float32
+  rounding: Y's norm errors (see `_orbitals`) plus Σ_k H'_kk (P_kk − (Y Yᵀ)_kk exact).
+
+  Why the diagonal: a core function's P_kk ≈ 2 is rounded to float32's 2.4e-7 when the product
+  is formed, and E moves by F_kk ≈ −20 Ha times that, ~5 µHa per core function. Uncorrected, the
+  float32 SCF energy of uracil/def2-SVP spread over −3.6 … +11.7 µHa with the iteration it
+  stopped at, though its density was exact (docs/numerics.md §4c). H' stands in for F[P]: they
+  agree to the SCF's residual, and the rounding it multiplies is ~1e-7. Off-diagonal roundings
+  are left: an element's rounding scales with |P_kl|, which is large only on the diagonal of
+  core functions. No gradient: it is a rounding correction, like the norm errors'."""
   y, norm_energy = _orbitals(problem, h_orth)
-  return y @ y.T, norm_energy
+  p = y @ y.T
+  exact = _sum_exactly(_exact_squares(y), axis=1)  # (Y Yᵀ)_kk, (n,) as hi + lo
+  rounding = (jnp.diagonal(p) - exact[0]) - exact[1]
+  diagonal = jnp.diagonal(_masked(problem, h_orth))
+  return p, norm_energy + jax.lax.stop_gradient(jnp.sum(diagonal * rounding))
 
 
 def _orbitals(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -125,23 +138,48 @@ def _occupied_orbitals(h_orth: jax.Array, occupation: jax.Array) -> tuple[jax.Ar
 def _orbitals_fwd(h_orth, occupation):
   m = occupation.shape[0]
   eps, u = jnp.linalg.eigh(h_orth)
-  norm_energy = jnp.sum(occupation * eps[:m] * _norm_deviation(u[:, :m]))
-  return (u[:, :m] * jnp.sqrt(occupation), norm_energy), (eps, u, occupation)
+  y = u[:, :m] * jnp.sqrt(occupation)
+  norm_energy = jnp.sum(eps[:m] * _norm_deviation(y, occupation))
+  return (y, norm_energy), (eps, u, occupation)
 
 
-def _norm_deviation(u: jax.Array) -> jax.Array:
-  """‖u_i‖² − 1 per column, without float32 cancellation.
+def _norm_deviation(y: jax.Array, occupation: jax.Array) -> jax.Array:
+  """‖y_i‖² − occ_i per column of Y (n, m), without float32 cancellation.
 
-  Σ_k u_k² − 1 summed directly cannot resolve below ~1e-7 (the sum is ≈ 1). Instead the largest
-  component is taken out exactly, (|u_m| − 1)(|u_m| + 1), and only the rest, Σ_{k≠m} u_k², is
-  summed: the error is then ε_mach·(1 − u_m²), tiny for the core orbitals where it matters.
-  """
-  squares = u * u
-  largest = jnp.argmax(squares, axis=0)
-  dominant = jnp.abs(jnp.take_along_axis(u, largest[None, :], axis=0)[0])
-  rest = jnp.sum(jnp.where(jnp.arange(u.shape[0])[:, None] == largest[None, :], 0.0, squares),
-                 axis=0)
-  return (dominant - 1.0) * (dominant + 1.0) + rest
+  Σ_k y_k² − occ summed directly cannot resolve below ~1e-7 of occ (the sum is ≈ occ). The
+  squares are split into float32 parts whose sum is exact and summed with their rounding errors
+  kept (`_sum_exactly`), then occ is taken off the leading part, which it nearly equals. Taken
+  of Y itself, not of the unit eigenvectors: scaling them by √occ rounds every element again."""
+  total, low = _sum_exactly(_exact_squares(y), axis=0)
+  return (total - occupation) + low
+
+
+def _exact_squares(a: jax.Array) -> jax.Array:
+  """a² as (3, …) float32 parts whose sum is exactly a²: a = hi + lo split so that hi has 12
+  significant bits (Veltkamp), then hi², 2·hi·lo and lo² are each exact in float32."""
+  c = a * 4097.0  # 2¹² + 1
+  hi = c - (c - a)
+  lo = a - hi
+  return jnp.stack([hi * hi, 2.0 * hi * lo, lo * lo])
+
+
+def _sum_exactly(parts: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """Σ of `parts` (3, …) over the part axis and `axis` of the rest, as float32 (hi, lo) with
+  hi + lo accurate to ~1e-7 of the largest rounding error: a pairwise tree of Knuth's TwoSum,
+  whose rounding errors are added up separately (they are ~1e-7 of the sum, so their own
+  float32 sum is exact enough)."""
+  x = jnp.moveaxis(parts, axis + 1, 1)
+  x = x.reshape((-1,) + x.shape[2:])
+  low = jnp.zeros_like(x)
+  while x.shape[0] > 1:
+    if x.shape[0] % 2:
+      x, low = (jnp.concatenate([a, jnp.zeros_like(a[:1])]) for a in (x, low))
+    a, b = x[0::2], x[1::2]
+    total = a + b
+    b_virtual = total - a
+    error = (a - (total - b_virtual)) + (b - b_virtual)
+    x, low = total, (low[0::2] + low[1::2]) + error
+  return x[0], low[0]
 
 
 @full_float32  # traced when the gradient is, outside the forward's decorator
@@ -329,6 +367,41 @@ def _with_ao_values(problem: DFTProblem) -> DFTProblem:
   if problem.ao_orth is not None:
     return problem
   return dataclasses.replace(problem, ao_orth=ao_values.orthonormal_all(problem))
+
+
+def with_xc_reference(problem: DFTProblem) -> DFTProblem:
+  """`problem` with e(ρ0) on every grid point and E_xc[D0] inside E_ref, where its host left both
+  out (a problem built with `ao_on_device`): for the paths that report energies to a user (the
+  SCF, refinement, prediction), once per problem. A problem whose `exc_ref` is set is returned as
+  it is.
+
+  Why: without e(ρ0) the device's ΔE carries the whole E_xc (tens of Hartree), so the float32 ΔE
+  is rounded to steps of ~4 µHa (uracil/def2-SVP: 3.8 µHa, the spacing between 32 and 64 Ha;
+  docs/numerics.md §4c). Here e(ρ0) is evaluated on the device by the same float32 code as e(ρ)
+  and summed on the host in float64, so that each point's term is a small difference again.
+  Training leaves it out: a constant moves no gradient."""
+  if np.any(np.asarray(problem.exc_ref)):
+    return problem
+  exc_ref = _xc_reference_values(problem)
+  e_xc = float(np.sum(np.asarray(problem.weights, np.float64) * np.asarray(exc_ref, np.float64)))
+  total = reference_energy(problem) + e_xc
+  hi = np.asarray(total, problem.dtype)
+  energy_ref = jnp.asarray([hi, total - np.float64(hi)], problem.dtype)
+  return dataclasses.replace(problem, exc_ref=exc_ref, energy_ref=energy_ref)
+
+
+@jax.jit
+@full_float32
+def _xc_reference_values(problem: DFTProblem) -> jax.Array:
+  """e(ρ0) (g,) Hartree/Bohr³ on every grid point, for the reference density P0."""
+  functional = problem.functional
+
+  def chunk(_, k):
+    rho = _density_on_grid(problem.density_ref_orth, _xc_chunk(problem, k)[0])
+    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
+    return None, functional.energy_density(rho[0], sigma)
+
+  return jax.lax.scan(chunk, None, _xc_chunks(problem))[1].reshape(-1)
 
 
 def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array, weights: jax.Array) -> jax.Array:
@@ -628,6 +701,7 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
   orbitals) count as converged. In float64 that floor is ~1e-13 Ha and the requested tolerance
   rules.
   """
+  problem = with_xc_reference(problem)
   e_tol, c_tol = default_tolerances(problem.dtype)
   e_tol = e_tol if energy_tol is None else energy_tol
   c_tol = c_tol if commutator_tol is None else commutator_tol
@@ -655,6 +729,7 @@ def refine(problem: DFTProblem, h: jax.Array, steps: int, diis_space: int = 8) -
   extrapolation, at no extra Fock build (docs/numerics.md §11).
   """
   steps = check_refine(steps)
+  problem = with_xc_reference(problem)
   p0 = _start_density(problem, h)
   zero = jnp.zeros((), problem.dtype)
   return _scf_result(problem, _scf_loop(problem, p0, zero, zero, jnp.asarray(steps), diis_space,
