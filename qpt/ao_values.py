@@ -81,27 +81,29 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
 
 @full_float32
 def orthonormal(problem, start: jax.Array, size: int) -> list[jax.Array]:
-  """φ' = φ X and its gradients at points start … start + size: c arrays (size, n)."""
+  """φ' = φ X and its gradients at points start … start + size: c arrays (n, size), points the
+  fastest axis as in `cartesian` (Tᵀ φ_cart; the (size, n) product φ_cartᵀ T, a transposed
+  output, took ~3× as long on XLA:CPU: docs/results.md §2)."""
   transform = problem.cart_to_orth  # (n_cart, n)
-  return [jax.lax.dot_general(v, transform, (((0,), (0,)), ((), ())))
+  return [jax.lax.dot_general(transform, v, (((0,), (0,)), ((), ())))
           for v in cartesian(problem, start, size)]
 
 
 @full_float32
 def orthonormal_all(problem) -> jax.Array:
-  """φ' and its gradients on every grid point, (c, g, n), a chunk at a time: for the paths that
+  """φ' and its gradients on every grid point, (c, n, g), a chunk at a time: for the paths that
   walk the grid several times (unrolled steps, the SCF), one evaluation instead of one per walk.
 
-  Each chunk is written in place into the (c, g, n) result: a scan's stacked (chunks, c, chunk, n)
+  Each chunk is written in place into the (c, n, g) result: a scan's stacked (chunks, c, n, chunk)
   output needed a transposing copy of the whole array afterwards (ethanol/def2-SVP, level 3:
-  0.19 → 0.15 s, docs/results.md §2)."""
+  0.19 → 0.15 s with the old (c, g, n) layout, 0.095 s now; docs/results.md §2)."""
   chunk, n = problem.xc_chunk, problem.cart_to_orth.shape[1]
   n_grid = problem.weights.shape[0]
   c = len(jax.eval_shape(lambda: orthonormal(problem, 0, chunk)))  # components, as made
 
   def one(k, values):
     for x, v in enumerate(orthonormal(problem, k * chunk, chunk)):
-      values = jax.lax.dynamic_update_slice(values, v[None], (x, k * chunk, 0))
+      values = jax.lax.dynamic_update_slice(values, v[None], (x, 0, k * chunk))
     return values
 
-  return jax.lax.fori_loop(0, n_grid // chunk, one, jnp.zeros((c, n_grid, n), problem.dtype))
+  return jax.lax.fori_loop(0, n_grid // chunk, one, jnp.zeros((c, n, n_grid), problem.dtype))

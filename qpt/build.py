@@ -191,11 +191,11 @@ def _pad(host: integrals.HostIntegrals, level: Level, xc_chunk: int, shape: Shap
   arrays.update({name: _padded(name, a, shape, np.int32) for name, a in integer.items()})
   if not ao_on_device:
     c, n_grid, n_ao = host.ao.shape
-    arrays["ao_orth"] = ao_orth = _padding("ao_orth", (c, n_grid, n_ao), shape, dtype)
+    arrays["ao_orth"] = ao_orth = _padding("ao_orth", (c, n_ao, n_grid), shape, dtype)
     for start in range(0, n_grid, _AO_BLOCK):  # φ X a block of points at a time, cast as written
       block = slice(start, min(start + _AO_BLOCK, n_grid))
-      for component in range(c):
-        ao_orth[component, block, :n_ao] = _times_upper(host.ao[component, block], x)
+      for component in range(c):  # the device's layout: points the fastest axis
+        ao_orth[component, :n_ao, block] = _times_upper(host.ao[component, block], x).T
   return DFTProblem(**arrays, level=level, xc_chunk=xc_chunk)
 
 

@@ -272,16 +272,17 @@ def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _density_on_grid(p: jax.Array, ao: list[jax.Array]) -> jax.Array:
   """ρ (and ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν for GGA) (c, chunk) of a density P (n, n) from a chunk of
-  AO values ao: c arrays (chunk, n)."""
-  return _rho_and_gradient(ao, ao[0] @ p, axis=-1)  # φ P (chunk, n); P symmetric
+  AO values ao: c arrays (n, chunk)."""
+  return _rho_and_gradient(ao, p @ ao[0], axis=0)  # P φ (n, chunk); P symmetric
 
 
 def _density_on_grid_occupied(y: jax.Array, ao: list[jax.Array]) -> jax.Array:
   """ρ = Σ_i ψ_i² (and ∇ρ = 2 Σ_i ψ_i ∇ψ_i) (c, chunk) of P = Y Yᵀ from a chunk of AO values
-  ao: c arrays (chunk, n), with ψ = φ Y: plain 2-D matmuls, which XLA's CPU backend runs many
-  times faster than a contraction over two axes."""
-  psi = [a @ y for a in ao]
-  return _rho_and_gradient(psi, psi[0], axis=-1)
+  ao: c arrays (n, chunk), with ψ = Yᵀ φ (m, chunk): plain 2-D matmuls, which XLA's CPU backend
+  runs many times faster than a contraction over two axes."""
+  yt = y.T
+  psi = [yt @ a for a in ao]
+  return _rho_and_gradient(psi, psi[0], axis=0)
 
 
 def _rho_and_gradient(values: list[jax.Array], partner: jax.Array, axis: int) -> jax.Array:
@@ -317,18 +318,18 @@ def _xc_chunks(problem: DFTProblem) -> jax.Array:
 
 
 def _xc_chunk(problem: DFTProblem, k: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]:
-  """Chunk k of the grid: orthonormal AO values φ' = φ X as c arrays (chunk, n) — value, then
+  """Chunk k of the grid: orthonormal AO values φ' = φ X as c arrays (n, chunk) — value, then
   gradient components —, e(ρ0) and weights (chunk,). Evaluated from the basis
   (`ao_values.orthonormal`), or sliced from `ao_orth` where a path holds them (`_with_ao_values`):
   each component on its own, straight into the contiguous block a matmul reads (sliced as one
-  (c, chunk, n) block, XLA copied it and then each component out of it again: ethanol k = 3,
+  (c, n, chunk) block, XLA copied it and then each component out of it again: ethanol k = 3,
   ~15 % of the step in copies)."""
   start, size = k * problem.xc_chunk, problem.xc_chunk
   if problem.ao_orth is None:
     ao = ao_values.orthonormal(problem, start, size)
   else:
-    c, _, n = problem.ao_orth.shape
-    ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, start, 0), (1, size, n))[0]
+    c, n, _ = problem.ao_orth.shape
+    ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, 0, start), (1, n, size))[0]
           for x in range(c)]
   return (ao, *_exc_ref_and_weights(problem, start, size))
 
@@ -342,8 +343,8 @@ def _exc_ref_and_weights(problem: DFTProblem, start: jax.Array,
 
 def _xc_chunk_density(problem: DFTProblem, k: jax.Array):
   """Chunk k of the grid for orbitals Y (n, m): (Y ↦ ρ and ∇ρ (c, chunk) of P = Y Yᵀ, e(ρ0),
-  weights). Without held AO values the orbitals are ψᵀ = (T Y)ᵀ φ_cart (m, chunk): the
-  (chunk, n) φ' is never formed, so the chunk costs g·n·m, not g·n², beyond the AO values, and
+  weights). Without held AO values the orbitals are ψ = (T Y)ᵀ φ_cart (m, chunk): the
+  (n, chunk) φ' is never formed, so the chunk costs g·n·m, not g·n², beyond the AO values, and
   points stay the fastest axis (a product with the point axis contracted or leading ran 2× slower
   on XLA:CPU)."""
   if problem.ao_orth is not None:
@@ -591,10 +592,10 @@ def _xc_potential_fwd(problem: DFTProblem, density):
     ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
     rho = sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density)
     d_rho = _xc_chunk_potential(problem.functional, rho, exc_ref_k, w_k)  # (c, chunk)
-    w_mat = 0.5 * d_rho[0][:, None] * ao_k[0]
+    w_mat = 0.5 * d_rho[0] * ao_k[0]  # (n, chunk)
     for x in range(1, len(ao_k)):
-      w_mat = w_mat + d_rho[x][:, None] * ao_k[x]
-    part = w_mat.T @ ao_k[0]
+      w_mat = w_mat + d_rho[x] * ao_k[x]
+    part = _over_points(w_mat, ao_k[0])
     return potential + part + part.T, rho
 
   potential, rho = jax.lax.scan(chunk_potential, jnp.zeros((n, n), problem.dtype),
@@ -617,18 +618,18 @@ def _xc_potential_bwd(residuals, cotangent):
   def chunk(p_bar, inputs):
     k, rho_k = inputs
     ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    w_bar = ao_k[0] @ s  # (chunk, n); S symmetric
-    v_bar = jnp.stack([(0.5 if x == 0 else 1.0) * jnp.sum(w_bar * a, axis=-1)
+    w_bar = s @ ao_k[0]  # (n, chunk); S symmetric
+    v_bar = jnp.stack([(0.5 if x == 0 else 1.0) * jnp.sum(w_bar * a, axis=0)
                        for x, a in enumerate(ao_k)])
     # The Hessian is symmetric, so its VJP is ρ̄. Reverse over reverse, not forward: the float32
     # functional drops the overflowing curvature of near-zero densities with a select, which a
     # cotangent passes cleanly and a tangent does not (inf × 0; xc.py).
     rho_bar = jax.vjp(lambda r: _xc_chunk_potential(problem.functional, r, exc_ref_k, w_k),
                       rho_k)[1](v_bar)[0]
-    a = rho_bar[0][:, None] * ao_k[0]
+    a = rho_bar[0] * ao_k[0]
     for x in range(1, len(ao_k)):
-      a = a + 2.0 * rho_bar[x][:, None] * ao_k[x]
-    return p_bar + a.T @ ao_k[0], None
+      a = a + 2.0 * rho_bar[x] * ao_k[x]
+    return p_bar + _over_points(a, ao_k[0]), None
 
   p_bar, _ = jax.lax.scan(chunk, jnp.zeros((n, n), problem.dtype), (_xc_chunks(problem), rho))
   p_bar = p_bar + p_bar.T
@@ -637,6 +638,11 @@ def _xc_potential_bwd(residuals, cotangent):
 
 
 _xc_potential.defvjp(_xc_potential_fwd, _xc_potential_bwd)
+
+
+def _over_points(a: jax.Array, b: jax.Array) -> jax.Array:
+  """A Bᵀ (n, n) for a, b (n, chunk): the sum over a chunk's points."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
 
 
 @full_float32
@@ -710,7 +716,8 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
   else:
     x_inv = np.asarray(problem.orthogonalizer_inv, np.float64)
     p0 = np.asarray(x_inv @ np.asarray(density0, np.float64) @ x_inv.T, problem.dtype)
-  return _scf_result(problem, _scf_loop(problem, p0, jnp.asarray(e_tol, problem.dtype),
+  zero = jnp.zeros((), problem.dtype)
+  return _scf_result(problem, _scf_loop(problem, p0, zero, jnp.asarray(e_tol, problem.dtype),
                                         jnp.asarray(c_tol, problem.dtype),
                                         jnp.asarray(max_iterations), diis_space))
 
@@ -730,9 +737,10 @@ def refine(problem: DFTProblem, h: jax.Array, steps: int, diis_space: int = 8) -
   """
   steps = check_refine(steps)
   problem = with_xc_reference(problem)
-  p0 = _start_density(problem, h)
+  p0, p0_rounding = _start_density(problem, h)
   zero = jnp.zeros((), problem.dtype)
-  return _scf_result(problem, _scf_loop(problem, p0, zero, zero, jnp.asarray(steps), diis_space,
+  return _scf_result(problem, _scf_loop(problem, p0, p0_rounding, zero, zero,
+                                        jnp.asarray(steps), diis_space,
                                         extrapolate_last=True))
 
 
@@ -745,9 +753,10 @@ def check_refine(steps, name: str = "refine") -> int:
 
 @jax.jit
 @full_float32
-def _start_density(problem: DFTProblem, h: jax.Array) -> jax.Array:
-  """P(H) (n, n), orthonormal basis: the occupied projector the loss's energy is taken at."""
-  return _projector(problem, _to_orthonormal(problem, h))[0]
+def _start_density(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """P(H) (n, n), orthonormal basis: the occupied projector the loss's energy is taken at, and
+  the energy of its float32 rounding (`_projector`)."""
+  return _projector(problem, _to_orthonormal(problem, h))
 
 
 def _scf_result(problem: DFTProblem, out) -> SCFResult:
@@ -765,8 +774,10 @@ def _scf_result(problem: DFTProblem, out) -> SCFResult:
 
 @functools.partial(jax.jit, static_argnames=("diis_space", "extrapolate_last"))
 @full_float32
-def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space, extrapolate_last=False):
-  """The SCF in the orthonormal basis: (ΔE, F', P, ε, U, iterations, converged).
+def _scf_loop(problem, p0, p0_rounding, e_tol, c_tol, max_iterations, diis_space,
+              extrapolate_last=False):
+  """The SCF in the orthonormal basis: (ΔE, F', P, ε, U, iterations, converged), from P0 whose
+  float32 rounding has the energy p0_rounding (`_projector`; 0 for the MINAO density).
 
   extrapolate_last: F' (and ε, U) is the DIIS extrapolation of every Fock matrix built, the last
   one included, instead of the last one alone: the history's estimate of the self-consistent F,
@@ -802,6 +813,7 @@ def _scf_loop(problem, p0, e_tol, c_tol, max_iterations, diis_space, extrapolate
     return (~state[-1]) & (state[-2] < max_iterations)
 
   e0, f0 = _energy_and_fock(problem, p0)
+  e0 = e0 - p0_rounding
   energy_noise = 8 * jnp.finfo(problem.dtype).eps * jnp.abs(_trace(f0, p0))
   e_tol = jnp.maximum(e_tol, energy_noise)
   hist = jnp.zeros((diis_space, n, n), problem.dtype)

@@ -78,8 +78,9 @@ class DFTProblem:
     level: the level of theory the arrays were built at (`qpt.level.Level`).
     xc_chunk: grid points per chunk of the XC quadrature.
   AO values on the grid, or None:
-    ao_orth (c, g, n) φ X and its gradients on every point (as PySCF's eval_ao orders them),
-    formed by the host in float64; None in a problem built with `ao_on_device`, whose device
+    ao_orth (c, n, g) φ X and its gradients on every point (components as PySCF's eval_ao
+    orders them; points the fastest axis, as the device's products read them), formed by the
+    host in float64; None in a problem built with `ao_on_device`, whose device
     evaluates them chunk by chunk from the basis above (`qpt.ao_values`), or holds them for a
     step that walks the grid several times (`dft._with_ao_values`).
   """
@@ -162,7 +163,7 @@ LAYOUT = dict(  # field → (which size each axis has, None = fixed; what paddin
     cart_atoms=((_CART,), 0), cart_locals=((_CART,), NO_PLACE), cart_powers=((_CART, None), 0),
     cart_to_orth=((_CART, _AO), 0),
     positions_lo=((_ATOM, None), 0), points=((None, None, _GRID), FAR),
-    ao_orth=((None, _GRID, _AO), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
+    ao_orth=((None, _AO, _GRID), 0), weights=((_GRID,), 0), exc_ref=((_GRID,), 0),
     occupation=((_OCC,), 0), ao_mask=((_AO,), 0), energy_ref=((None,), 0),
     orbital_labels=((_AO, None), -1), atomic_numbers=((_ATOM,), 0),
     positions=((_ATOM, None), 0))

@@ -44,7 +44,7 @@ def test_values_and_gradients_match_pyscf(molecule, basis):
   problem = build("float64")
   ao, x = pyscf_ao(molecule, basis, problem)
   g, n = ao.shape[1:]
-  device = np.asarray(jax.jit(ao_values.orthonormal_all)(problem))
+  device = np.swapaxes(jax.jit(ao_values.orthonormal_all)(problem), 1, 2)  # (c, g, n)
   scale = lambda a: np.abs(a).max(axis=1, keepdims=True)  # per component and function
   assert np.max(np.abs(device[:, :g, :n] - ao @ x) / scale(ao @ x)) < 1e-12
   assert not device[:, g:].any() and not device[:, :, n:].any()

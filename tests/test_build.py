@@ -40,7 +40,7 @@ def test_padding_is_inert():
   for a in (p.overlap, p.orthogonalizer, p.orthogonalizer_inv, p.density_ref, p.hcore,
             p.density_ref_orth, p.fock_ref_nonxc_orth, p.exchange_ref_orth):
     assert not a[n:, :n].any() and not a[:n, n:].any()
-  assert not p.ao_orth[..., n:].any() and not p.ao_orth[g:].any() and not p.weights[g:].any()
+  assert not p.ao_orth[:, n:].any() and not p.ao_orth[..., g:].any() and not p.weights[g:].any()
   assert not p.exc_ref[g:].any()
   assert not p.eri_orth[:, n:].any() and not p.eri_orth[..., n:].any()
   n_occ = water.to_pyscf("sto-3g").nelectron // 2
@@ -57,7 +57,8 @@ def test_orthonormal_fields_are_the_plain_transforms():
   p = qpt.build_problem(water, level)
   x = host.orthogonalizer
   (n_aux, n, _), g = host.eri_factor.shape, len(host.weights)
-  np.testing.assert_allclose(p.ao_orth[:, :g, :n], host.ao @ x, rtol=0, atol=1e-13)
+  np.testing.assert_allclose(p.ao_orth[:, :n, :g], np.swapaxes(host.ao @ x, 1, 2), rtol=0,
+                             atol=1e-13)
   np.testing.assert_allclose(p.eri_orth[:n_aux, :n, :n], x.T @ host.eri_factor @ x, rtol=0,
                              atol=1e-13)
 
