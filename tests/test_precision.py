@@ -74,7 +74,8 @@ def test_energy_fock_and_orbitals(ao_on_device):
 @pytest.mark.parametrize("ao_on_device", [False, True])
 def test_scf(ao_on_device):
   p = problem(ao_on_device)
-  args = (p, p.density_ref_orth, jnp.float32(1e-7), jnp.float32(1e-4), jnp.asarray(50))
+  args = (p, p.density_ref_orth, jnp.float32(0), jnp.float32(1e-7), jnp.float32(1e-4),
+          jnp.asarray(50))
   for extrapolate_last in (False, True):  # scf, refine
     loop = functools.partial(dft._scf_loop, diis_space=8, extrapolate_last=extrapolate_last)
     assert not_full_precision(loop, *args) == []
