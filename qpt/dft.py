@@ -99,10 +99,15 @@ def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.A
   core functions. No gradient: it is a rounding correction, like the norm errors'."""
   y, norm_energy = _orbitals(problem, h_orth)
   p = y @ y.T
-  exact = _sum_exactly(_exact_squares(y), axis=1)  # (Y Yᵀ)_kk, (n,) as hi + lo
-  rounding = (jnp.diagonal(p) - exact[0]) - exact[1]
   diagonal = jnp.diagonal(_masked(problem, h_orth))
-  return p, norm_energy + jax.lax.stop_gradient(jnp.sum(diagonal * rounding))
+  return p, norm_energy + jnp.sum(diagonal * _diagonal_rounding(p, y))
+
+
+def _diagonal_rounding(p: jax.Array, y: jax.Array) -> jax.Array:
+  """P_kk − (Y Yᵀ)_kk (n,) for P = Y Yᵀ formed in float32, the exact product's diagonal summed
+  exactly (`_exact_squares`, `_sum_exactly`). Carries no gradient: a rounding correction."""
+  exact_hi, exact_lo = _sum_exactly(_exact_squares(y), axis=1)
+  return jax.lax.stop_gradient((jnp.diagonal(p) - exact_hi) - exact_lo)
 
 
 def _orbitals(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -245,16 +250,21 @@ def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
   (n_aux·n²·m and g·n·m instead of n_aux·n³ and g·n²); exchange through
       tr(ΔP K[ΔP]) = Σ_Q ‖Yᵀ B_Q Y‖² − 2 tr(Yᵀ K[P0] Y) + tr(P0 K[P0]),
   with K[P0] from the host. Only for idempotent P = Y Yᵀ, i.e. the loss's last density.
+
+  ΔP's diagonal is the exact product's (`_diagonal_rounding`): P_kk ≈ 2 of a core function is
+  rounded to 2.4e-7 in float32, a few µHa of E each (docs/numerics.md §4c), while ΔP_kk, small,
+  holds the difference to ~1e-10.
   """
-  dp = y @ y.T - problem.density_ref_orth
+  p = y @ y.T
+  dp = p - problem.density_ref_orth - jnp.diag(_diagonal_rounding(p, y))
   energy = _one_electron_and_coulomb(problem, dp)
   a = problem.functional.exact_exchange
   if a:
     by = problem.eri_orth @ y  # (n_aux, n, m)
     yby = jnp.einsum("im,qin->qmn", y, by)
-    k_ref = problem.exchange_ref_orth
-    exchange = (jnp.sum(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(y @ y.T, k_ref)
-                + _trace(problem.density_ref_orth, k_ref))
+    k_ref = problem.exchange_ref_orth  # tr(P K0) = tr(ΔP K0) + tr(P0 K0)
+    exchange = (jnp.sum(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(dp, k_ref)
+                - _trace(problem.density_ref_orth, k_ref))
     energy -= 0.25 * a * exchange
   return energy + _xc_delta_occupied(problem, y)
 
