@@ -16,16 +16,20 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      where float32 lost most (−386 µHa on uracil): here it acts on the small ΔD only.
   2. The XC difference is taken per grid point, e(ρ) − e(ρ0), with e(ρ0) the host's float64 value:
      the XC term is the one float32 handles well even as a total (~1 µHa on uracil). So a problem
-     built with `ao_on_device`, whose host evaluates no AO values, takes it as a total: e(ρ0) = 0
-     and E_ref leaves E_xc[D0] out. ΔE is then E_xc-sized (tens of Ha), and the float32 ΔE a
-     total is assembled from is rounded to ~2 µHa; its gradient is unchanged.
+     built with `ao_on_device`, whose host evaluates no AO values, takes it as a total in training:
+     e(ρ0) = 0 and E_ref leaves E_xc[D0] out. ΔE is then E_xc-sized (tens of Ha), its float32
+     value rounded to ~2 µHa; its gradient is unchanged. The paths that report energies (the SCF,
+     refinement) first evaluate e(ρ0) on the device and move E_xc[D0] into E_ref
+     (`with_xc_reference`).
   3. Reductions are two-level: per-chunk partial sums of the quadrature, then a sum of those,
      so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
   4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
      this module reports to a user is a Python float.
   5. The density's first-order errors are kept out of E: P is formed in the orthonormal basis (no
-     ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), and the energy of the
-     eigenvectors' residual norm errors, Σ_i occ_i ε_i δn_i, is subtracted (`_projector`).
+     ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), the energy of the
+     orbitals' residual norm errors, Σ_i ε_i (‖y_i‖² − occ_i), is subtracted (`_orbitals`), and
+     so is the float32 rounding of P's diagonal (`_projector`; the loss takes ΔP's diagonal from
+     the exact product instead): core P_kk ≈ 2 rounds to 2.4e-7, a few µHa of E each.
 The Fock matrix is the gradient of the same ΔE, F = ∂E/∂P, so energy and Fock matrix can never
 disagree (the SCF, `fock` and `initial_fock` differentiate `_delta_energy`). The loss's last density is
 idempotent, P = Y Yᵀ with Y the m occupied orbitals, and its energy is contracted with Y
