@@ -387,7 +387,7 @@ def _with_ao_values(problem: DFTProblem) -> DFTProblem:
 def with_xc_reference(problem: DFTProblem) -> DFTProblem:
   """`problem` with e(ρ0) on every grid point and E_xc[D0] inside E_ref, where its host left both
   out (a problem built with `ao_on_device`): for the paths that report energies to a user (the
-  SCF, refinement, prediction), once per problem. A problem whose `exc_ref` is set is returned as
+  SCF and refinement call it), once per problem. A problem whose `exc_ref` is set is returned as
   it is.
 
   Why: without e(ρ0) the device's ΔE carries the whole E_xc (tens of Hartree), so the float32 ΔE
@@ -413,16 +413,20 @@ def _xc_reference_values(problem: DFTProblem) -> jax.Array:
 
   def chunk(_, k):
     rho = _density_on_grid(problem.density_ref_orth, _xc_chunk(problem, k)[0])
-    sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
-    return None, functional.energy_density(rho[0], sigma)
+    return None, _energy_density(functional, rho)
 
   return jax.lax.scan(chunk, None, _xc_chunks(problem))[1].reshape(-1)
 
 
 def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array, weights: jax.Array) -> jax.Array:
   """One chunk's Σ w (e(ρ) − e(ρ0)) from ρ (and ∇ρ) (c, chunk)."""
+  return jnp.sum(weights * (_energy_density(functional, rho) - exc_ref))
+
+
+def _energy_density(functional, rho: jax.Array) -> jax.Array:
+  """e(ρ, |∇ρ|²) (chunk,) Hartree/Bohr³ from ρ (and ∇ρ) (c, chunk)."""
   sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
-  return jnp.sum(weights * (functional.energy_density(rho[0], sigma) - exc_ref))
+  return functional.energy_density(rho[0], sigma)
 
 
 # (c, chunk) ∂E/∂ρ (and ∂E/∂∇ρ) of one chunk, weights included: the XC potential on the grid.
