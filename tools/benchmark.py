@@ -40,6 +40,11 @@
            run's final validation energy MAE; time to reach it, validation excluded, for each route,
            with the pre-training's own wall time beside (never hidden in the fine-tuned time).
 
+  training-grid  The floor a coarser training grid sets: PySCF's density converged on each
+           training grid level (--levels), scored on the evaluation grid as a model's is (energy
+           error, occupied-ε MAE of F[D], SCF-cycle ratio), on md17.py's held-out conformers. No
+           model trained on that grid can do better.
+
   inference  `qpt.predict` of a trained run (--workdir) on its held-out conformers, in the lab
            frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao,
            and (--shrink λ,...) from D* + λ (D(H_pred) − D*): what a model with λ × this one's
@@ -87,7 +92,7 @@ import warnings
 
 import jax
 from bench import (common, economics, energy, model_scaling, pipeline, scaling,
-                   transfer)  # tools/bench
+                   training_grid, transfer)  # tools/bench
 
 import qpt
 from qpt import cli
@@ -96,7 +101,7 @@ from qpt.errors import make_directory
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
             "economics": economics.COMMAND, "model-scaling": model_scaling.COMMAND,
-            "transfer": transfer.COMMAND}
+            "transfer": transfer.COMMAND, "training-grid": training_grid.COMMAND}
 JAX_CACHE = os.path.join(common.ROOT, ".jax_cache")
 
 
