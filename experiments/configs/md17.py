@@ -5,8 +5,8 @@ at 500 K for water, 25 for the others; def2-SVP, B3LYP5, tiny model, float32, k 
 prints these numbers and writes them to WORKDIR/eval.json; docs/results.md has every measured run.
 
   python experiments/md17.py --config experiments/configs/md17.py:water          # = `make run`
-      ~5.5 min (AVX-512 Xeon; ~14 min on a 2-core AMD EPYC): energy MAE of E[D(H_pred)]
-      ~15–18 µHa (MINAO baseline ~92,000), occupied ε ~450–520 µHa, SCF-cycle ratio ~0.70
+      ~7 min (AVX-512; ~16 min on a 2-core AMD EPYC without it): energy MAE of E[D(H_pred)]
+      ~11 µHa (MINAO baseline ~92,000), occupied ε ~260 µHa, SCF-cycle ratio ~0.71
   python experiments/md17.py --config experiments/configs/md17.py:ethanol
       ~23 min: energy MAE ~730 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
   python experiments/md17.py --config experiments/configs/md17.py:water --config.xc=pbe \
@@ -55,12 +55,10 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.data.md17_split = ml_collections.ConfigDict(dict(train=1000, validation=50, test=1000))
   c.data.split_seed = 0
   # PySCF grid level of label-free training's problems: −1 = grid_level, and never finer than it;
-  # labelled losses use grid_level. Evaluation is always on grid_level. The energy error of D is
-  # second order, so a coarse training grid costs no held-out accuracy at level 3: water 73.4 /
-  # 71.1 / 72.4 µHa trained on levels 3 / 1 / 0, in 5.7 / 3.1 / 2.5 min (docs/results.md §1).
-  # Water trains on level 0 (25 % more steps in the same time, which buy accuracy: 3,000 steps
-  # gave 14.9 µHa trained on level 0 against 16.4 on level 1); the other molecules on level 1.
-  c.data.grid_level = 0
+  # labelled losses use grid_level. Evaluation is always on grid_level. The SCF density of level
+  # 1 is within 0.01 µHa (energy) and ~7 µHa (occupied ε) of level 3's; level 0's is ~9 and ~200
+  # µHa off, which held-out ε shows (water; `tools/benchmark.py training-grid`, docs/results.md §1).
+  c.data.grid_level = 1
   # Repulsion integrals of label-free training's problems: "" = eri, or dense | df. Evaluation
   # always uses eri.
   c.data.eri = ""
@@ -118,10 +116,8 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
 
   # ---- optimisation ----
   c.train = ml_collections.ConfigDict()
-  # Optimizer steps. Water's 2,800 fill `make run`'s 10-minute budget on 2 cores; the held-out
-  # errors keep falling with steps — energy MAE / occupied ε: 71.8 / 2,815 and 49.0 / 2,549 µHa at
-  # 1,000 and 2,000 steps (level-1 grid), 30.2 / 1,396, 25.3 / 1,091, 17.1 / 495 and 14.9 / 463
-  # µHa at 2,500, 2,600, 2,800 and 3,000 (level 0) (docs/results.md §1, §8).
+  # Optimizer steps. Water's 2,800 fit `make run`'s 10-minute budget on 2 cores with AVX-512, with
+  # a margin; the held-out errors keep falling with steps (docs/results.md §1).
   c.train.steps = 2800
   c.train.batch_size = 4  # global batch: conformers per step, over all devices
   c.train.learning_rate = 1e-3  # peak, after warm-up
@@ -159,7 +155,6 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   # energy is as good under the exact one (docs/results.md §4). Water's builds are too small for
   # it to pay (376 against 347 s for `make run`, 72.3 against 71.3 µHa).
   if molecule != "water":
-    c.data.grid_level = 1  # level 0 was measured on water only
     c.data.eri = "df"
     c.train.batch_size = 2
     c.data.mol_repeats = 2

@@ -34,8 +34,7 @@ _MD17 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "md17.py")
 def get_config(size: str = "cpu"):
   """`cpu` (the default) or `accelerator`."""
   # md17.py's config for no built-in molecule: the settings every molecule but water trains with
-  # (water's own tuning — its level-0 training grid, measured on water only, its checkpoint
-  # interval — stays water's).
+  # (water's own tuning — its checkpoint interval, its batch — stays water's).
   c = run_config.load(f"{_MD17}:")  # molecule "": the molecule set replaces the single molecule
   c.workdir = "workdir/qm9"
   c.data.molecule_set = "qm9"
