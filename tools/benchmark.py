@@ -40,10 +40,10 @@
            run's final validation energy MAE; time to reach it, validation excluded, for each route,
            with the pre-training's own wall time beside (never hidden in the fine-tuned time).
 
-  training-grid  The floor a coarser training grid sets: PySCF's density converged on each
-           training grid level (--levels), scored on the evaluation grid as a model's is (energy
-           error, occupied-ε MAE of F[D], SCF-cycle ratio), on md17.py's held-out conformers. No
-           model trained on that grid can do better.
+  training-grid  What the optimum of a coarser training grid misses: PySCF's density converged
+           on each training grid level (--levels), scored on the evaluation grid as a model's is
+           (energy error, occupied-ε MAE of F[D], SCF-cycle ratio), on md17.py's held-out
+           conformers: the answer the label-free loss on that grid rewards most.
 
   inference  `qpt.predict` of a trained run (--workdir) on its held-out conformers, in the lab
            frame, against a full PySCF SCF; PySCF's cycles from the predicted density vs minao,

@@ -86,7 +86,7 @@ def test_table_prints_one_table_per_part(capsys):
 
 
 
-def test_training_grid_floor_is_zero_on_the_evaluation_grid_and_not_on_a_coarser_one(tmp_path):
+def test_training_grid_optimum_is_exact_on_the_evaluation_grid_and_not_on_a_coarser_one(tmp_path):
   """`training-grid`: PySCF's density converged on the evaluation grid itself is the reference
   (no error, PySCF restarted from it converges at once); converged on level 0 it is not (water:
   ~9 µHa, docs/results.md §1): the error a level-0 training grid's optimum carries. ε is

@@ -1,4 +1,4 @@
-"""training-grid: the best a model trained on a coarser grid can do, scored on the evaluation's.
+"""training-grid: what the optimum of a coarser training grid misses on the evaluation grid.
 
 A model trained label-free on grid level L learns D(H) that minimises E on that grid. The
 answer that loss rewards most is PySCF's density converged on level L, and what separates that
@@ -30,7 +30,7 @@ def training_grid_arguments(parser: argparse.ArgumentParser):
 
 
 def training_grid_run(args: argparse.Namespace) -> list[dict]:
-  """One row per molecule × training level: the floor, averaged over --n held-out conformers."""
+  """One row per molecule × training level: its optimum's errors, over --n held-out conformers."""
   if args.n < 1:
     raise qpt.InputError(f"--n {args.n}: need at least 1 conformer")
   try:
@@ -46,7 +46,8 @@ def training_grid_run(args: argparse.Namespace) -> list[dict]:
     trained = [dataclasses.replace(stream, grid_level=level) for level in levels]  # checked
     with tempfile.TemporaryDirectory() as cache:  # the sampler's Hessian, computed once
       test = experiment.sources(config, cache).test
-      scores = np.array([_floors(test(i).to_pyscf(evaluation.basis), evaluation, trained)
+      scores = np.array([_optimum_errors(test(i).to_pyscf(evaluation.basis), evaluation,
+                                         trained)
                          for i in range(args.n)])  # (conformer, level, score)
     for level, per_conformer in zip(levels, scores.transpose(1, 0, 2)):
       energy, eps, ratio = per_conformer.T
@@ -61,7 +62,8 @@ def training_grid_run(args: argparse.Namespace) -> list[dict]:
   return rows
 
 
-def _floors(mol, evaluation: qpt.Level, trained: list[qpt.Level]) -> list[tuple[float, ...]]:
+def _optimum_errors(mol, evaluation: qpt.Level,
+                    trained: list[qpt.Level]) -> list[tuple[float, ...]]:
   """Per training level: (E[D_L] − E* µHa, occupied-ε MAE of F[D_L] µHa, PySCF cycles from D_L
   over cycles from MINAO), all on the evaluation's grid, for PySCF's converged density D_L."""
   reference = labels.converge(labels.pyscf_rks(mol, evaluation))
@@ -78,7 +80,7 @@ def _floors(mol, evaluation: qpt.Level, trained: list[qpt.Level]) -> list[tuple[
 
 
 def training_grid_plot(rows: list[dict], path: str) -> None:
-  """Per molecule, against the training grid level: the floor's energy error and occupied-ε MAE
+  """Per molecule, against the training grid level: its optimum's energy error and occupied-ε MAE
   (left, log scale) and its SCF-cycle ratio (right)."""
   from .common import pyplot, save_figure
   plt = pyplot()
@@ -87,10 +89,10 @@ def training_grid_plot(rows: list[dict], path: str) -> None:
     mine = sorted((r for r in rows if r["molecule"] == molecule),
                   key=lambda r: r["train_grid_level"])
     x = [r["train_grid_level"] for r in mine]
-    floor = lambda v: max(v, 1e-3)  # a level that is the evaluation's own scores 0
-    left.plot(x, [floor(r["energy_mae_uha"]) for r in mine], "o-", color=f"C{color}",
+    visible = lambda v: max(v, 1e-3)  # on a log axis: the evaluation's own level scores 0
+    left.plot(x, [visible(r["energy_mae_uha"]) for r in mine], "o-", color=f"C{color}",
               label=f"{molecule}: energy")
-    left.plot(x, [floor(r["eps_occ_mae_uha"]) for r in mine], "s--", color=f"C{color}",
+    left.plot(x, [visible(r["eps_occ_mae_uha"]) for r in mine], "s--", color=f"C{color}",
               label=f"{molecule}: occupied ε")
     right.plot(x, [r["scf_cycle_ratio_per_conformer"] for r in mine], "o-", color=f"C{color}",
                label=molecule)
@@ -106,7 +108,7 @@ def training_grid_plot(rows: list[dict], path: str) -> None:
 
 
 COMMAND = Command(
-    help="the floor of a training grid: PySCF's own density on it, scored on the evaluation grid",
+    help="a training grid's optimum (PySCF's density on it), scored on the evaluation grid",
     add_arguments=training_grid_arguments,
     run=training_grid_run,
     columns=(("molecule", "molecule", "s"), ("train level", "train_grid_level", "d"),
