@@ -256,7 +256,8 @@ def test_the_qm9_configs_do_not_inherit_waters_own_tuning():
   for size in ("cpu", "accelerator"):
     c = qm9.get_config(size)
     assert c.data.grid_level == general.data.grid_level
-    assert c.checkpoint.every == general.checkpoint.every != md17.get_config("water").checkpoint.every
+    water = md17.get_config("water")
+    assert c.checkpoint.every == general.checkpoint.every != water.checkpoint.every
 
 
 def test_molecule_set_config_errors_name_the_field(tmp_path):

@@ -84,8 +84,6 @@ def test_table_prints_one_table_per_part(capsys):
   assert capsys.readouterr().out.split() == ["##", "a", "x", "1", "##", "b", "y", "—", "2.0"]
 
 
-
-
 def test_training_grid_optimum_is_exact_on_the_evaluation_grid_and_not_on_a_coarser_one(tmp_path):
   """`training-grid`: PySCF's density converged on the evaluation grid itself is the reference
   (no error, PySCF restarted from it converges at once); converged on level 0 it is not (water:
