@@ -101,7 +101,7 @@ def training_grid_plot(rows: list[dict], path: str) -> None:
            yscale="log",
            title="error of the training grid's own SCF density")
   right.set(xlabel="training grid level", xticks=levels, ylabel="PySCF cycles from it / from MINAO",
-            ylim=(0, 1.05), title="SCF-cycle ratio at best")
+            ylim=(0, 1.05), title="SCF-cycle ratio of that density")
   left.legend(fontsize=7)
   right.legend(fontsize=7)
   save_figure(figure, path)
