@@ -43,7 +43,8 @@ def training_grid_run(args: argparse.Namespace) -> list[dict]:
     config = md17_config(name)
     evaluation = experiment.level(config).with_dtype("float64")
     stream = qpt.Level.from_config(config, stream=True).with_dtype("float64")  # its data.eri too
-    trained = [dataclasses.replace(stream, grid_level=level) for level in levels]  # checked
+    # Level's own check rejects a grid level PySCF does not have, before any SCF runs.
+    trained = [dataclasses.replace(stream, grid_level=level) for level in levels]
     with tempfile.TemporaryDirectory() as cache:  # the sampler's Hessian, computed once
       test = experiment.sources(config, cache).test
       scores = np.array([_optimum_errors(test(i).to_pyscf(evaluation.basis), evaluation,
@@ -98,8 +99,7 @@ def training_grid_plot(rows: list[dict], path: str) -> None:
                label=molecule)
   levels = sorted({r["train_grid_level"] for r in rows})
   left.set(xlabel="training grid level", xticks=levels, ylabel="µHa (evaluation grid)",
-           yscale="log",
-           title="error of the training grid's own SCF density")
+           yscale="log", title="error of the training grid's own SCF density")
   right.set(xlabel="training grid level", xticks=levels, ylabel="PySCF cycles from it / from MINAO",
             ylim=(0, 1.05), title="SCF-cycle ratio of that density")
   left.legend(fontsize=7)
