@@ -198,7 +198,8 @@ def level(config) -> Level:
 
 def make_network(config) -> hk.Transformed:
   """The QPT transformer (dm-haiku) a config describes."""
-  return model.make_model(model.model_config(config.model.size, remat=config.model.remat))
+  return model.make_model(model.model_config(config.model.size, remat=config.model.remat,
+                                             log_output_scale=config.model.log_output_scale))
 
 
 @dataclasses.dataclass(frozen=True)

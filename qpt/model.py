@@ -59,8 +59,12 @@ class ModelConfig:
     n_heads: attention heads per block; must divide d_model.
     mlp_ratio: hidden width of each block's MLP, in units of d_model.
     remat: recompute each block's activations in the backward pass (memory ∝ 1 block, not n_layers).
-    output_scale: initial value of W's learned output scale, Hartree: small so H ≈ H_init at init
-      (learned as log(scale / output_scale), parameter `output_log_scale`).
+    output_scale: initial value of W's learned output scale, Hartree: small so H ≈ H_init at init.
+    log_output_scale: learn that scale as log(scale / output_scale) (parameter `output_log_scale`;
+      it stays > 0), else as a plain scalar (parameter `output_scale`). The log is what label-free
+      runs need (a plain scalar of 1e-3 can cross zero, where W passes no gradient); a plain one
+      fits labels faster (docs/results.md §6), so the economics benchmark's supervised route
+      trains with it.
   """
 
   size: str = "tiny"
@@ -70,6 +74,7 @@ class ModelConfig:
   mlp_ratio: int = 4
   remat: bool = False
   output_scale: float = 1e-3
+  log_output_scale: bool = True
 
 
 SIZES = {  # name → fields; ~ parameter count in the comment
@@ -99,7 +104,9 @@ def config_from_params(params: hk.Params, remat: bool = False) -> ModelConfig:
     raise InputError("these are not QPT parameters (no blocks/mlp_in or blocks/attention)") from None
   fields = dict(d_model=int(d_model), n_layers=int(n_layers), n_heads=int(n_heads))
   size = next((name for name, preset in SIZES.items() if preset == fields), "custom")
-  return ModelConfig(size=size, mlp_ratio=int(hidden) // int(d_model), remat=remat, **fields)
+  log_output_scale = "output_scale" not in params.get("~", {})
+  return ModelConfig(size=size, mlp_ratio=int(hidden) // int(d_model), remat=remat,
+                     log_output_scale=log_output_scale, **fields)
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -245,11 +252,16 @@ def _readout(config: ModelConfig, x: jax.Array, pairs: jax.Array, mask: jax.Arra
   # The pair term is ~10× the bilinear one at stddev 1; 0.25 keeps them comparable at init.
   pair_weights = hk.get_parameter("readout_pair", (pairs.shape[-1],), jnp.float32,
                                   init=hk.initializers.TruncatedNormal(0.25))
-  # The scale is learned as its logarithm: Adam moves a parameter by ~lr per step whatever its
-  # gradient, which for a plain scalar of ~1e-3 means crossing zero in a step or two. Gated near
-  # zero, W would then pass no gradient to the readout (QM9 runs stalled so, at W ≈ 0).
-  log_scale = hk.get_parameter("output_log_scale", (), jnp.float32, init=jnp.zeros)
-  scale = config.output_scale * jnp.exp(log_scale)
+  # Adam moves a parameter by ~lr per step whatever its gradient, so a plain scalar of ~1e-3 can
+  # cross zero in a step or two, where W passes no gradient to the readout (QM9 runs stalled so,
+  # at W ≈ 0): label-free runs learn its logarithm. The same step size makes the plain scalar
+  # grow ~4× in the first 25 steps, which speeds fitting labels (the readout's effective step).
+  if config.log_output_scale:
+    log_scale = hk.get_parameter("output_log_scale", (), jnp.float32, init=jnp.zeros)
+    scale = config.output_scale * jnp.exp(log_scale)
+  else:
+    scale = hk.get_parameter("output_scale", (), jnp.float32,
+                             init=hk.initializers.Constant(config.output_scale))
   a = scale * (q @ k.T / math.sqrt(config.d_model) + pairs @ pair_weights)
   w = 0.5 * (a + a.T)
   # XLA may rewrite the transpose of a product as the product of transposes, whose rounding differs;

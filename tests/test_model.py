@@ -212,3 +212,27 @@ def test_remat_keeps_the_parameters_and_checkpoints_each_block():
   assert jax.tree.map(lambda s: s.shape, shapes) == jax.tree.map(jnp.shape, params())
   traced = lambda model: str(jax.make_jaxpr(model.apply)(params(), p, h_init))  # never compiled
   assert "remat" in traced(remat) and "remat" not in traced(MODEL)  # jax.checkpoint's primitive
+
+
+def test_plain_output_scale_is_the_same_model_at_init_with_the_chain_rules_gradient():
+  plain = qm.make_model(dataclasses.replace(CONFIG, log_output_scale=False))
+  p = problem("water")
+  plain_params = jax.jit(plain.init)(jax.random.key(0), p)
+  assert set(plain_params["~"]) == {"output_scale", "readout_pair"}
+  assert qm.config_from_params(plain_params).log_output_scale is False
+  assert qm.config_from_params(params()).log_output_scale is True
+  for module, weights in params().items():  # everything but the scale's parameter is shared
+    for name, value in weights.items():
+      if name != "output_log_scale":
+        np.testing.assert_array_equal(plain_params[module][name], value)
+  h_init = fock_of_minao(p)
+  np.testing.assert_array_equal(jax.jit(plain.apply)(plain_params, p, h_init),
+                                predict(params(), p)[1])
+
+  def scale_gradient(model, parameters, name):
+    loss = lambda q: qpt.dft.loss_energy_delta(p, qm.hamiltonian(model, q, p))
+    return jax.jit(jax.grad(loss))(parameters)["~"][name]
+  # θ = log(s / s0): at θ = 0, d/dθ = s0 · d/ds
+  np.testing.assert_allclose(
+      scale_gradient(MODEL, params(), "output_log_scale"),
+      CONFIG.output_scale * scale_gradient(plain, plain_params, "output_scale"), rtol=1e-4)

@@ -102,6 +102,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"  # tiny (~5M) | small | base | medium (~302M, the paper's)
   c.model.remat = False  # rematerialise transformer blocks (memory for compute)
+  # W's output scale learned as its log (stays > 0; label-free runs need it) or as a plain scalar
+  # (fits labels faster: the supervised route of tools/benchmark.py economics)
+  c.model.log_output_scale = True
 
   # ---- the loss ----
   c.loss = "energy"  # energy (QPT, label-free) | self_consistency (label-free) | supervised
