@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -483,9 +483,16 @@ def fock(problem: DFTProblem, density: jax.Array) -> jax.Array:
 
 @full_float32
 def initial_fock(problem: DFTProblem) -> jax.Array:
-  """H_init = F[D0] (n, n), AO basis: the Fock matrix of the MINAO density, a model's baseline."""
+  """H_init = F[D0] (n, n), AO basis: the Fock matrix of the MINAO density, a model's baseline.
+
+  At D0 the host's G0 = Hcore + J[D0] − a/2 K[D0] is the whole non-XC part, so only Vxc[ρ0] is
+  computed: one walk of the grid, where differentiating the energy (`fock`) walks it twice and
+  evaluates the functional's VJP too — every training step pays this, once per conformer."""
+  p0 = problem.density_ref_orth
+  vxc, _ = _xc_potential_walk(problem, lambda ao_k: _density_on_grid(p0, ao_k))
+  f = problem.fock_ref_nonxc_orth + vxc
   x_inv = problem.orthogonalizer_inv
-  return x_inv.T @ _energy_and_fock(problem, problem.density_ref_orth)[1] @ x_inv
+  return x_inv.T @ (0.5 * (f + f.T)) @ x_inv
 
 
 def _energy_and_fock(problem: DFTProblem, p: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -604,11 +611,19 @@ def _xc_potential(problem: DFTProblem, density) -> jax.Array:
 
 @full_float32  # traced with the gradient, possibly outside the caller's decorator
 def _xc_potential_fwd(problem: DFTProblem, density):
+  potential, rho = _xc_potential_walk(
+      problem, lambda ao_k: sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density))
+  return potential, (problem, density, rho)
+
+
+def _xc_potential_walk(problem: DFTProblem, rho_of: Callable) -> tuple[jax.Array, jax.Array]:
+  """(Vxc (n, n), ρ (and ∇ρ) (chunks, c, chunk)) in one walk of the grid, for the density whose
+  values on a chunk `rho_of(ao_k)` gives from the chunk's AO values (c arrays (n, chunk))."""
   n = problem.overlap.shape[0]
 
   def chunk_potential(potential, k):
     ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    rho = sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density)
+    rho = rho_of(ao_k)
     d_rho = _xc_chunk_potential(problem.functional, rho, exc_ref_k, w_k)  # (c, chunk)
     w_mat = 0.5 * d_rho[0] * ao_k[0]  # (n, chunk)
     for x in range(1, len(ao_k)):
@@ -616,9 +631,7 @@ def _xc_potential_fwd(problem: DFTProblem, density):
     part = _over_points(w_mat, ao_k[0])
     return potential + part + part.T, rho
 
-  potential, rho = jax.lax.scan(chunk_potential, jnp.zeros((n, n), problem.dtype),
-                                _xc_chunks(problem))
-  return potential, (problem, density, rho)
+  return jax.lax.scan(chunk_potential, jnp.zeros((n, n), problem.dtype), _xc_chunks(problem))
 
 
 @full_float32

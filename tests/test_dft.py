@@ -107,6 +107,16 @@ def test_fock_matrix_matches_pyscf():
   assert not f[nao:].any() and not f[:, nao:].any()
 
 
+def test_initial_fock_is_pyscfs_fock_of_the_minao_density():
+  mf = ref.rks("water", "def2-svp", "b3lyp5")  # a GGA with exact exchange: every term of F
+  problem = ref.problem("water", "def2-svp", "b3lyp5")
+  n, nao = problem.shapes[0], mf.mol.nao
+  h = np.asarray(qpt.dft.initial_fock(problem))
+  np.testing.assert_allclose(h[:nao, :nao], mf.get_fock(dm=mf.get_init_guess(key="minao")),
+                             atol=1e-8)
+  assert not h[nao:].any() and not h[:, nao:].any()
+
+
 def test_minao_start_is_pyscf_minao():
   problem = ref.problem("water", "def2-svp", "b3lyp5")
   mf = ref.rks("water", "def2-svp", "b3lyp5")
