@@ -48,8 +48,9 @@ def get_config(size: str = "cpu"):
     c.data.max_heavy_atoms = 5
     c.data.max_n_ao = 100
     c.data.split_fractions = (0.75, 0.08, 0.17)  # 91 / 10 / 20 molecules
-    # 2,000 steps: unseen molecules at 0.23× MINAO's energy error, against 0.27× at 1,500 (2,400:
-    # 0.20×, but ~39 min alone, too near the 45-min budget; docs/results.md §10).
+    # 2,000 steps: unseen molecules at 0.23× MINAO's energy error, against 0.27× at 1,500 and
+    # 0.20× at 2,400 (docs/results.md §10). The whole run took 24.6 min alone on 12-05 (AO values
+    # made on the device), so more steps would fit the 45 minutes; none reaches 1/20.
     c.train.steps = 2000
     c.train.batch_size = 2
     c.data.mol_repeats = 2  # a problem serves two steps: PySCF's host build sets the pace here
