@@ -248,16 +248,16 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
 
 
 def test_the_qm9_configs_do_not_inherit_waters_own_tuning():
-  """qm9.py starts from md17.py's water config, whose checkpoint interval is water's alone (and
-  until 2026-12-05 its level-0 training grid, which the CPU default inherited for an afternoon
-  unnoticed): a molecule set trains and checkpoints as the other molecules do."""
+  """qm9.py starts from md17.py's config for no built-in molecule, not water's: water's checkpoint
+  interval is its own (and on 2026-12-03 water's level-0 training grid leaked into the CPU default
+  for an afternoon unnoticed). A molecule set checkpoints as the other molecules do; its grid is
+  theirs unless qm9.py sets it itself, as the CPU default does (level 0, on purpose)."""
   from experiments.configs import qm9
-  general = md17.get_config("ethanol")
+  general, water = md17.get_config("ethanol"), md17.get_config("water")
   for size in ("cpu", "accelerator"):
     c = qm9.get_config(size)
-    assert c.data.grid_level == general.data.grid_level
-    water = md17.get_config("water")
     assert c.checkpoint.every == general.checkpoint.every != water.checkpoint.every
+  assert qm9.get_config("accelerator").data.grid_level == general.data.grid_level
 
 
 def test_molecule_set_config_errors_name_the_field(tmp_path):
