@@ -12,9 +12,11 @@ from .common import Command, md17_config, stamp
 
 ROUTES = ("scratch", "finetuned")
 # What fine-tuning must share with the pre-trained run, or its parameters would not fit (model,
-# basis) or would have learnt another Hamiltonian (functional, grids, dtype, unrolled steps).
-INHERITED = ("basis", "xc", "grid_level", "data.grid_level", "data.eri", "dtype", "iterations",
-             "mixing")
+# basis) or would have learnt another Hamiltonian (functional, evaluation grid, dtype, unrolled
+# steps). How training's problems are made (`data.grid_level`, `data.eri`) stays the molecule's
+# own, as `md17.py --config.init_from=…` fine-tunes: those set a step's cost and move the optimum
+# by tens of µHa at most (docs/results.md §1, §10).
+INHERITED = ("basis", "xc", "grid_level", "dtype", "iterations", "mixing")
 
 
 def transfer_arguments(parser: argparse.ArgumentParser):
