@@ -15,8 +15,7 @@ memory whatever it is told). Serving every thread from the main heap (one arena)
 too, but made the water step 0.08 → 0.11 s: the threads then wait on one lock.
 
 numpy's large arrays (PySCF's integrals in the host build) use the same malloc. The cost: memory a
-process has freed stays its own until it exits, so its resident size stays near its peak (make
-run's peak RSS 2.4–2.5 → 2.96 GB).
+process has freed stays its own until it exits, so its resident size stays near its peak.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 # Why each: no request is served by its own mmap (whose pages go back to the kernel at free; but
 # see above); no heap is trimmed until 2 GiB sit free at its top (mallopt takes a C int); a heap
 # grows by 64 MB beyond the request. The last is needed too, measured though not explained: with
-# the first two alone the water step on 4 devices still took 29,000 faults per step (with a
-# 16 MB pad, 344; with 64 MB, 300–700).
+# the first two alone the water step on 4 devices still took 29,000 faults per step (16 MB: 344).
 _SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 64 << 20))
 
 
