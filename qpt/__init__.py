@@ -4,9 +4,8 @@
   (molecule.py)  (integrals.py, build.py)   (problem.py)           (dft.py, xc.py)        (model.py)
 """
 
-from qpt import basis_files, host_memory, threads
+from qpt import basis_files, threads
 
-host_memory.keep_freed_memory()  # XLA:CPU's buffers reused, not paged in every step: see there
 threads.single_threaded_blas()  # before any JAX eigh can run beside numpy: see qpt/threads.py
 basis_files.parse_once()  # PySCF re-parses basis files for every conformer otherwise
 
