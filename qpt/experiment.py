@@ -297,7 +297,8 @@ def train(config, progress: bool = True) -> dict | None:
   trainer = make_trainer(config, backend)
   conformer_sources = sources(config, workdir)
   stream = make_stream(config, conformer_sources.train, backend, stream_state)
-  with stream, _StopOnSignal() as signals, metrics_log.StepWatch() as watch:
+  with (stream, _StopOnSignal() as signals, metrics_log.StepWatch() as watch,
+        backend.training_loop()):
     batch = next(stream)
     params = None
     if config.init_from and resume_step is None:

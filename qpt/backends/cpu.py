@@ -9,7 +9,7 @@ from jax._src import xla_bridge  # whether JAX has made its clients has no publi
 from qpt.backends.base import Policy
 from qpt.errors import InputError
 
-POLICY = Policy("cpu", shared_thread_pool=True)  # fake devices: see Policy
+POLICY = Policy("cpu", shared_thread_pool=True, host_buffers=True)  # see Policy
 
 # Threads of XLA:CPU's intra-op pool when sums must not depend on the layout (at least; more if
 # the machine has more cores): see `fix_intra_op_threads`.

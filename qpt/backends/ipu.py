@@ -11,9 +11,9 @@ import jax
 from qpt.backends.base import Policy
 from qpt.errors import InputError
 
-# shared_thread_pool: emulated on the CPU, its devices are XLA:CPU's.
+# shared_thread_pool, host_buffers: emulated on the CPU, its devices are XLA:CPU's.
 POLICY = Policy("ipu", float64=False, host_callbacks=False, static_shapes=True,
-                shared_thread_pool=True)
+                shared_thread_pool=True, host_buffers=True)
 
 
 def devices(backend_config) -> list:

@@ -146,8 +146,9 @@ def device_step(args: argparse.Namespace) -> dict:
     holder[0], metrics = trainer.step(holder[0], batch, None)
     jax.block_until_ready(metrics)
 
-  _, first = timed(one_step)  # compile + first call
-  seconds = median_seconds(one_step, args.repeats)
+  with backend.training_loop():  # the steps as training runs them
+    _, first = timed(one_step)  # compile + first call
+    seconds = median_seconds(one_step, args.repeats)
   return dict(devices=args.child, molecule=args.molecule, basis=args.basis, batch=args.batch,
               step_seconds=seconds, conformers_per_s=args.batch / seconds,
               seconds_per_conformer=seconds / args.batch, first_step_seconds=first)
