@@ -273,7 +273,7 @@ class Backend:
     """The context a loop of steps runs in. Where the step's buffers are host memory
     (`Policy.host_buffers`), glibc keeps the memory each step frees for the next, instead of
     paging it in anew (`host_memory`: make run's water step on 4 fake devices 0.13–0.15 →
-    ~0.10 s); glibc's own settings return when the loop ends."""
+    0.09–0.10 s); glibc's own settings return when the loop ends."""
     if self.policy.host_buffers:
       return host_memory.freed_memory_kept()
     return contextlib.nullcontext()

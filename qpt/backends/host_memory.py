@@ -40,8 +40,8 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _KEEP = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 64 << 20))
 # Put back after: glibc's defaults (mallopt(3)), except that once any setting is made glibc no
 # longer raises its mmap threshold by itself as large blocks are freed (from 128 KiB up to 32 MB,
-# with the trim threshold at twice it). So both go where that adjustment ends in a process that
-# has freed large arrays — as every QPT process has by its first step.
+# with the trim threshold at twice it). So both go where that adjustment ends, once blocks of
+# 32 MB have been freed.
 _USUAL = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20),
           (_M_TOP_PAD, 128 << 10))
 
