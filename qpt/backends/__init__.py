@@ -1,7 +1,8 @@
 """Backends: the only part of QPT that knows about devices, meshes, shardings and precision.
 
   backends.create(config) ──▶ Backend: mesh (data × model), precision policy, put_batch,
-                              data_parallel (shard_map over `data`), compile_step (jit)
+                              data_parallel (shard_map over `data`), compile_step (jit),
+                              training_loop (host memory while the steps run)
 
 `config.backend.name` picks the kind — cpu, gpu, tpu, ipu, or auto (what JAX sees). Creating a
 backend also does what must happen before JAX touches a device: fake CPU devices
