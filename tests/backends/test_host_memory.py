@@ -50,7 +50,7 @@ PAGES = N * N * 4 // 4096  # of one product
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_a_programs_temporaries_are_paged_in_once_while_kept_and_anew_after():
+def test_temporaries_are_paged_in_once_while_kept_and_glibcs_settings_return_after():
   out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
                        check=True, timeout=300)
   faults = json.loads(out.stdout.splitlines()[-1])
