@@ -11,10 +11,11 @@
            all, with fitted exponents (log time against log n_ao) and memory: XLA's account of the
            compiled program (device_mb) and the process's peak RSS after QPT's part
            (peak_rss_mb). Against devices: the real compiled train step (tiny model, energy loss,
-           k = 0, fixed global batch) on 1, 2 and 4 fake CPU devices: step time and the cost per
-           conformer against one device. On a 2-core machine this measures the overhead of
-           sharding (shard_map, pmean, layout), not a speed-up. Every case runs in a fresh
-           process.
+           k = 0, fixed global batch, make run's config and so its default layout) on 1, 2 and
+           4 fake CPU devices: step time and the cost per conformer against one device, each
+           count the median of --rounds fresh processes, the counts alternated. On a 2-core
+           machine this measures the overhead of sharding (shard_map, collectives, layout), not
+           a speed-up. Every case runs in a fresh process.
 
   throughput  Training as md17.py runs it — thermal stream, host workers, device step — in unique
            conformers/s (a problem reused for mol_repeats steps counts once), and the host-wait

@@ -96,7 +96,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.backend.process_id = -1
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # data-axis size; -1 = all devices ÷ mesh.model (the batch is split over both)
-  c.mesh.model = 1  # FSDP: params, gradients, Adam moments sharded N ways; 1 = replicated
+  # FSDP: params, gradients, Adam moments sharded N ways; 1 = replicated; 0 = the backend's choice
+  # (replicated, but sharded over a process's devices where they share its cores: fake CPU ones).
+  c.mesh.model = 0
 
   # ---- the model ----
   c.model = ml_collections.ConfigDict()

@@ -12,8 +12,10 @@ whole conformers, and the two axes differ only in what they do to the training s
               gradients are averaged over the batch's devices
     ──▶ the optimizer update, each device on its own slice of the parameters and moments
 
-  mesh.model = 1 (default): parameters, gradients and Adam moments replicated — plain data
-    parallelism, the fastest layout while the state fits on every device.
+  mesh.model = 1: parameters, gradients and Adam moments replicated — plain data parallelism,
+    the fastest layout while the state fits on devices that each have their own cores.
+  mesh.model = 0 (default): the backend's choice, `default_model_size` — replicated, except where
+    the devices of a process share its cores (XLA:CPU's fake devices): FSDP over them there.
   mesh.model = N: FSDP (ZeRO-3). Every large weight matrix of the state (`state_spec`: ≥ 2 dims,
     ≥ SHARD_MIN_SIZE elements — all transformer-block matrices) and its Adam moments are split N
     ways along one dimension; small arrays (biases, norms, embeddings, counters) stay replicated.
@@ -67,6 +69,9 @@ class Policy:
       devices on two cores, two or more conformers each — no task ever runs and the step hangs.
       In sequence each kernel has one matrix and nothing to wait for. One device keeps the batch.
       (The model is mapped alike, unless the sums are layout-independent: `Backend.map_model`.)
+      The devices then also share the cores, so work every device repeats (the optimizer's
+      update of a replicated state) costs N times over: the default layout shards the state
+      over the process's devices instead (`default_model_size`).
     host_buffers: whether a compiled step's buffers are host memory from malloc (XLA:CPU's).
       Then the loop of steps keeps freed memory for reuse (`Backend.training_loop`).
   Matmul precision is not a policy: the energy and the model pin full float32 themselves
@@ -92,13 +97,18 @@ class Backend:
       policy: the kind's rules.
       devices: the global devices to use.
       mesh_data: size of the data axis; -1 = all devices / mesh_model.
-      mesh_model: size of the model axis (parameter sharding; 1 = replicated parameters).
+      mesh_model: size of the model axis (parameter sharding; 1 = replicated parameters; 0 = the
+        backend's choice, `default_model_size`).
       layout_independent: sum the gradient and its norm in one fixed order (`reduction`), so that
         layouts agree bit for bit, at a cost (docs/results.md §9).
     """
     self.policy = policy
     self.layout_independent = bool(layout_independent)
     n = len(devices)
+    # Chosen, not asked for: a matrix that cannot be split stays replicated instead of an error.
+    self.model_chosen = mesh_model == 0
+    if self.model_chosen:
+      mesh_model = default_model_size(policy, devices, mesh_data)
     if mesh_model < 1 or n % mesh_model:
       raise InputError(f"mesh.model={mesh_model} does not divide the {n} devices")
     data = n // mesh_model if mesh_data == -1 else mesh_data
@@ -195,7 +205,8 @@ class Backend:
     layer's slice move contiguous blocks (4 fake CPU devices, tiny-model-sized arrays: 0.014 s
     along the outer axis against 0.052 s along the last axis, whose pieces are strided).
 
-    A large matrix no dimension of which divides is a one-line InputError naming it (`name`).
+    A large matrix no dimension of which divides is a one-line InputError naming it (`name`), or
+    replicated where the backend chose the layout (`mesh.model = 0`).
     """
     n = self.model_size
     if n == 1 or len(shape) < 2 or math.prod(shape) < SHARD_MIN_SIZE:
@@ -204,6 +215,8 @@ class Backend:
     # matrices): it is scanned over and each layer's slice is gathered where it is used
     # (`gather_parameter`), so it is never the one split.
     fits = [d for d in range(1, len(shape)) if shape[d] % n == 0]
+    if not fits and self.model_chosen:
+      return P()
     if not fits:
       raise InputError(f"mesh.model={n} cannot shard parameter {name} of shape {tuple(shape)}: "
                        f"no dimension after the first divides by {n}")
@@ -448,6 +461,24 @@ class CompiledStep:
       self._compiled[key] = program.lower(state, batch, labels).compile()
       self._backend.barrier("step")
     return self._compiled[key](state, batch, labels)
+
+
+def default_model_size(policy: Policy, devices: list, mesh_data: int) -> int:
+  """The model axis of `mesh.model = 0`: 1 (replicated), or, where a process's devices share its
+  cores (`Policy.shared_thread_pool`) and `mesh.data` is left to follow (-1), the number of this
+  process's devices, so the state is sharded (FSDP) within each process and replicated across
+  processes.
+
+  Why: replicated, every device runs the optimizer's update of the whole state, and on shared
+  cores those runs queue: the tiny model's update alone takes 0.023 s on 4 fake CPU devices,
+  0.0065 s sharded over them. Water's step (make run's config) on 4 fake devices, the two layouts
+  alternated in one process: 0.084–0.085 s sharded against 0.090–0.096 s replicated; on 2 devices
+  the two are even (docs/results.md §9). Devices with their own cores (GPUs, TPUs) run the
+  repeated update side by side, and replicated saves the gathers.
+  """
+  if not policy.shared_thread_pool or mesh_data != -1:
+    return 1
+  return sum(d.process_index == jax.process_index() for d in devices)
 
 
 def _unconcat(flat: jax.Array, like: list) -> list:

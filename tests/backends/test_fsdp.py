@@ -1,4 +1,5 @@
-"""FSDP (`mesh.model`): the state's layout, its per-device bytes, and its one-line errors.
+"""FSDP (`mesh.model`): the state's layout, its per-device bytes, its one-line errors, and the
+backend's default layout.
 
 The trajectories of FSDP runs against the replicated run, and checkpoints moving between the
 layouts, are in test_data_parallel.py. Here one fresh process with 4 fake CPU devices (the device
@@ -73,6 +74,22 @@ for devices, n in ((jax.devices()[:3], 3), (jax.devices(), 3)):
   except qpt.InputError as e:
     errors.append(str(e))
 out["errors"] = errors
+
+# The backend's choice (mesh.model = 0, the config's default): over this process's devices where
+# they share its cores (the CPU policy), replicated where each device has its own or mesh.data is
+# set; chosen over 3 devices, the (…, 256, …) matrices cannot split and stay replicated.
+import dataclasses
+own_cores = dataclasses.replace(backend.policy, shared_thread_pool=False)
+out["chosen"] = [Backend(policy, devices, mesh_data=data, mesh_model=0).model_size
+                 for policy, devices, data in ((backend.policy, jax.devices(), -1),
+                                               (backend.policy, jax.devices()[:1], -1),
+                                               (backend.policy, jax.devices(), 2),
+                                               (own_cores, jax.devices(), -1))]
+three = Backend(backend.policy, jax.devices()[:3], mesh_model=0)
+out["chosen_three"] = [three.model_size,
+                       three.state_bytes_per_device(state_shapes("tiny"))
+                       == replicated.state_bytes_per_device(state_shapes("tiny"))]
+out["config_default"] = md17.get_config("water").mesh.model
 print(json.dumps(out, default=str))
 """
 
@@ -114,3 +131,10 @@ def test_impossible_layouts_are_one_line_errors(layout):
   assert "['w'] of shape (" in cannot_split and "after the first divides by 3" in cannot_split
   assert "mesh.model=3 does not divide the 4 devices" in does_not_divide
   assert "\n" not in cannot_split + does_not_divide
+
+
+def test_the_default_layout_shards_over_devices_that_share_the_cores(layout):
+  assert layout["config_default"] == 0  # mesh.model: the backend's choice
+  # 4 CPU devices → FSDP 4; 1 device, mesh.data set, or devices with their own cores → replicated.
+  assert layout["chosen"] == [4, 1, 1, 1]
+  assert layout["chosen_three"] == [3, True]  # chosen: no error, nothing it cannot split is split

@@ -102,3 +102,11 @@ def test_training_grid_optimum_is_exact_on_the_evaluation_grid_and_not_on_a_coar
   assert coarse["energy_mae_uha"] > 1.0 and coarse["eps_occ_mae_uha"] > 20.0
   assert coarse["scf_cycle_ratio_per_conformer"] > same["scf_cycle_ratio_per_conformer"]
   assert (tmp_path / "training-grid.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_device_count_rounds_keep_the_median_round_and_every_time():
+  rounds = [dict(devices=4, step_seconds=t, note=t) for t in (0.30, 0.10, 0.20)]
+  row = scaling.median_round(rounds)
+  assert row["note"] == 0.20 and row["round_step_seconds"] == [0.30, 0.10, 0.20]
+  assert scaling.median_round(rounds[1:])["note"] == 0.20  # even: the upper of the two
+  assert scaling.median_round([rounds[0], None]) is None  # a hung round hangs the count

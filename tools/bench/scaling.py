@@ -34,6 +34,8 @@ def scaling_arguments(parser: argparse.ArgumentParser):
   parser.add_argument("--basis", default="def2-svp", help="basis for the device counts")
   parser.add_argument("--batch", type=int, default=4, help="global batch (divisible by each count)")
   parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="fresh processes per device count, the counts alternated (median)")
   parser.add_argument("--timeout", type=float, default=1800,
                       help="seconds one n_ao case may take (build, compile, timings, PySCF)")
   parser.add_argument("--step-timeout", type=float, default=300,
@@ -68,9 +70,16 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
                        part="n_ao", **where))
   rows += [dict(fit, part="fit", **where) for fit in exponents(rows)]
   for molecule in comma_list(args.molecules) if counts else []:
+    # Round after round of every count: the machine's pace drifts by tens of per cent within
+    # minutes (docs/results.md §9), and alternating gives each count the same drift.
+    runs = {n: [] for n in counts}
+    for _ in range(max(1, args.rounds)):
+      for n in counts:
+        runs[n].append(child(args, ["--child", str(n), "--molecule", molecule,
+                                    "--batch", str(args.batch)],
+                             f"{molecule}, {n} devices", args.step_timeout))
     for n in counts:
-      row = child(args, ["--child", str(n), "--molecule", molecule, "--batch", str(args.batch)],
-                  f"{molecule}, {n} devices", args.step_timeout)
+      row = median_round(runs[n])
       rows.append(dict(row or dict(devices=n, molecule=molecule, basis=args.basis, hung=True),
                        part="devices", **where))
   for row in rows:  # per conformer, against one device: the cost of sharding on this machine
@@ -96,6 +105,15 @@ def child(args: argparse.Namespace, extra: list[str], what: str, timeout: float)
   seconds = row.get("qpt_seconds", row.get("step_seconds"))
   print(f"# {what}: {seconds:.3f} s", file=sys.stderr, flush=True)
   return row
+
+
+def median_round(runs: list[dict | None]) -> dict | None:
+  """The row of the round with the median step time (the upper one of an even count), with every
+  round's step time in `round_step_seconds`; None if any round hung."""
+  if not runs or any(row is None for row in runs):
+    return None
+  ordered = sorted(runs, key=lambda row: row["step_seconds"])
+  return dict(ordered[len(ordered) // 2], round_step_seconds=[row["step_seconds"] for row in runs])
 
 
 def size_case(args: argparse.Namespace) -> dict:
