@@ -472,7 +472,7 @@ def default_model_size(policy: Policy, devices: list, mesh_data: int) -> int:
   Why: replicated, every device runs the optimizer's update of the whole state, and on shared
   cores those runs queue: the tiny model's update alone takes 0.023 s on 4 fake CPU devices,
   0.0065 s sharded over them. Water's step (make run's config) on 4 fake devices, the two layouts
-  alternated in one process: 0.084–0.085 s sharded against 0.090–0.096 s replicated; on 2 devices
+  alternated in one process: 0.084–0.088 s sharded against 0.090–0.099 s replicated; on 2 devices
   the two are even (docs/results.md §9). Devices with their own cores (GPUs, TPUs) run the
   repeated update side by side, and replicated saves the gathers.
   """
