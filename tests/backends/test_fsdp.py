@@ -15,6 +15,7 @@ import pytest
 from tests.processes import ENV, ROOT
 
 LAYOUT = """
+import dataclasses
 import json
 import jax, numpy as np
 import qpt
@@ -78,7 +79,6 @@ out["errors"] = errors
 # The backend's choice (mesh.model = 0, the config's default): over this process's devices where
 # they share its cores (the CPU policy), replicated where each device has its own or mesh.data is
 # set; chosen over 3 devices, the (…, 256, …) matrices cannot split and stay replicated.
-import dataclasses
 own_cores = dataclasses.replace(backend.policy, shared_thread_pool=False)
 out["chosen"] = [Backend(policy, devices, mesh_data=data, mesh_model=0).model_size
                  for policy, devices, data in ((backend.policy, jax.devices(), -1),

@@ -110,3 +110,8 @@ def test_device_count_rounds_keep_the_median_round_and_every_time():
   assert row["note"] == 0.20 and row["round_step_seconds"] == [0.30, 0.10, 0.20]
   assert scaling.median_round(rounds[1:])["note"] == 0.20  # even: the upper of the two
   assert scaling.median_round([rounds[0], None]) is None  # a hung round hangs the count
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "scaling", "--series", "",
+       "--devices", "1", "--rounds", "0"], capture_output=True, text=True, env=ENV, timeout=300)
+  assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+  assert out.stderr.strip().endswith("--rounds 0: must be at least 1")

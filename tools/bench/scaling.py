@@ -56,6 +56,8 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
   if any(len(case) != 2 for case in series):
     raise qpt.InputError(f"--series {args.series!r}: write molecule/basis pairs")
   counts = device_counts(args.devices, args.batch) if args.devices else []
+  if args.rounds < 1:
+    raise qpt.InputError(f"--rounds {args.rounds}: must be at least 1")
   eri_modes = comma_list(args.eri)
   where = stamp()
   rows = []
@@ -73,7 +75,7 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
     # Round after round of every count: the machine's pace drifts by tens of per cent within
     # minutes (docs/results.md §9), and alternating gives each count the same drift.
     runs = {n: [] for n in counts}
-    for _ in range(max(1, args.rounds)):
+    for _ in range(args.rounds):
       for n in counts:
         runs[n].append(child(args, ["--child", str(n), "--molecule", molecule,
                                     "--batch", str(args.batch)],
