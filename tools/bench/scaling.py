@@ -77,6 +77,8 @@ def scaling_run(args: argparse.Namespace) -> list[dict]:
     runs = {n: [] for n in counts}
     for _ in range(args.rounds):
       for n in counts:
+        if None in runs[n]:  # hung once: reported as hung, not waited on again
+          continue
         runs[n].append(child(args, ["--child", str(n), "--molecule", molecule,
                                     "--batch", str(args.batch)],
                              f"{molecule}, {n} devices", args.step_timeout))
