@@ -199,7 +199,8 @@ def level(config) -> Level:
 def make_network(config) -> hk.Transformed:
   """The QPT transformer (dm-haiku) a config describes."""
   return model.make_model(model.model_config(config.model.size, remat=config.model.remat,
-                                             log_output_scale=config.model.log_output_scale))
+                                             log_output_scale=config.model.log_output_scale,
+                                             pair_rank=config.model.pair_rank))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,8 +290,9 @@ def train(config, progress: bool = True) -> dict | None:
     meta = saver.meta(resume_step)
     run_config.check_resumable(meta["config"], flat)
     stream_state = meta["stream"]
-  elif config.init_from:
-    checkpoint.locate(config.init_from, "init_from")  # fails now, not minutes of labels later
+  elif config.init_from:  # fails now, not minutes of labels later
+    manager_dir, _ = checkpoint.locate(config.init_from, "init_from")
+    run_config.check_model_matches(os.path.dirname(manager_dir), flat)
   if backend.is_primary:
     run_config.record(workdir, config, backend.describe())
 
@@ -430,11 +432,14 @@ def evaluate_checkpoint(config) -> dict:
   backends.create(config)  # the device precision of the config, as in training
   workdir = os.path.abspath(config.workdir)
   make_directory(workdir)
+  source, field = (config.init_from, "init_from") if config.init_from else (workdir, "workdir")
+  manager_dir, _ = checkpoint.locate(source, field)
+  run_config.check_model_matches(os.path.dirname(manager_dir), run_config.flatten(config.to_dict()),
+                                 field)
   network = make_network(config)
   conformer_sources = sources(config, workdir)
   example = build_problem(frame.canonical_molecule(conformer_sources.test(0)), level(config))
-  params = checkpoint.load_params(config.init_from or workdir, abstract_params(network, example),
-                                  "init_from" if config.init_from else "workdir")
+  params = checkpoint.load_params(source, abstract_params(network, example), field)
   return final_evaluation(config, network, params, conformer_sources, workdir)
 
 

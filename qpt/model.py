@@ -10,6 +10,13 @@ Design, and why:
   * Attention logits get additive per-head biases from matrices known before any SCF — S, Hcore,
     D0, H_init and the distance between the orbitals' atoms — squashed by asinh/exp so core-level
     Hcore entries (tens of Hartree) cannot saturate the softmax.
+  * With `pair_rank` r > 0 the readout also weighs each pair feature by both orbitals' tokens:
+    W_ij += Σ_k f_k(i, j) ⟨u_ik, v_jk⟩ / √r — the form of extended Hückel's H_ij ∝ S_ij (H_ii + H_jj)
+    / 2. S and H_init carry each pair's distance and orientation (a p orbital's lobe towards or
+    away from its partner), which the bilinear ⟨q_i, k_j⟩ alone has to rebuild from the atoms'
+    positions; over many molecules that is what the tiny model could not fit (QM9, r = 16:
+    unseen molecules at 0.10× MINAO's energy error after 1,000 steps against 0.31×;
+    docs/results.md §10). One molecule's conformers do not need it (water: 16.5 µHa against 10.9).
   * W starts near zero (a small learned output scale), so the untrained model predicts H ≈ H_init
     and the loss starts at the MINAO-Fock energy rather than at a random Hamiltonian's.
   * Symmetries: permutations of atoms (and so of AOs) are exact — tokens carry no position index.
@@ -65,6 +72,8 @@ class ModelConfig:
       runs need (a plain scalar of 1e-3 can cross zero, where W passes no gradient); a plain one
       fits labels faster (docs/results.md §6), so the economics benchmark's supervised route
       trains with it.
+    pair_rank: rank r of the readout's per-pair weights of the pair features (module docstring);
+      0: one weight per feature for every pair.
   """
 
   size: str = "tiny"
@@ -75,6 +84,7 @@ class ModelConfig:
   remat: bool = False
   output_scale: float = 1e-3
   log_output_scale: bool = True
+  pair_rank: int = 0
 
 
 SIZES = {  # name → fields; ~ parameter count in the comment
@@ -90,6 +100,8 @@ def model_config(size: str = "tiny", **overrides) -> ModelConfig:
   if size not in SIZES:
     raise InputError(f"model size {size!r}: choose one of {', '.join(SIZES)}")
   config = ModelConfig(size=size, **{**SIZES[size], **overrides})
+  if not (isinstance(config.pair_rank, int) and config.pair_rank >= 0):
+    raise InputError(f"pair_rank={config.pair_rank!r}: must be a whole number ≥ 0")
   if config.d_model % config.n_heads:
     raise InputError(f"d_model={config.d_model} is not divisible by n_heads={config.n_heads}")
   return config
@@ -105,8 +117,10 @@ def config_from_params(params: hk.Params, remat: bool = False) -> ModelConfig:
   fields = dict(d_model=int(d_model), n_layers=int(n_layers), n_heads=int(n_heads))
   size = next((name for name, preset in SIZES.items() if preset == fields), "custom")
   log_output_scale = "output_scale" not in params.get("~", {})
+  pair_query = params.get("readout_pair_query")
+  pair_rank = np.shape(pair_query["w"])[1] // N_PAIR_FEATURES if pair_query else 0
   return ModelConfig(size=size, mlp_ratio=int(hidden) // int(d_model), remat=remat,
-                     log_output_scale=log_output_scale, **fields)
+                     log_output_scale=log_output_scale, pair_rank=int(pair_rank), **fields)
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -245,7 +259,8 @@ def _block(config: ModelConfig, pairs: jax.Array, key_mask: jax.Array):
 
 
 def _readout(config: ModelConfig, x: jax.Array, pairs: jax.Array, mask: jax.Array) -> jax.Array:
-  """Symmetric W (n, n) Hartree from tokens x (n, d): bilinear term plus a pair-feature term."""
+  """Symmetric W (n, n) Hartree from tokens x (n, d): bilinear term plus a pair-feature term,
+  whose weights are one per feature, plus ⟨u_ik, v_jk⟩ / √r per pair with `pair_rank` r."""
   x = hk.LayerNorm(-1, create_scale=True, create_offset=True, name="readout_norm")(x)
   q = hk.Linear(config.d_model, name="readout_query")(x)
   k = hk.Linear(config.d_model, name="readout_key")(x)
@@ -262,7 +277,14 @@ def _readout(config: ModelConfig, x: jax.Array, pairs: jax.Array, mask: jax.Arra
   else:
     scale = hk.get_parameter("output_scale", (), jnp.float32,
                              init=hk.initializers.Constant(config.output_scale))
-  a = scale * (q @ k.T / math.sqrt(config.d_model) + pairs @ pair_weights)
+  pair_term = pairs @ pair_weights
+  if config.pair_rank:  # n²·features·r multiply-adds: ~1 M for 100 orbitals at r = 16
+    r, features = config.pair_rank, pairs.shape[-1]
+    u = hk.Linear(features * r, name="readout_pair_query")(x).reshape(-1, features, r)
+    v = hk.Linear(features * r, name="readout_pair_key")(x).reshape(-1, features, r)
+    per_pair = jnp.einsum("ikr,jkr->ijk", u, v)  # (n, n, features)
+    pair_term = pair_term + jnp.sum(pairs * per_pair, axis=-1) / math.sqrt(r)
+  a = scale * (q @ k.T / math.sqrt(config.d_model) + pair_term)
   w = 0.5 * (a + a.T)
   # XLA may rewrite the transpose of a product as the product of transposes, whose rounding differs;
   # reading both triangles from the same entries makes W symmetric bit for bit.

@@ -30,7 +30,8 @@ RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every",
 # Counts and their least sensible value (0 means "none" where it is allowed).
 _MINIMUM = {"train.steps": 1, "train.batch_size": 1, "log_every": 1, "checkpoint.every": 1,
             "checkpoint.keep": 1, "data.mol_repeats": 1, "eval.per_molecule": 1,
-            "eval.every": 0, "eval.n_validation": 0, "eval.n_conformers": 0}
+            "eval.every": 0, "eval.n_validation": 0, "eval.n_conformers": 0,
+            "model.pair_rank": 0}
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
@@ -114,7 +115,11 @@ def saved(workdir: str) -> ml_collections.ConfigDict:
 # ethanol and qm9.py train on a level-1 grid with density fitting), so a run saved before them
 # must not pick the new defaults up silently on resumption.
 BEFORE_IT_EXISTED = {"data.grid_level": -1, "data.eri": "", "data.mol_repeats": 1,
-                     "self_consistency_weight": 0.0, "data.ao_on_device": False}
+                     "self_consistency_weight": 0.0, "data.ao_on_device": False,
+                     "model.pair_rank": 0}
+
+# The fields that fix the shapes of a model's parameters: a fine-tuned run must match its source's.
+MODEL_ARCHITECTURE = ("model.size", "model.log_output_scale", "model.pair_rank")
 
 
 def check_resumable(saved_flat: dict, wanted_flat: dict) -> None:
@@ -137,6 +142,23 @@ def check_resumable(saved_flat: dict, wanted_flat: dict) -> None:
       continue
     raise InputError(f"workdir holds a run with {key}={saved_flat.get(key)!r}, this config has "
                      f"{wanted_flat.get(key)!r}: use another workdir (or init_from to fine-tune)")
+
+
+def check_model_matches(source_workdir: str, wanted_flat: dict, field: str = "init_from") -> None:
+  """One-line InputError naming the flags to pass if the run in `source_workdir` recorded another
+  model architecture than `wanted_flat`'s: its parameters would not fit. A directory without a
+  config.json passes; its parameters' shapes are checked where they are loaded."""
+  try:
+    source = flatten(saved(source_workdir).to_dict())
+  except InputError:
+    return
+  differ = [(key, source.get(key, BEFORE_IT_EXISTED.get(key)), wanted_flat.get(key))
+            for key in MODEL_ARCHITECTURE
+            if source.get(key, BEFORE_IT_EXISTED.get(key)) != wanted_flat.get(key)]
+  if differ:
+    flags = " ".join(f"--config.{key}={theirs!r}" for key, theirs, _ in differ)
+    ours = ", ".join(f"{key}={mine!r}" for key, _, mine in differ)
+    raise InputError(f"{field}={source_workdir} trained another model ({ours} here): pass {flags}")
 
 
 def versions() -> dict:

@@ -105,14 +105,19 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(tmp_path)
     ("missing/checkpoints/7", ["init_from=", "checkpoints/7", "no such checkpoint or workdir"]),
     ("empty", ["init_from=", "empty", "no finished checkpoint there"]),
     ("other", ["['embedding/element']['embeddings']", "(37, 128)", "(37, 256)"]),
+    # A run that recorded another architecture (qm9.py's per-pair readout): the flags to pass.
+    ("pair", ["init_from=", "model.pair_rank=0 here", "pass --config.model.pair_rank=16"]),
 ])
 def test_fine_tuning_from_a_wrong_init_from_fails_before_validation_is_labelled(tmp_path, source,
                                                                                   words):
   """Training (mode=train, as a user fine-tunes): one line, and no PySCF label computed first —
   for a molecule set the validation labels take minutes (the error used to wait for them)."""
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
-  if source == "other":
-    save_another_models_checkpoint(tmp_path / "other")
+  if source in ("other", "pair"):
+    save_another_models_checkpoint(tmp_path / source)
+  if source == "pair":
+    recorded = {"model.size": "tiny", "model.log_output_scale": True, "model.pair_rank": 16}
+    (tmp_path / source / "config.json").write_text(json.dumps({"config": recorded}))
   run = tmp_path / "run"
   result = md17(f"--config.workdir={run}", f"--config.init_from={tmp_path / source}",
                 "--config.basis=sto-3g", "--config.grid_level=0", "--config.data.workers=1",

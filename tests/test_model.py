@@ -236,3 +236,45 @@ def test_plain_output_scale_is_the_same_model_at_init_with_the_chain_rules_gradi
   np.testing.assert_allclose(
       scale_gradient(MODEL, params(), "output_log_scale"),
       CONFIG.output_scale * scale_gradient(plain, plain_params, "output_scale"), rtol=1e-4)
+
+
+# ---- the readout's per-pair weights (pair_rank) --------------------------------------------------
+
+
+def test_per_pair_readout_keeps_the_symmetries_and_learns():
+  """pair_rank > 0 adds Σ_k f_k(i, j) ⟨u_ik, v_jk⟩ / √r to W: W stays symmetric bit for bit, zero
+  on padding, permuted with the atoms; every new weight gets a gradient; the rank is read back
+  from the parameters; and W's pair term really depends on the pair (not one weight per feature)."""
+  pair_model = qm.make_model(dataclasses.replace(CONFIG, pair_rank=4))
+  p, q = problem("water"), problem("ethanol")
+  init = jax.jit(pair_model.init)(jax.random.key(0), p)
+  assert qm.config_from_params(init).pair_rank == 4
+  assert qm.config_from_params(params()).pair_rank == 0
+  assert np.shape(init["readout_pair_query"]["w"]) == (CONFIG.d_model, 4 * qm.N_PAIR_FEATURES)
+  trained_like = hk.data_structures.map(  # W O(1 Ha), as trained_like_params
+      lambda module, name, v: (jnp.full_like(v, -np.log(CONFIG.output_scale))
+                               if name == "output_log_scale" else v), init)
+  pair_apply = jax.jit(pair_model.apply)
+  w = np.asarray(pair_apply(trained_like, q, fock_of_minao(q)))
+  n = real_ao(q)
+  np.testing.assert_array_equal(w, w.T)
+  assert not w[n:].any() and np.abs(w).max() > 0.1
+  # Permuted atoms: the per-pair weights follow their orbitals.
+  mol = canonical("ethanol")
+  order = np.random.default_rng(1).permutation(mol.n_atoms)
+  shuffled = build(qpt.Molecule.from_bohr(mol.atomic_numbers[order], mol.positions[order]), shape())
+  index = ao_permutation(np.asarray(q.orbital_labels), np.asarray(shuffled.orbital_labels), order)
+  w_shuffled = np.asarray(pair_apply(trained_like, shuffled, fock_of_minao(shuffled)))
+  np.testing.assert_allclose(w_shuffled[:n, :n], w[np.ix_(index, index)], atol=1e-4)
+  # The pair term differs from the one-weight-per-feature model's with the same other weights.
+  plain = {m: v for m, v in trained_like.items() if not m.startswith("readout_pair_")}
+  assert np.abs(w - np.asarray(apply(plain, q, fock_of_minao(q)))).max() > 1e-2
+
+  def loss(parameters):
+    return qpt.dft.loss_energy_delta(p, qm.hamiltonian(pair_model, parameters, p))
+
+  grads = jax.jit(jax.grad(loss))(init)
+  for module in ("readout_pair_query", "readout_pair_key"):
+    assert np.abs(grads[module]["w"]).max() > 0 and np.all(np.isfinite(grads[module]["w"]))
+  with pytest.raises(qpt.InputError, match="pair_rank"):
+    qm.model_config("tiny", pair_rank=-1)

@@ -45,6 +45,10 @@ def get_config(size: str = "cpu"):
   # md17.py's 1e-3 is one molecule's rate; over many molecules it left the CPU default's unseen
   # molecules at 0.58–1.01× MINAO's energy error, where 3e-4 reached 0.27× (docs/results.md §10).
   c.train.learning_rate = 3e-4
+  # Per-pair weights of the pair features in the readout (qpt/model.py): over many molecules the
+  # tiny model fitted H's pair blocks poorly without them (unseen molecules after 1,000 steps:
+  # 0.10× MINAO's energy error with, 0.31× without; docs/results.md §10).
+  c.model.pair_rank = 16
   if size == "cpu":
     c.data.max_heavy_atoms = 5
     c.data.max_n_ao = 100
