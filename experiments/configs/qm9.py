@@ -14,9 +14,9 @@ equilibrium geometry and one thermal conformer against PySCF, with md17.py's met
 molecules, plus `n_molecules` and `per_molecule` in eval.json. Every field is md17.py's
 (experiments/configs/md17.py documents them); this file only sets the ones that differ.
 
-CPU-sized default (2 cores, ≤ 45 min; 31 min measured): molecules of ≤ 5 heavy atoms and ≤ 100
+CPU-sized default (2 cores, ≤ 45 min; 39 min measured): molecules of ≤ 5 heavy atoms and ≤ 100
 def2-SVP orbitals (121 of QM9 without water and ethanol), split 75/8/17 % so that ≥ 20 molecules
-are unseen; 4,000 steps on the training grid level 0 (evaluation at level 3).
+are unseen; 5,000 steps on the training grid level 0 (evaluation at level 3).
 Accelerator-sized (`:accelerator`): all of QM9 at QH9's level (B3LYP, def2-SVP, grid level 3 for
 evaluation; density-fitted ERIs, which make its host build ~6× cheaper) with QH9-stable-id's
 80/10/10 split by molecule; docs/results.md §10 estimates its cost from measured per-conformer
@@ -55,10 +55,10 @@ def get_config(size: str = "cpu"):
     c.data.split_fractions = (0.75, 0.08, 0.17)  # 91 / 10 / 20 molecules
     # Training grid level 0: its bias against level 3 (9 µHa for water, 26 for ethanol) is far
     # below the mHa errors a model of many molecules has here, and a step costs 0.30 s, not 0.45 s.
-    # The time went to steps: 4,000 on level 0 left unseen molecules at 0.15× MINAO's energy error
-    # in 30.6 min alone (2,000 on level 1: 0.23× in 24.6 min; docs/results.md §10).
+    # The time went to steps: with the per-pair readout, 5,000 on level 0 leave unseen molecules at
+    # 0.048× MINAO's energy error in 39.4 min alone (4,000: 0.053× in 31.6 min; docs/results.md §10).
     c.data.grid_level = 0
-    c.train.steps = 4000
+    c.train.steps = 5000
     c.train.batch_size = 2
     c.data.mol_repeats = 2  # a problem serves two steps: PySCF's host build sets the pace here
     # Training's problems density-fitted (evaluation stays exact): a 90-AO build at grid level 1
