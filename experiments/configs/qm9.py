@@ -55,8 +55,8 @@ def get_config(size: str = "cpu"):
     c.data.split_fractions = (0.75, 0.08, 0.17)  # 91 / 10 / 20 molecules
     # Training grid level 0: its bias against level 3 (9 µHa for water, 26 for ethanol) is far
     # below the mHa errors a model of many molecules has here, and a step costs 0.30 s, not 0.45 s.
-    # The time went to steps: with the per-pair readout, 5,000 on level 0 leave unseen molecules at
-    # 0.048× MINAO's energy error in 39.4 min alone (4,000: 0.053× in 31.6 min; docs/results.md §10).
+    # The time went to steps: with the per-pair readout, 5,000 on level 0 leave unseen molecules
+    # at 0.048× MINAO's energy error in 39.4 min alone (4,000: 0.053× in 31.6 min; results §10).
     c.data.grid_level = 0
     c.train.steps = 5000
     c.train.batch_size = 2
