@@ -12,11 +12,12 @@ Design, and why:
     Hcore entries (tens of Hartree) cannot saturate the softmax.
   * With `pair_rank` r > 0 the readout also weighs each pair feature by both orbitals' tokens:
     W_ij += Σ_k f_k(i, j) ⟨u_ik, v_jk⟩ / √r — the form of extended Hückel's
-    H_ij ∝ S_ij (H_ii + H_jj) / 2. S and H_init carry each pair's distance and orientation (a p orbital's lobe towards or
-    away from its partner), which the bilinear ⟨q_i, k_j⟩ alone has to rebuild from the atoms'
-    positions; over many molecules that is what the tiny model could not fit (QM9, r = 16:
-    unseen molecules at 0.10× MINAO's energy error after 1,000 steps against 0.31×;
-    docs/results.md §10). One molecule's conformers do not need it (water: 16.5 µHa against 10.9).
+    H_ij ∝ S_ij (H_ii + H_jj) / 2. S and H_init carry each pair's distance and orientation (a p
+    orbital's lobe towards or away from its partner), which the bilinear ⟨q_i, k_j⟩ alone has to
+    rebuild from the atoms' positions; over many molecules that is what the tiny model could not
+    fit (QM9, r = 16: unseen molecules at 0.10× MINAO's energy error after 1,000 steps against
+    0.31×; docs/results.md §10). One molecule's conformers do not need it (water: 16.5 µHa
+    against 10.9).
   * W starts near zero (a small learned output scale), so the untrained model predicts H ≈ H_init
     and the loss starts at the MINAO-Fock energy rather than at a random Hamiltonian's.
   * Symmetries: permutations of atoms (and so of AOs) are exact — tokens carry no position index.
