@@ -118,8 +118,9 @@ BEFORE_IT_EXISTED = {"data.grid_level": -1, "data.eri": "", "data.mol_repeats": 
                      "self_consistency_weight": 0.0, "data.ao_on_device": False,
                      "model.pair_rank": 0}
 
-# The fields that fix the shapes of a model's parameters: a fine-tuned run must match its source's.
-MODEL_ARCHITECTURE = ("model.size", "model.log_output_scale", "model.pair_rank")
+# The one `model.*` field that leaves the parameters' shapes alone: every other one is part of the
+# architecture, which a fine-tuned run must share with its source.
+_NOT_ARCHITECTURE = ("model.remat",)
 
 
 def check_resumable(saved_flat: dict, wanted_flat: dict) -> None:
@@ -152,8 +153,10 @@ def check_model_matches(source_workdir: str, wanted_flat: dict, field: str = "in
     source = flatten(saved(source_workdir).to_dict())
   except InputError:
     return
+  architecture = sorted(key for key in set(source) | set(wanted_flat)
+                        if key.startswith("model.") and key not in _NOT_ARCHITECTURE)
   differ = [(key, source.get(key, BEFORE_IT_EXISTED.get(key)), wanted_flat.get(key))
-            for key in MODEL_ARCHITECTURE
+            for key in architecture
             if source.get(key, BEFORE_IT_EXISTED.get(key)) != wanted_flat.get(key)]
   if differ:
     flags = " ".join(f"--config.{key}={theirs!r}" for key, theirs, _ in differ)

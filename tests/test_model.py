@@ -54,12 +54,17 @@ def params() -> hk.Params:
   return jax.jit(MODEL.init)(jax.random.key(0), problem("water"))
 
 
-@functools.cache
-def trained_like_params() -> hk.Params:
-  """Initial parameters with W's output scale raised to 1: W is O(1 Ha), so symmetry tests bite."""
+def with_unit_output_scale(parameters: hk.Params) -> hk.Params:
+  """`parameters` with W's output scale raised to 1: W is O(1 Ha), so symmetry tests bite."""
   return hk.data_structures.map(
       lambda module, name, v: (jnp.full_like(v, -np.log(CONFIG.output_scale))
-                               if name == "output_log_scale" else v), params())
+                               if name == "output_log_scale" else v), parameters)
+
+
+@functools.cache
+def trained_like_params() -> hk.Params:
+  """Initial parameters with W's output scale raised to 1 (`with_unit_output_scale`)."""
+  return with_unit_output_scale(params())
 
 
 # Compiled separately, so a new padded shape or a batch recompiles the network only.
@@ -251,9 +256,7 @@ def test_per_pair_readout_keeps_the_symmetries_and_learns():
   assert qm.config_from_params(init).pair_rank == 4
   assert qm.config_from_params(params()).pair_rank == 0
   assert np.shape(init["readout_pair_query"]["w"]) == (CONFIG.d_model, 4 * qm.N_PAIR_FEATURES)
-  trained_like = hk.data_structures.map(  # W O(1 Ha), as trained_like_params
-      lambda module, name, v: (jnp.full_like(v, -np.log(CONFIG.output_scale))
-                               if name == "output_log_scale" else v), init)
+  trained_like = with_unit_output_scale(init)
   pair_apply = jax.jit(pair_model.apply)
   w = np.asarray(pair_apply(trained_like, q, fock_of_minao(q)))
   n = real_ao(q)
