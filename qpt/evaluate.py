@@ -61,6 +61,7 @@ MEANING = {  # stored in eval.json beside the numbers: which product of the mode
     "energy_after_k_mae_uha": "E[D_k] after the loss's k unrolled steps (µHa)",
     "scf_cycle_ratio": "PySCF cycles from D(H) over cycles from MINAO, ratio of the totals",
     "scf_cycle_ratio_per_conformer": "the same, mean of per-conformer ratios (QH9's definition)",
+    "scf_cycles": "PySCF cycles from D(H), summed over the conformers (the ratios' whole units)",
     "refine_steps": "n: DIIS SCF steps on the device from D(H) before the *_refined scores",
     "eps_occ_mae_uha_refined": "after n refinement steps: occupied orbital energies (µHa)",
     "eps_all_mae_uha_refined": "after n refinement steps: all orbital energies (µHa)",
@@ -166,6 +167,8 @@ def _summary(scores: list[dict[str, float]], cycles: list | None, labels: Labels
     out["scf_cycle_ratio_per_conformer"] = float(np.mean(
         [c / max(int(ref), 1) for (c, _), ref in zip(cycles, labels.cycles)]))
     out["scf_unconverged"] = sum(not ok for _, ok in cycles)  # their cycles are capped at max_cycle
+    # The totals behind the ratio: it moves in whole cycles, which a mean alone hides.
+    out["scf_cycles"] = int(sum(c for c, _ in cycles))
   return {k + suffix: v for k, v in out.items()}
 
 
@@ -191,7 +194,7 @@ def evaluate(predict_h: Callable[[DFTProblem], jax.Array], problems: Sequence[DF
     scores): h_mae_uha, eps_occ_raw_mae_uha, h_mae_fock_uha, h_mae_after_k_uha, eps_occ_mae_uha,
     eps_all_mae_uha, psi_cos_percent, psi_subspace_percent, energy_mae_uha, energy_mae_mev,
     energy_after_k_mae_uha, gap_mae_uha, scf_cycle_ratio (ratio of totals),
-    scf_cycle_ratio_per_conformer (mean of ratios, QH9's), scf_unconverged (a count),
+    scf_cycle_ratio_per_conformer (mean of ratios, QH9's), scf_unconverged and scf_cycles (counts),
     n_conformers, refine_steps, and with refine_steps > 0 eps_occ_mae_uha_refined,
     eps_all_mae_uha_refined, energy_mae_uha_refined, refine_time_ratio; the same for the baseline
     with suffix `_minao`, where PySCF starts from the MINAO density itself: the labels'

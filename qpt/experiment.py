@@ -161,6 +161,11 @@ def labelled_sets(config, source: Callable[[int], Molecule], n: int, path: str,
   return sets
 
 
+# Counts: summed over a molecule set's molecules, where every other score is averaged.
+SUMMED = ("n_conformers", "scf_unconverged", "scf_unconverged_minao", "scf_cycles",
+          "scf_cycles_minao")
+
+
 def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dict:
   """`evaluate.evaluate` of each molecule's set. One molecule: its metrics. Several: the mean over
   molecules (each weighs the same) of every score, counts summed, plus n_molecules and
@@ -181,8 +186,7 @@ def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dic
     return next(iter(per.values()))
   first = next(iter(per.values()))
   out = {k: float(np.mean([m[k] for m in per.values()])) for k in first}
-  out.update({k: sum(m[k] for m in per.values()) for k in ("n_conformers", "scf_unconverged",
-                                                           "scf_unconverged_minao") if k in first})
+  out.update({k: sum(m[k] for m in per.values()) for k in SUMMED if k in first})
   out["refine_steps"] = first["refine_steps"]
   out.update(n_molecules=len(per), per_molecule=per)
   return out
@@ -415,7 +419,8 @@ def final_evaluation(config, network, params, conformer_sources: Sources, workdi
         f"{m['eps_occ_raw_mae_uha_minao']:10.1f} µHa\n"
         f"  SCF-cycle ratio (PySCF from D)     {m['scf_cycle_ratio']:10.2f} | "
         f"{m['scf_cycle_ratio_minao']:10.2f}  (per conformer "
-        f"{m['scf_cycle_ratio_per_conformer']:.2f})\n"
+        f"{m['scf_cycle_ratio_per_conformer']:.2f}; {m['scf_cycles']} | "
+        f"{m['scf_cycles_minao']} cycles in all)\n"
         f"{refined}"
         + (f"  at {config.eval.hot_temperature:g} K (trained at {config.data.temperature:g} K): "
            f"energy MAE {m[hot_key]['energy_mae_uha']:.1f} | "

@@ -92,6 +92,10 @@ def test_the_minao_baseline_is_the_float64_host_value_of_h_init():
   # The baseline's PySCF run is the labels' own (test_labels checks the identity).
   assert metrics["scf_cycle_ratio_minao"] == 1.0 and metrics["scf_unconverged_minao"] == 0
   assert metrics["scf_cycle_ratio_per_conformer_minao"] == 1.0
+  # The totals behind the ratios: MINAO's are the labels' own cycles.
+  assert metrics["scf_cycles_minao"] == int(np.sum(reference().cycles))
+  assert metrics["scf_cycles"] == pytest.approx(metrics["scf_cycle_ratio"]
+                                                * metrics["scf_cycles_minao"])
 
 
 def test_unrolled_steps_are_a_float64_host_loop():

@@ -196,8 +196,10 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   assert set(final["per_molecule"]) == names("test")
   for key, value in final.items():  # md17's keys: the mean over molecules
     if key not in ("per_molecule", "n_molecules", "n_conformers", "refine_steps",
-                   "scf_unconverged", "scf_unconverged_minao"):
+                   "scf_unconverged", "scf_unconverged_minao", "scf_cycles", "scf_cycles_minao"):
       assert value == pytest.approx(np.mean([m[key] for m in final["per_molecule"].values()]))
+  for key in ("scf_cycles", "scf_cycles_minao"):  # counts: summed over molecules
+    assert final[key] == sum(m[key] for m in final["per_molecule"].values())
   for name, scores in final["per_molecule"].items():  # PySCF's labels of that molecule alone
     reference = labels.load_labels(tmp_path / "qm9" / "labels" / f"{name}.npz")
     assert len(reference) == scores["n_conformers"] == 2
