@@ -56,11 +56,11 @@ def get_config(size: str = "cpu"):
     # Training grid level 0: its bias against level 3 (9 µHa for water, 26 for ethanol) is far
     # below the mHa errors a model of many molecules has here, and a step costs 0.30 s, not 0.45 s.
     # The time went to steps: with the per-pair readout, 5,000 on level 0 leave unseen molecules
-    # at 0.039× MINAO's energy error in 39.4 min alone (4,000 at 3e-4: 0.053×; results §10).
+    # at 0.039× MINAO's energy error in 39.6 min alone (4,000 at 3e-4: 0.053×; results §10).
     c.data.grid_level = 0
     c.train.steps = 5000
     # With the per-pair readout, 5e-4 beats 3e-4 here (5,000 steps: 0.039× MINAO's energy error
-    # against 0.048×; 4e-4: 0.040×). The accelerator-sized run keeps 3e-4: unmeasured at its size.
+    # against 0.048×; 4e-4: 0.041×). The accelerator-sized run keeps 3e-4: unmeasured at its size.
     c.train.learning_rate = 5e-4
     c.train.batch_size = 2
     c.data.mol_repeats = 2  # a problem serves two steps: PySCF's host build sets the pace here
