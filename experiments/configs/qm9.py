@@ -42,9 +42,6 @@ def get_config(size: str = "cpu"):
   c.data.exclude_builtins = True
   c.eval.hot_temperature = 0.0  # unseen molecules are the generalisation test here
   c.eval.per_molecule = 2  # equilibrium + one thermal conformer
-  # md17.py's 1e-3 is one molecule's rate; over many molecules it left the CPU default's unseen
-  # molecules at 0.58–1.01× MINAO's energy error, where 3e-4 reached 0.27× (docs/results.md §10).
-  c.train.learning_rate = 3e-4
   # Per-pair weights of the pair features in the readout (qpt/model.py): over many molecules the
   # tiny model fitted H's pair blocks poorly without them (unseen molecules after 1,000 steps:
   # 0.10× MINAO's energy error with, 0.31× without; docs/results.md §10).
@@ -55,12 +52,13 @@ def get_config(size: str = "cpu"):
     c.data.split_fractions = (0.75, 0.08, 0.17)  # 91 / 10 / 20 molecules
     # Training grid level 0: its bias against level 3 (9 µHa for water, 26 for ethanol) is far
     # below the mHa errors a model of many molecules has here, and a step costs 0.30 s, not 0.45 s.
-    # The time went to steps: with the per-pair readout, 5,000 on level 0 leave unseen molecules
-    # at 0.039× MINAO's energy error in 39.6 min alone (4,000 at 3e-4: 0.053×; results §10).
+    # The time went to steps: 5,000 on level 0 leave unseen molecules at 0.039× MINAO's energy
+    # error in 39.6 min alone (4,000: 0.053×; docs/results.md §10).
     c.data.grid_level = 0
     c.train.steps = 5000
-    # With the per-pair readout, 5e-4 beats 3e-4 here (5,000 steps: 0.039× MINAO's energy error
-    # against 0.048×; 4e-4: 0.041×). The accelerator-sized run keeps 3e-4: unmeasured at its size.
+    # md17.py's 1e-3 is one molecule's rate: over many molecules it left unseen ones at 0.58–1.01×
+    # MINAO's energy error, where 3e-4 reached 0.27×. With the per-pair readout 5e-4 does better
+    # still (5,000 steps: 0.039×, against 0.041× at 4e-4 and 0.048× at 3e-4; results §10).
     c.train.learning_rate = 5e-4
     c.train.batch_size = 2
     c.data.mol_repeats = 2  # a problem serves two steps: PySCF's host build sets the pace here
@@ -80,6 +78,7 @@ def get_config(size: str = "cpu"):
     c.eri = "df"
     c.data.split_fractions = (0.8, 0.1, 0.1)
     c.model.size = "medium"
+    c.train.learning_rate = 3e-4  # the lower of the rates measured on the CPU default, untried here
     c.mesh.model = 4
     c.train.steps = 200_000
     c.train.batch_size = 64
