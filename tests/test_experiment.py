@@ -181,11 +181,18 @@ def qm9_config(workdir, steps):
   return c
 
 
-def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp_path):
+def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp_path,
+                                                                             monkeypatch):
   """QM9 pre-training in small: train molecules only in the stream, test molecules each at
-  equilibrium and displaced, md17's keys averaged over molecules, zero-shot SCF starts, and
-  fine-tuning from it (parameters kept, a fresh optimizer) through the transfer benchmark."""
+  equilibrium and displaced, md17's keys averaged over molecules (the refinement timed against
+  PySCF on the first molecules only), zero-shot SCF starts, and fine-tuning from it (parameters
+  kept, a fresh optimizer) through the transfer benchmark."""
   c = qm9_config(tmp_path / "qm9", 2)
+  c.eval.refine_steps = 1
+  monkeypatch.setattr(evaluate, "PYSCF_TIMINGS", 1)  # of the 2 test molecules, the first
+  timed, scf_seconds = [], evaluate.scf_seconds
+  monkeypatch.setattr(evaluate, "scf_seconds",
+                      lambda reference, i: timed.append(i) or scf_seconds(reference, i))
   split = experiment.molecule_split(c)
   assert [len(split[k]) for k in ("train", "validation", "test")] == [4, 2, 2]
   names = lambda k: {m.name for m in split[k]}
@@ -194,10 +201,14 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   final = experiment.train(c, progress=False)
   assert final["n_molecules"] == 2 and final["n_conformers"] == 4
   assert set(final["per_molecule"]) == names("test")
-  for key, value in final.items():  # md17's keys: the mean over molecules
+  per_molecule = list(final["per_molecule"].values())
+  for key, value in final.items():  # md17's keys: the mean over molecules (that have them)
     if key not in ("per_molecule", "n_molecules", "n_conformers", "refine_steps",
                    "scf_unconverged", "scf_unconverged_minao", "scf_cycles", "scf_cycles_minao"):
-      assert value == pytest.approx(np.mean([m[key] for m in final["per_molecule"].values()]))
+      assert value == pytest.approx(np.mean([m[key] for m in per_molecule if key in m]))
+  assert len(timed) == 1  # one full PySCF SCF timed, for the first molecule only
+  assert ["refine_time_ratio" in m for m in per_molecule] == [True, False]
+  assert final["refine_time_ratio"] == per_molecule[0]["refine_time_ratio"] > 0
   for key in ("scf_cycles", "scf_cycles_minao"):  # counts: summed over molecules
     assert final[key] == sum(m[key] for m in final["per_molecule"].values())
   for name, scores in final["per_molecule"].items():  # PySCF's labels of that molecule alone
