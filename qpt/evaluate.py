@@ -67,7 +67,8 @@ MEANING = {  # stored in eval.json beside the numbers: which product of the mode
     "eps_all_mae_uha_refined": "after n refinement steps: all orbital energies (µHa)",
     "energy_mae_uha_refined": "after n refinement steps: energy (µHa)",
     "refine_time_ratio": ("device time of the n steps over PySCF's full SCF from MINAO (setup "
-                          "incl.); a molecule set: the mean over its first 3 molecules"),
+                          "incl.); a molecule set: the mean over its first "
+                          f"{PYSCF_TIMINGS} molecules"),
     "*_minao": "the same for the no-model start H_init = F[D_MINAO]",
 }
 
