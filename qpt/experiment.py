@@ -178,9 +178,7 @@ def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dic
   for each of its ~1,000 test molecules, as much as their labels."""
   per, shape = {}, None
   for j, s in enumerate(sets):
-    timings = {}
-    if len(sets) > 1 and "pyscf_timings" not in kwargs:
-      timings = dict(pyscf_timings=int(j < evaluate.PYSCF_TIMINGS))
+    timings = dict(pyscf_timings=int(j < evaluate.PYSCF_TIMINGS)) if len(sets) > 1 else {}
     problems = s.problems(shape)
     shape = problems[0].shapes
     per[s.name] = evaluate.evaluate(predict_h, problems, s.reference, config.iterations,
