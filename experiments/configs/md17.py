@@ -127,7 +127,7 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   # Optimizer steps. Water's 2,800 fit `make run`'s 10-minute budget on 2 cores with AVX-512, with
   # a margin; the held-out errors keep falling with steps (docs/results.md §1: 5,000 steps, 9:55
-  # in all, reached 1.4 µHa and an SCF-cycle ratio of 0.59).
+  # and 10:22 in all, reached 1.4 µHa and an SCF-cycle ratio of 0.59).
   c.train.steps = 2800
   c.train.batch_size = 4  # global batch: conformers per step, over all devices
   c.train.learning_rate = 1e-3  # peak, after warm-up
