@@ -116,7 +116,7 @@ def saved(workdir: str) -> ml_collections.ConfigDict:
 # must not pick the new defaults up silently on resumption.
 BEFORE_IT_EXISTED = {"data.grid_level": -1, "data.eri": "", "data.mol_repeats": 1,
                      "self_consistency_weight": 0.0, "data.ao_on_device": False,
-                     "model.pair_rank": 0}
+                     "model.pair_rank": 0, "train.hold_fraction": 0.0}
 
 # The one `model.*` field that leaves the parameters' shapes alone: every other one is part of the
 # architecture, which a fine-tuned run must share with its source.

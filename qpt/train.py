@@ -39,22 +39,25 @@ class TrainState:
 
 
 def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Global-norm clip → AdamW with linear warm-up and cosine decay to 1% of the peak. A field that
+  """Global-norm clip → AdamW with linear warm-up, the peak learning rate held until step
+  `hold_fraction` × steps, then cosine decay to 1% of the peak at the last step. A field that
   cannot train (a learning rate that is not a positive number, …) is an InputError naming it."""
   for field, ok, need in (
       ("learning_rate", train_config.learning_rate > 0 and math.isfinite(train_config.learning_rate),
        "a positive finite number"),
       ("warmup_steps", train_config.warmup_steps >= 0, "≥ 0"),
+      ("hold_fraction", 0 <= train_config.hold_fraction < 1, "≥ 0 and < 1"),
       ("weight_decay", train_config.weight_decay >= 0 and math.isfinite(train_config.weight_decay),
        "a finite number ≥ 0"),
       ("clip_norm", train_config.clip_norm > 0, "> 0 (inf: no clipping)")):
     if not ok:  # also NaN, which fails every comparison
       raise InputError(f"train.{field}={getattr(train_config, field)}: must be {need}")
-  steps = max(int(train_config.steps), int(train_config.warmup_steps) + 1)
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=train_config.learning_rate,
-      warmup_steps=train_config.warmup_steps, decay_steps=steps,
-      end_value=0.01 * train_config.learning_rate)
+  peak, warmup = train_config.learning_rate, int(train_config.warmup_steps)
+  steps = max(int(train_config.steps), warmup + 1)
+  hold = max(int(train_config.hold_fraction * steps), warmup)
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak),
+       optax.cosine_decay_schedule(peak, steps - hold, alpha=0.01)], [warmup, hold])
   tx = optax.chain(clip_by_global_norm(train_config.clip_norm),
                    optax.adamw(schedule, weight_decay=train_config.weight_decay))
   return tx, schedule

@@ -36,6 +36,7 @@ def test_a_recorded_config_reads_back_as_the_run_had_it(tmp_path):
     ("learning_rate", float("nan"), "train.learning_rate=nan: must be a positive finite number"),
     ("learning_rate", -1e-3, "train.learning_rate=-0.001: must be a positive"),
     ("warmup_steps", -2, "train.warmup_steps=-2: must be ≥ 0"),
+    ("hold_fraction", 1.0, "train.hold_fraction=1.0: must be ≥ 0 and < 1"),
     ("weight_decay", -1.0, "train.weight_decay=-1.0: must be a finite number ≥ 0"),
     ("clip_norm", 0.0, "train.clip_norm=0.0: must be > 0")])
 def test_an_optimizer_field_that_cannot_train_is_named(field, value, message):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def train_config(**overrides):
   c = ml_collections.ConfigDict(dict(steps=20, learning_rate=3e-3, warmup_steps=2,
-                                     weight_decay=0.0, clip_norm=1.0))
+                                     hold_fraction=0.0, weight_decay=0.0, clip_norm=1.0))
   c.update(overrides)
   return c
 
@@ -148,6 +148,23 @@ def test_warmup_then_decay():
   _, schedule = train.make_optimizer(train_config(steps=100, warmup_steps=10))
   assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(3e-3)
   assert float(schedule(100)) == pytest.approx(3e-5)
+
+
+def test_without_a_hold_the_schedule_is_optax_warmup_cosine_bit_for_bit():
+  """hold_fraction 0 is the schedule every run trained with before the field existed."""
+  _, schedule = train.make_optimizer(train_config(steps=300, warmup_steps=10))
+  reference = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, 300, 0.01 * 3e-3)
+  steps = np.arange(310)
+  np.testing.assert_array_equal(jax.vmap(schedule)(steps), jax.vmap(reference)(steps))
+
+
+def test_the_peak_is_held_then_decays_to_one_percent():
+  _, schedule = train.make_optimizer(train_config(steps=100, warmup_steps=10, hold_fraction=0.6))
+  lr = np.asarray(jax.vmap(schedule)(np.arange(101)))
+  assert lr[5] == pytest.approx(1.5e-3) and lr[10] == pytest.approx(3e-3)
+  assert np.all(lr[10:61] == lr[10])
+  assert np.all(np.diff(lr[60:]) < 0) and lr[100] == pytest.approx(3e-5)
+  assert lr[80] == pytest.approx(3e-5 + (3e-3 - 3e-5) * 0.5, rel=1e-5)  # cosine: half-way at 80
 
 
 def test_supervised_loss_is_the_mean_squared_error_to_the_label():
