@@ -5,13 +5,14 @@ at 500 K for water, 25 for the others; def2-SVP, B3LYP5, tiny model, float32, k 
 prints these numbers and writes them to WORKDIR/eval.json; docs/results.md has every measured run.
 
   python experiments/md17.py --config experiments/configs/md17.py:water          # = `make run`
-      ~7 min (AVX-512; ~16 min on a 2-core AMD EPYC without it): energy MAE of E[D(H_pred)]
-      ~11 µHa (MINAO baseline ~92,000), occupied ε ~260 µHa, SCF-cycle ratio ~0.71
+      ~8–9.5 min (AVX-512; about twice that without it): energy MAE of E[D(H_pred)]
+      ~1.4 µHa (MINAO baseline ~92,000), occupied ε ~120 µHa, SCF-cycle ratio ~0.59
   python experiments/md17.py --config experiments/configs/md17.py:ethanol
       ~23 min: energy MAE ~730 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
   python experiments/md17.py --config experiments/configs/md17.py:water --config.xc=pbe \
       --config.workdir=workdir/water_pbe                  # PBE, as QHNet's labels
-      ~8 min: energy MAE ~94 µHa (baseline ~110,000), SCF-cycle ratio ~0.70
+      energy MAE ~94 µHa (baseline ~110,000), SCF-cycle ratio ~0.70 with the 1,000-step default
+      of 2026-12-01 (~8 min then); not re-run with today's
   python experiments/md17.py --config experiments/configs/md17.py:water --config.mode=eval
       re-evaluates the latest checkpoint of workdir/water
   python experiments/md17.py --config experiments/configs/md17.py:uracil --config.workdir=runs/uracil
