@@ -135,9 +135,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.train.warmup_steps = 50  # linear warm-up from 0
   # The peak is held until step hold_fraction × steps, then decays (cosine) to 1% of it at the
   # last step; 0 = the decay starts after the warm-up. Water's held-out energy drops from ~100 to
-  # ~3 µHa only after ~1,500–2,500 steps at a high rate; a decay from the start reached that drop
-  # late and left 10.9 µHa, ε 262 µHa, 0.71 at 2,800 steps, where 3,500 steps held for 60 % reach
-  # 1.4 µHa, 122 µHa, 0.59 — what the decay from the start needed 5,000 steps for (results §1).
+  # ~3 µHa only at steps ~1,200–2,200 of a high rate, which a decay from the start over 2,800
+  # steps did not leave it (10.9 µHa, SCF-cycle ratio 0.71); held, 3,500 steps do what the decay
+  # from the start needed 5,000 for (results §1).
   c.train.hold_fraction = 0.6
   c.train.weight_decay = 1e-4  # AdamW
   c.train.clip_norm = 1.0  # global gradient-norm clip
