@@ -82,9 +82,12 @@ def test_gradient_with_degenerate_occupied_orbitals(iterations, mixing):
   grad32 = jax.jit(jax.grad(
       lambda h: qpt.dft.loss_energy_delta(problem32, h, iterations, mixing)))(h.astype(np.float32))
   assert np.isfinite(grad32).all()
-  # Near self-consistency (k = 3) the gradient is ~1e-3 and float32 rounding of the Fock matrices
-  # (~1e-6 Ha) leaves ~4e-6 of noise in it: compare at 1e-5.
-  np.testing.assert_allclose(grad32, grad, atol=1e-5)
+  # float32 rounding leaves a noise floor of ~3e-5 in the gradient's Frobenius norm, k = 0 and
+  # k = 3 alike (at k = 3, near self-consistency, that is 0.1–0.7 % of a gradient of norm 4e-3). Its
+  # largest single element is a heavy-tailed 2e-6 – 1.1e-5 from one CPU's kernels or one rounding
+  # of H to the next, so the norm is compared, not the largest element (docs/numerics.md §7d). A
+  # float32 degeneracy failure (1/(ε_i − ε_j) at a split of ~1e-7) would exceed it by decades.
+  assert np.linalg.norm(np.asarray(grad32) - grad) <= 1e-4, np.linalg.norm(np.asarray(grad32) - grad)
 
 
 def test_gradient_vanishes_at_the_converged_fock_matrix():
