@@ -16,9 +16,10 @@ import numpy as np
 import scipy.linalg
 from pyscf import gto
 
-from qpt import dft, frame, model as model_lib
+from qpt import dft, frame
 from qpt.build import build_problem, molecule_and_level
 from qpt.level import Level
+from qpt.model import check_supported, config_from_params, hamiltonian, make_model
 from qpt.molecule import Molecule
 from qpt.problem import DFTProblem, mo_occupations, reference_energy
 
@@ -59,7 +60,7 @@ class Prediction:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_device(model: hk.Transformed, params: hk.Params, problem: DFTProblem):
-  h = model_lib.hamiltonian(model, params, problem)
+  h = hamiltonian(model, params, problem)
   d = dft.density_matrix(problem, h)
   return h, d, dft.fock(problem, d), dft.loss_energy_delta(problem, h)
 
@@ -84,11 +85,11 @@ def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level
   """
   refine = dft.check_refine(refine)  # before the build: bad input fails at once
   if model is None:
-    model = model_lib.make_model(model_lib.config_from_params(params))
+    model = make_model(config_from_params(params))
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
   canonical, rotation, _ = frame.to_canonical(molecule)
   problem = build_problem(canonical, level)
-  model_lib.check_supported(problem)
+  check_supported(problem)
   h, d, f, delta = jax.device_get(_predict_device(model, params, problem))
   energy = reference_energy(problem) + float(delta)
   if refine:

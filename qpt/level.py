@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from qpt import xc as xc_lib
+from qpt import xc
 from qpt.errors import InputError
 
 ERI_MODES = ("dense", "df")  # exact integrals (Cholesky-factored) | density fitting (JK-fit basis)
 DTYPES = ("float32", "float64")  # device precision; float64 is for reference runs
 GRID_LEVELS = range(10)  # PySCF's grid levels 0..9
-XC_NAMES = xc_lib.NAMES  # functionals, as PySCF names them
+XC_NAMES = xc.NAMES  # functionals, as PySCF names them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Level:
     if not isinstance(self.basis, str) or not self.basis.strip():
       raise InputError(f"basis={self.basis!r}: name a basis set, e.g. def2-svp")
     object.__setattr__(self, "basis", self.basis.strip().lower())
-    object.__setattr__(self, "xc", xc_lib.functional(self.xc).name)
+    object.__setattr__(self, "xc", xc.functional(self.xc).name)
     try:
       grid_level = int(self.grid_level)
     except (TypeError, ValueError):
@@ -80,8 +80,8 @@ class Level:
       raise InputError(f"data.{e}") from None
 
   @property
-  def functional(self) -> xc_lib.Functional:
-    return xc_lib.functional(self.xc)
+  def functional(self) -> xc.Functional:
+    return xc.functional(self.xc)
 
   def with_dtype(self, dtype: str) -> Level:
     """The same theory computed in another precision."""

@@ -33,7 +33,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from qpt import xc as xc_lib
+from qpt import xc
 from qpt.errors import InputError
 from qpt.level import Level
 
@@ -115,7 +115,7 @@ class DFTProblem:
   ao_orth: jax.Array | None = None
 
   @property
-  def functional(self) -> xc_lib.Functional:
+  def functional(self) -> xc.Functional:
     return self.level.functional
 
   @property

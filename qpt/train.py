@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qpt import dft, model as model_lib
+from qpt import dft
 from qpt.errors import InputError
+from qpt.model import hamiltonian
 from qpt.problem import DFTProblem, reference_energy
 
 LOSSES = ("energy", "self_consistency", "supervised")
@@ -141,7 +142,7 @@ def make_train_step(model: hk.Transformed, tx: optax.GradientTransformation,
       # that is safe and fastest, one at a time where the gradient must be summed in a fixed
       # order (`Backend.map_model`).
       hs = backend.map_model(
-          lambda p, problem: model_lib.hamiltonian(model, p, problem, backend.gather_parameter),
+          lambda p, problem: hamiltonian(model, p, problem, backend.gather_parameter),
           params, batch)
       losses, reported = backend.map_conformers(loss_fn, batch, hs, fock_labels)
       return jnp.sum(losses), reported

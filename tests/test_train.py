@@ -11,7 +11,8 @@ import pytest
 
 import qpt
 from experiments.configs import md17
-from qpt import backends, labels, model as model_lib, train
+from qpt import backends, labels, train
+from qpt.model import hamiltonian, make_model, model_config
 from tests import pyscf_reference as ref
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -50,7 +51,7 @@ def water_fock_labels():
 
 @functools.cache
 def tiny_model():
-  return model_lib.make_model(model_lib.model_config("tiny", d_model=32, n_layers=1, n_heads=2))
+  return make_model(model_config("tiny", d_model=32, n_layers=1, n_heads=2))
 
 
 @functools.cache
@@ -71,7 +72,7 @@ def compiled_step(loss="energy", iterations=1):
 @functools.cache
 def predict():
   """Jitted (params, problem) → H of the tiny model."""
-  return jax.jit(functools.partial(model_lib.hamiltonian, tiny_model()))
+  return jax.jit(functools.partial(hamiltonian, tiny_model()))
 
 
 @functools.cache
@@ -79,7 +80,7 @@ def energy_deltas():
   """Jitted (params, batch) → (b,) E[D(H_θ)] − E_ref per conformer (compiled once, not op by op)."""
   loss = train.conformer_loss("energy", 0, 0.0)
   return jax.jit(lambda params, batch: jax.vmap(
-      lambda p: loss(p, model_lib.hamiltonian(tiny_model(), params, p), None)[1])(batch))
+      lambda p: loss(p, hamiltonian(tiny_model(), params, p), None)[1])(batch))
 
 
 def batch_energy(params) -> float:
@@ -199,7 +200,7 @@ def test_self_consistency_term_is_added_to_the_energy_and_not_reported():
   self-consistency loss (so the logged energies stay energies)."""
   model, first = tiny_model(), jax.tree.map(lambda a: a[0], water_batch())
   params = jax.jit(model.init)(jax.random.key(0), first)
-  h = model_lib.hamiltonian(model, params, first)
+  h = hamiltonian(model, params, first)
   energy, reported = train.conformer_loss("energy", 0, (), 0.0)(first, h, None)
   both, reported_both = train.conformer_loss("energy", 0, (), 3.0)(first, h, None)
   residual, _ = train.conformer_loss("self_consistency", 0, ())(first, h, None)
