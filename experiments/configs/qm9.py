@@ -69,7 +69,7 @@ def get_config(size: str = "cpu"):
     c.train.warmup_steps = 50
     c.eval.every = 200
     c.eval.n_validation = 6  # 3 validation molecules
-    c.eval.n_conformers = 40  # 20 of the 21 unseen test molecules, × eval.per_molecule
+    c.eval.n_conformers = 40  # 20 of the 21 test molecules, eval.per_molecule (2) conformers each
   elif size == "accelerator":
     c.xc = "b3lyp"  # QH9's functional (PySCF's B3LYP)
     # Density fitting: a 9-heavy-atom conformer (QM9's median) builds in 3.4–5.1 s on one thread
