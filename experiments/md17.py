@@ -30,23 +30,30 @@ def one_line(error: BaseException) -> str:
   while error.args and isinstance(error.args[0], BaseException):  # unwrap AttributeError(KeyError)
     error = error.args[0]
   text = str(error.args[0]) if error.args else type(error).__name__
-  if "Traceback" in text:  # a config file that raised: its own last line says what went wrong
+  # A config file that raised, or that could not be read: its last line says what went wrong.
+  if "Traceback" in text or isinstance(error, OSError):
     text = text.strip().splitlines()[-1]
-  text = " ".join(text.split())
+  # ml_collections puts its suggestion on a line of its own: "'stepz'\nDid you mean ...?"
+  text = "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
   return f"unknown config key {text}" if isinstance(error, KeyError) else text
 
 
 def main(argv):
   del argv
-  import qpt  # after flag parsing: a typo in a flag should not wait for JAX to load
-  from qpt import experiment
-  from qpt.errors import TrainingError
-
-  logging.set_verbosity(logging.WARNING)  # orbax and JAX narrate every save at INFO
   config = _CONFIG.value
   if config is None:
     print("error: --config is required", file=sys.stderr)
     sys.exit(2)
+  try:
+    config.get("mode")  # ml_collections defers a config file it could not read to its first use
+  except OSError as e:
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  import qpt  # after the config is known good: a typo in it should not wait for JAX to load
+  from qpt import experiment
+  from qpt.errors import TrainingError
+
+  logging.set_verbosity(logging.WARNING)  # orbax and JAX narrate every save at INFO
   try:
     experiment.run(config, progress=not flags.FLAGS.quiet)
   except qpt.InputError as e:

@@ -34,12 +34,25 @@ def assert_one_line_error(result, *words):
 
 
 @pytest.mark.parametrize("args, config, words", [
-    (["--config.trian.steps=3"], "water", ["trian"]),  # absl / ml_collections: before qpt loads
+    # absl / ml_collections: before qpt loads; the suggestion is a clause of the same line
+    (["--config.train.stepz=3"], "water", ["unknown config key 'stepz'; Did you mean \"steps\""]),
+    (["--config.trian.steps=3"], "water", ["trian"]),
     (["--config.train.steps=many"], "water", ["many"]),
     ([], "waterr", ["unknown built-in molecule", "waterr"]),  # run_config.check, as below
 ])
 def test_bad_configs(args, config, words):
   assert_one_line_error(md17(*args, config=config), *words)
+
+
+@pytest.mark.parametrize("args", [[], ["--config.train.steps=3"]])
+def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path, args):
+  # ml_collections defers a file it could not read to the config's first use (a traceback from
+  # inside the run) or to the first override (a message of several lines).
+  missing = os.path.join(tmp_path, "nowhere.py")
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
+                           f"--config={missing}:water", "--quiet", *args],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+  assert_one_line_error(result, "No such file", missing)
 
 
 def test_qm9_script_runs_its_config_as_the_readme_says(tmp_path):
