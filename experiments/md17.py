@@ -49,7 +49,7 @@ def main(argv):
   except OSError as e:
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
-  import qpt  # after the config is known good: a typo in it should not wait for JAX to load
+  import qpt  # the run's modules, once the config is known to be readable
   from qpt import experiment
   from qpt.errors import TrainingError
 
