@@ -5,12 +5,15 @@ Data path:  H ──Xᵀ·X──▶ H' ──eigh──▶ P ──▶ ΔE = E[
 Inside, everything lives in the orthonormal basis φ' = φ X prepared by `build.py` on the host
 (its AO values on the grid too, or made here from the basis, `ao_values.py`): the density is
 the projector P = U diag(occ) Uᵀ of H' = Xᵀ H X, never a float32 product X P Xᵀ. The public
-functions speak the AO basis (H, D, F as PySCF has them) and convert at the edge.
+functions speak the AO basis (H, D, F as PySCF has them) and convert at the edge. Two parts
+live in modules of their own: H' → P and its eigen-VJP (`eigen.py`), and the XC term summed
+over the grid chunk by chunk (`xc_quadrature.py`).
 
 Float32 stabilisation (docs/numerics.md has the measurements behind each choice):
   1. The device never forms a total energy. It evaluates ΔE(ΔD) for ΔD = D − D0, relative to the
-     MINAO reference density D0 whose energy E_ref = E_nuc + E[D0] (hundreds of Hartree) was computed
-     on the host in float64. ΔE is ~1 Ha, so float32's relative 6e-8 is ~0.1 µHa, not ~20 µHa.
+     MINAO reference density D0 whose energy E_ref = E_nuc + E[D0] (hundreds of Hartree) was
+     computed on the host in float64. ΔE is ~1 Ha, so float32's relative 6e-8 is ~0.1 µHa, not
+     ~20 µHa.
        ΔE = tr(ΔD·G0) + ½ tr(ΔD·J[ΔD]) − a/4 tr(ΔD·K[ΔD]) + Σ_g w_g (e(ρ) − e(ρ0))
      with G0 = Hcore + J[D0] − a/2 K[D0] from the host. The Coulomb term of the naive formula is
      where float32 lost most (−386 µHa on uracil): here it acts on the small ΔD only.
@@ -20,24 +23,25 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      e(ρ0) = 0 and E_ref leaves E_xc[D0] out. ΔE is then E_xc-sized (tens of Ha), its float32
      value rounded to ~2 µHa; its gradient is unchanged. The paths that report energies (the SCF,
      refinement) first evaluate e(ρ0) on the device and move E_xc[D0] into E_ref
-     (`with_xc_reference`).
+     (`xc_quadrature.with_xc_reference`).
   3. Reductions are two-level: per-chunk partial sums of the quadrature, then a sum of those,
      so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
   4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
      this module reports to a user is a Python float.
   5. The density's first-order errors are kept out of E: P is formed in the orthonormal basis (no
      ill-conditioned X·P·Xᵀ in float32: 59 → 8 µHa on uracil/def2-SVP), the energy of the
-     orbitals' residual norm errors, Σ_i ε_i (‖y_i‖² − occ_i), is subtracted (`_orbitals`), and
-     so is the float32 rounding of P's diagonal (`_projector`; the loss takes ΔP's diagonal from
-     the exact product instead): core P_kk ≈ 2 rounds to 2.4e-7, a few µHa of E each.
+     orbitals' residual norm errors, Σ_i ε_i (‖y_i‖² − occ_i), is subtracted
+     (`eigen.occupied_orbitals`), and so is the float32 rounding of P's diagonal
+     (`eigen.projector`; the loss takes ΔP's diagonal from the exact product instead): core
+     P_kk ≈ 2 rounds to 2.4e-7, a few µHa of E each.
 The Fock matrix is the gradient of the same ΔE, F = ∂E/∂P, so energy and Fock matrix can never
-disagree (the SCF, `fock` and `initial_fock` differentiate `_delta_energy`). The loss's last density is
+disagree (the SCF and `fock` differentiate `_delta_energy`). The loss's last density is
 idempotent, P = Y Yᵀ with Y the m occupied orbitals, and its energy is contracted with Y
 (`_delta_energy_occupied`): exchange and the XC quadrature then cost n_aux·n²·m and g·n·m rather
 than n_aux·n³ and g·n² (ethanol/def2-SVP: n = 72, m = 13). The unrolled steps keep each density
 as a short sum Σ_j c_j Y_j Y_jᵀ and write its Fock matrix out (`_fock_of_orbitals`), checked
-against ∂E/∂P in the tests. Every public function traces its
-matmuls at full float32 precision (`precision.full_float32`), whatever the device's default.
+against ∂E/∂P in the tests. Every public function traces its matmuls at full float32 precision
+(`precision.full_float32`), whatever the device's default.
 """
 
 from __future__ import annotations
@@ -45,19 +49,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qpt import ao_values
+from qpt import eigen, xc_quadrature
 from qpt.errors import InputError
 from qpt.precision import full_float32
 from qpt.problem import DFTProblem, mo_occupations, reference_energy  # noqa: F401  (public API)
-
-GAP_GUARD = 1e-4  # Hartree; broadens 1/(ε_i − ε_a) in the eigen-VJP so it stays ≤ 1/(2·GAP_GUARD)
-
 
 # ---- H → D -----------------------------------------------------------------------------------
 
@@ -70,7 +71,7 @@ def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
   of the real block, so padded orbitals sort last, are never occupied, and H's padded entries get
   zero gradient. (A fixed huge shift would cost float32 eigenvalue accuracy ∝ ‖H‖.)
   """
-  eps, u = jnp.linalg.eigh(_masked(problem, _to_orthonormal(problem, h)))
+  eps, u = jnp.linalg.eigh(eigen.masked(problem, eigen.to_orthonormal(problem, h)))
   return eps, problem.orthogonalizer @ u
 
 
@@ -78,144 +79,9 @@ def orbitals(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
 def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
   """D = Σ_i occ_i C_i C_iᵀ (n, n), AO basis, for the occupied eigenvectors of H C = S C ε."""
   x = problem.orthogonalizer
-  return x @ _projector(problem, _to_orthonormal(problem, h))[0] @ x.T
+  return x @ eigen.projector(problem, eigen.to_orthonormal(problem, h))[0] @ x.T
 
 
-def _to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
-  """H' = Xᵀ H X in the problem's dtype (a float64 H from the host is rounded here, once). Rounding
-  here only perturbs the Hamiltonian: energies change at second order."""
-  x = problem.orthogonalizer
-  if jnp.shape(h) != x.shape:  # static: checked while tracing, free in the compiled program
-    raise InputError(f"H has shape {jnp.shape(h)}; this problem's is {x.shape} (its padded n_ao)")
-  return x.T @ jnp.asarray(h, problem.dtype) @ x
-
-
-def _projector(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """P = Y Yᵀ (n, n) for an orthonormal-basis H', and the first-order energy of its float32
-  rounding: Y's norm errors (see `_orbitals`) plus Σ_k H'_kk (P_kk − (Y Yᵀ)_kk exact).
-
-  Why the diagonal: a core function's P_kk ≈ 2 is rounded to float32's 2.4e-7 when the product
-  is formed, and E moves by F_kk ≈ −20 Ha times that, ~5 µHa per core function. Uncorrected, the
-  float32 SCF energy of uracil/def2-SVP spread over −3.6 … +11.7 µHa with the iteration it
-  stopped at, though its density was exact (docs/numerics.md §4c). H' stands in for F[P]: they
-  agree to the SCF's residual, and the rounding it multiplies is ~1e-7. Off-diagonal roundings
-  are left: an element's rounding scales with |P_kl|, which is large only on the diagonal of
-  core functions. No gradient: it is a rounding correction, like the norm errors'."""
-  y, norm_energy = _orbitals(problem, h_orth)
-  p = y @ y.T
-  diagonal = jnp.diagonal(_masked(problem, h_orth))
-  return p, norm_energy + jnp.sum(diagonal * _diagonal_rounding(p, y))
-
-
-def _diagonal_rounding(p: jax.Array, y: jax.Array) -> jax.Array:
-  """P_kk − (Y Yᵀ)_kk (n,) for P = Y Yᵀ formed in float32, the exact product's diagonal summed
-  exactly (`_exact_squares`, `_sum_exactly`). Carries no gradient: a rounding correction."""
-  exact_hi, exact_lo = _sum_exactly(_exact_squares(y), axis=1)
-  return jax.lax.stop_gradient((jnp.diagonal(p) - exact_hi) - exact_lo)
-
-
-def _orbitals(problem: DFTProblem, h_orth: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Y = U_occ diag(√occ) (n, m) for an orthonormal-basis H' (P = Y Yᵀ), and the first-order
-  energy of Y's norm errors.
-
-  Why the second output: a float32 eigenvector u_i is normalised only to ~1e-7, and once rounded to
-  float32 no rescaling can do better. A norm error δn_i moves E by ε_i·δn_i to first order; for
-  core orbitals (ε ≈ −20 Ha) that was ±10–60 µHa (malondialdehyde/STO-3G). Subtracting
-  Σ_i occ_i ε_i δn_i, with δn_i = ‖u_i‖² − 1 computed without cancellation and ε_i the eigenvalue
-  of H' (equal to F's at self-consistency), removes it. It carries no gradient: it is a rounding
-  correction.
-  """
-  return _occupied_orbitals(_masked(problem, h_orth), problem.occupation)
-
-
-def _masked(problem: DFTProblem, h_orth: jax.Array) -> jax.Array:
-  mask = problem.ao_mask
-  real = (mask[:, None] * mask[None, :]) > 0
-  h_orth = jnp.where(real, 0.5 * (h_orth + h_orth.T), 0.0)  # where, not ×0: NaN in padding stays out
-  bound = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(h_orth), axis=1))) + 1.0
-  return h_orth + jnp.diag((1.0 - mask) * bound)
-
-
-@jax.custom_vjp
-def _occupied_orbitals(h_orth: jax.Array, occupation: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Y = U[:, :m] diag(√occ) for the eigenvectors U of a symmetric h_orth (ascending eigenvalues;
-  occupation (m,) of the m lowest), and Σ_i occ_i ε_i (‖u_i‖² − 1), the energy of U's norm errors
-  (see `_orbitals`)."""
-  return _orbitals_fwd(h_orth, occupation)[0]
-
-
-def _orbitals_fwd(h_orth, occupation):
-  m = occupation.shape[0]
-  eps, u = jnp.linalg.eigh(h_orth)
-  y = u[:, :m] * jnp.sqrt(occupation)
-  norm_energy = jnp.sum(eps[:m] * _norm_deviation(y, occupation))
-  return (y, norm_energy), (eps, u, occupation)
-
-
-def _norm_deviation(y: jax.Array, occupation: jax.Array) -> jax.Array:
-  """‖y_i‖² − occ_i per column of Y (n, m), without float32 cancellation.
-
-  Σ_k y_k² − occ summed directly cannot resolve below ~1e-7 of occ (the sum is ≈ occ). The
-  squares are split into float32 parts whose sum is exact and summed with their rounding errors
-  kept (`_sum_exactly`), then occ is taken off the leading part, which it nearly equals. Taken
-  of Y itself, not of the unit eigenvectors: scaling them by √occ rounds every element again."""
-  total, low = _sum_exactly(_exact_squares(y), axis=0)
-  return (total - occupation) + low
-
-
-def _exact_squares(a: jax.Array) -> jax.Array:
-  """a² as (3, …) float32 parts whose sum is exactly a²: a = hi + lo split so that hi has 12
-  significant bits (Veltkamp), then hi², 2·hi·lo and lo² are each exact in float32."""
-  c = a * 4097.0  # 2¹² + 1
-  hi = c - (c - a)
-  lo = a - hi
-  return jnp.stack([hi * hi, 2.0 * hi * lo, lo * lo])
-
-
-def _sum_exactly(parts: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-  """Σ of `parts` (3, …) over the part axis and `axis` of the rest, as float32 (hi, lo) with
-  hi + lo accurate to ~1e-7 of the largest rounding error: a pairwise tree of Knuth's TwoSum,
-  whose rounding errors are added up separately (they are ~1e-7 of the sum, so their own
-  float32 sum is exact enough)."""
-  x = jnp.moveaxis(parts, axis + 1, 1)
-  x = x.reshape((-1,) + x.shape[2:])
-  low = jnp.zeros_like(x)
-  while x.shape[0] > 1:
-    if x.shape[0] % 2:
-      x, low = (jnp.concatenate([a, jnp.zeros_like(a[:1])]) for a in (x, low))
-    a, b = x[0::2], x[1::2]
-    total = a + b
-    b_virtual = total - a
-    error = (a - (total - b_virtual)) + (b - b_virtual)
-    x, low = total, (low[0::2] + low[1::2]) + error
-  return x[0], low[0]
-
-
-@full_float32  # traced when the gradient is, outside the forward's decorator
-def _orbitals_bwd(residuals, cotangents):
-  """Daleckii–Krein: dH' = U (Γ ∘ G) Uᵀ with Γ_ij = (f_i − f_j)/(ε_i − ε_j), G = Uᵀ P̄ U.
-
-  Whatever the energy is computed from, it depends on Y only through P = Y Yᵀ, so Ȳ = 2 P̄ Y and
-  Uᵀ Ȳ holds G's occupied columns, scaled by 2√occ — all Γ needs, for Γ vanishes unless one
-  orbital is occupied and the other is not. So degenerate occupied (or virtual) orbitals never
-  divide by zero; the occupied–virtual denominator is broadened by GAP_GUARD, bounding the
-  gradient when HOMO and LUMO nearly touch. The norm-error energy gets no gradient.
-  """
-  eps, u, occupation = residuals
-  n, m = u.shape[0], occupation.shape[0]
-  occ = jnp.zeros(n, u.dtype).at[:m].set(occupation)
-  scale = jnp.where(occupation > 0, 0.5 / jnp.sqrt(jnp.where(occupation > 0, occupation, 1.0)), 0.0)
-  columns = (u.T @ cotangents[0]) * scale  # (n, m): G[:, j] for the occupied j
-  virtual_rows = jnp.zeros((n, n), u.dtype).at[:, :m].set(
-      jnp.where((occ == 0)[:, None], columns, 0.0))  # G[a, i], a virtual, i occupied
-  g = virtual_rows + virtual_rows.T
-  d_eps = eps[:, None] - eps[None, :]
-  d_occ = occ[:, None] - occ[None, :]
-  gamma = d_occ * d_eps / (d_eps**2 + GAP_GUARD**2)
-  return u @ (gamma * g) @ u.T, jnp.zeros_like(occupation)
-
-
-_occupied_orbitals.defvjp(_orbitals_fwd, _orbitals_bwd)
 
 
 # ---- D → ΔE ----------------------------------------------------------------------------------
@@ -240,12 +106,7 @@ def _delta_energy(problem: DFTProblem, p: jax.Array) -> jax.Array:
   if a:
     bd = problem.eri_orth @ dp  # (n_aux, n, n); tr(ΔP K[ΔP]) = Σ_Q tr(B_Q ΔP B_Q ΔP)
     energy -= 0.25 * a * jnp.sum(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
-
-  def density(k):
-    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    return _density_on_grid(p, ao_k), exc_ref_k, w_k
-
-  return energy + _xc_delta(problem, density)
+  return energy + xc_quadrature.energy_delta(problem, p)
 
 
 def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
@@ -255,12 +116,12 @@ def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
       tr(ΔP K[ΔP]) = Σ_Q ‖Yᵀ B_Q Y‖² − 2 tr(Yᵀ K[P0] Y) + tr(P0 K[P0]),
   with K[P0] from the host. Only for idempotent P = Y Yᵀ, i.e. the loss's last density.
 
-  ΔP's diagonal is the exact product's (`_diagonal_rounding`): P_kk ≈ 2 of a core function is
+  ΔP's diagonal is the exact product's (`eigen.diagonal_rounding`): P_kk ≈ 2 of a core function is
   rounded to 2.4e-7 in float32, a few µHa of E each (docs/numerics.md §4c), while ΔP_kk, small,
   holds the difference to ~1e-10.
   """
   p = y @ y.T
-  dp = p - problem.density_ref_orth - jnp.diag(_diagonal_rounding(p, y))
+  dp = p - problem.density_ref_orth - jnp.diag(eigen.diagonal_rounding(p, y))
   energy = _one_electron_and_coulomb(problem, dp)
   a = problem.functional.exact_exchange
   if a:
@@ -270,7 +131,7 @@ def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
     exchange = (jnp.sum(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(dp, k_ref)
                 - _trace(problem.density_ref_orth, k_ref))
     energy -= 0.25 * a * exchange
-  return energy + _xc_delta_occupied(problem, y)
+  return energy + xc_quadrature.energy_delta_occupied(problem, y)
 
 
 def _one_electron_and_coulomb(problem: DFTProblem, dp: jax.Array) -> jax.Array:
@@ -284,190 +145,6 @@ def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(jnp.sum(a * b, axis=1))
 
 
-def _density_on_grid(p: jax.Array, ao: list[jax.Array]) -> jax.Array:
-  """ρ (and ∇ρ = 2 Σ_μν ∇φ_μ P_μν φ_ν for GGA) (c, chunk) of a density P (n, n) from a chunk of
-  AO values ao: c arrays (n, chunk)."""
-  return _rho_and_gradient(ao, p @ ao[0], axis=0)  # P φ (n, chunk); P symmetric
-
-
-def _density_on_grid_occupied(y: jax.Array, ao: list[jax.Array]) -> jax.Array:
-  """ρ = Σ_i ψ_i² (and ∇ρ = 2 Σ_i ψ_i ∇ψ_i) (c, chunk) of P = Y Yᵀ from a chunk of AO values
-  ao: c arrays (n, chunk), with ψ = Yᵀ φ (m, chunk): plain 2-D matmuls, which XLA's CPU backend
-  runs many times faster than a contraction over two axes."""
-  yt = y.T
-  psi = [yt @ a for a in ao]
-  return _rho_and_gradient(psi, psi[0], axis=0)
-
-
-def _rho_and_gradient(values: list[jax.Array], partner: jax.Array, axis: int) -> jax.Array:
-  """(c, chunk): Σ over `axis` of partner·values[x], the gradient rows (x ≥ 1) doubled — ρ and
-  ∇ρ = 2 Σ ψ ∇ψ from orbitals (values ψ, ∇ψ; partner ψ), or from AO values and φ P."""
-  return jnp.stack([(1.0 if x == 0 else 2.0) * jnp.sum(v * partner, axis=axis)
-                    for x, v in enumerate(values)])
-
-
-def _xc_delta(problem: DFTProblem, density) -> jax.Array:
-  """Σ_g w_g (e(ρ_g) − e(ρ0_g)), in chunks of grid points; `density(k)` gives chunk k's ρ (and
-  ∇ρ) (c, chunk), e(ρ0) and weights (chunk,) (from `_xc_chunk` or `_xc_chunk_density`).
-
-  e(ρ0) per point is the host's float64 libxc value (`exc_ref`; 0 with `ao_on_device`, point 2
-  of the module docstring): the same number E_ref holds, so the difference is exact but for the
-  float32 rounding of e(ρ) itself (docs/numerics.md §1: XC loses ~1 µHa in float32 even as a
-  total). A scan over chunks with rematerialisation: peak
-  memory is one chunk's intermediates, forward and backward, whatever n_grid is.
-  """
-  functional = problem.functional
-
-  @jax.checkpoint
-  def chunk_energy(_, k):
-    return None, _xc_chunk_delta(functional, *density(k))
-
-  _, partial = jax.lax.scan(chunk_energy, None, _xc_chunks(problem))
-  return jnp.sum(partial)
-
-
-def _xc_chunks(problem: DFTProblem) -> jax.Array:
-  """The chunk indices 0 … g/chunk − 1, to scan the grid over (`_xc_chunk`)."""
-  return jnp.arange(problem.weights.shape[0] // problem.xc_chunk)
-
-
-def _xc_chunk(problem: DFTProblem, k: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]:
-  """Chunk k of the grid: orthonormal AO values φ' = φ X as c arrays (n, chunk) — value, then
-  gradient components —, e(ρ0) and weights (chunk,). Evaluated from the basis
-  (`ao_values.orthonormal`), or sliced from `ao_orth` where a path holds them (`_with_ao_values`):
-  each component on its own, straight into the contiguous block a matmul reads (sliced as one
-  (c, n, chunk) block, XLA copied it and then each component out of it again: ethanol k = 3,
-  ~15 % of the step in copies)."""
-  start, size = k * problem.xc_chunk, problem.xc_chunk
-  if problem.ao_orth is None:
-    ao = ao_values.orthonormal(problem, start, size)
-  else:
-    c, n, _ = problem.ao_orth.shape
-    ao = [jax.lax.dynamic_slice(problem.ao_orth, (x, 0, start), (1, n, size))[0]
-          for x in range(c)]
-  return (ao, *_exc_ref_and_weights(problem, start, size))
-
-
-def _exc_ref_and_weights(problem: DFTProblem, start: jax.Array,
-                         size: int) -> tuple[jax.Array, jax.Array]:
-  """e(ρ0) and the weights (size,) of points start … start + size."""
-  return (jax.lax.dynamic_slice_in_dim(problem.exc_ref, start, size),
-          jax.lax.dynamic_slice_in_dim(problem.weights, start, size))
-
-
-def _xc_chunk_density(problem: DFTProblem, k: jax.Array):
-  """Chunk k of the grid for orbitals Y (n, m): (Y ↦ ρ and ∇ρ (c, chunk) of P = Y Yᵀ, e(ρ0),
-  weights). Without held AO values the orbitals are ψ = (T Y)ᵀ φ_cart (m, chunk): the
-  (n, chunk) φ' is never formed, so the chunk costs g·n·m, not g·n², beyond the AO values, and
-  points stay the fastest axis (a product with the point axis contracted or leading ran 2× slower
-  on XLA:CPU)."""
-  if problem.ao_orth is not None:
-    ao, exc_ref, weights = _xc_chunk(problem, k)
-    return functools.partial(_density_on_grid_occupied, ao=ao), exc_ref, weights
-  start, size = k * problem.xc_chunk, problem.xc_chunk
-  cart = ao_values.cartesian(problem, start, size)  # c arrays (n_cart, chunk)
-
-  def density(y):
-    ty = (problem.cart_to_orth @ y).T  # (m, n_cart)
-    psi = [ty @ v for v in cart]  # (m, chunk)
-    return _rho_and_gradient(psi, psi[0], axis=0)
-
-  return (density, *_exc_ref_and_weights(problem, start, size))
-
-
-def _with_ao_values(problem: DFTProblem) -> DFTProblem:
-  """`problem` holding φ' on every grid point (`ao_orth`), for a path that walks the grid
-  several times: one evaluation (and one g·n² transform) instead of one per walk, at the memory
-  of the whole (c, g, n) array."""
-  if problem.ao_orth is not None:
-    return problem
-  return dataclasses.replace(problem, ao_orth=ao_values.orthonormal_all(problem))
-
-
-def with_xc_reference(problem: DFTProblem) -> DFTProblem:
-  """`problem` with e(ρ0) on every grid point and E_xc[D0] inside E_ref, where its host left both
-  out (a problem built with `ao_on_device`): for the paths that report energies to a user (the
-  SCF and refinement call it), once per problem. A problem whose `exc_ref` is set is returned as
-  it is.
-
-  Why: without e(ρ0) the device's ΔE carries the whole E_xc (tens of Hartree), so the float32 ΔE
-  is rounded to steps of ~4 µHa (uracil/def2-SVP: 3.8 µHa, the spacing between 32 and 64 Ha;
-  docs/numerics.md §4c). Here e(ρ0) is evaluated on the device by the same float32 code as e(ρ)
-  and summed on the host in float64, so that each point's term is a small difference again.
-  Training leaves it out: a constant moves no gradient."""
-  if np.any(np.asarray(problem.exc_ref)):
-    return problem
-  exc_ref = _xc_reference_values(problem)
-  e_xc = float(np.sum(np.asarray(problem.weights, np.float64) * np.asarray(exc_ref, np.float64)))
-  total = reference_energy(problem) + e_xc
-  hi = np.asarray(total, problem.dtype)
-  energy_ref = jnp.asarray([hi, total - np.float64(hi)], problem.dtype)
-  return dataclasses.replace(problem, exc_ref=exc_ref, energy_ref=energy_ref)
-
-
-@jax.jit
-@full_float32
-def _xc_reference_values(problem: DFTProblem) -> jax.Array:
-  """e(ρ0) (g,) Hartree/Bohr³ on every grid point, for the reference density P0."""
-  functional = problem.functional
-
-  def chunk(_, k):
-    rho = _density_on_grid(problem.density_ref_orth, _xc_chunk(problem, k)[0])
-    return None, _energy_density(functional, rho)
-
-  return jax.lax.scan(chunk, None, _xc_chunks(problem))[1].reshape(-1)
-
-
-def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array, weights: jax.Array) -> jax.Array:
-  """One chunk's Σ w (e(ρ) − e(ρ0)) from ρ (and ∇ρ) (c, chunk)."""
-  return jnp.sum(weights * (_energy_density(functional, rho) - exc_ref))
-
-
-def _energy_density(functional, rho: jax.Array) -> jax.Array:
-  """e(ρ, |∇ρ|²) (chunk,) Hartree/Bohr³ from ρ (and ∇ρ) (c, chunk)."""
-  sigma = jnp.sum(rho[1:4] ** 2, axis=0) if functional.is_gga else None
-  return functional.energy_density(rho[0], sigma)
-
-
-# (c, chunk) ∂E/∂ρ (and ∂E/∂∇ρ) of one chunk, weights included: the XC potential on the grid.
-_xc_chunk_potential = jax.grad(_xc_chunk_delta, argnums=1)
-
-
-@jax.custom_vjp
-def _xc_delta_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
-  """`_xc_delta` of P = Y Yᵀ (Y: (n, m) occupied orbitals, orthonormal basis): the loss's XC term.
-
-  Differentiated, it walks the grid once: each chunk's energy and its gradient ∂E/∂Y are taken
-  together (`_xc_delta_occupied_fwd`), and the backward pass only scales the summed gradient.
-  The generic rematerialised scan would evaluate every chunk twice (forward, then again before
-  its VJP) — the XC quadrature is the largest part of a k = 0 step. First derivatives only: the
-  Fock matrices of unrolled steps take their XC potential from `_xc_potential`, not from here.
-  """
-  def density(k):
-    density_of, exc_ref_k, w_k = _xc_chunk_density(problem, k)
-    return density_of(y), exc_ref_k, w_k
-
-  return _xc_delta(problem, density)
-
-
-@full_float32  # traced with the gradient, possibly outside the caller's decorator
-def _xc_delta_occupied_fwd(problem: DFTProblem, y: jax.Array):
-  functional = problem.functional
-
-  def chunk(gradient, k):
-    density, exc_ref_k, w_k = _xc_chunk_density(problem, k)
-    energy, vjp = jax.vjp(lambda y: _xc_chunk_delta(functional, density(y), exc_ref_k, w_k), y)
-    return gradient + vjp(jnp.ones_like(energy))[0], energy
-
-  gradient, partial = jax.lax.scan(chunk, jnp.zeros_like(y), _xc_chunks(problem))
-  return jnp.sum(partial), gradient
-
-
-def _xc_delta_occupied_bwd(gradient, cotangent):
-  return None, cotangent * gradient  # the problem is data: no cotangent
-
-
-_xc_delta_occupied.defvjp(_xc_delta_occupied_fwd, _xc_delta_occupied_bwd)
 
 
 @full_float32
@@ -488,9 +165,7 @@ def initial_fock(problem: DFTProblem) -> jax.Array:
   At D0 the host's G0 = Hcore + J[D0] − a/2 K[D0] is the whole non-XC part, so only Vxc[ρ0] is
   computed: one walk of the grid, where differentiating the energy (`fock`) walks it twice and
   evaluates the functional's VJP too — every training step pays this, once per conformer."""
-  p0 = problem.density_ref_orth
-  vxc, _ = _xc_potential_walk(problem, lambda ao_k: _density_on_grid(p0, ao_k))
-  f = problem.fock_ref_nonxc_orth + vxc
+  f = problem.fock_ref_nonxc_orth + xc_quadrature.reference_potential(problem)
   x_inv = problem.orthogonalizer_inv
   return x_inv.T @ (0.5 * (f + f.T)) @ x_inv
 
@@ -513,7 +188,8 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
   step or a sequence of k values (the paper: k = 3, mixing (0, 0.5, 0)). The last step never mixes,
   so D_k is idempotent and E[D_k] stays a variational upper bound of the SCF energy.
   """
-  problem = _with_ao_values(problem) if iterations else problem  # 2k + 1 walks of the grid
+  # 2k + 1 walks of the grid: the AO values evaluated once
+  problem = xc_quadrature.with_ao_values(problem) if iterations else problem
   y, norm_energy = _unrolled(problem, h, iterations, mixing)
   return _delta_energy_occupied(problem, y) - norm_energy
 
@@ -522,7 +198,7 @@ def loss_energy_delta(problem: DFTProblem, h: jax.Array, iterations: int = 0,
 def unrolled_density(problem: DFTProblem, h: jax.Array, iterations: int = 0,
                      mixing: float | Sequence[float] = 0.0) -> jax.Array:
   """D_k (n, n), AO basis: the density whose energy `loss_energy_delta` returns."""
-  problem = _with_ao_values(problem) if iterations else problem
+  problem = xc_quadrature.with_ao_values(problem) if iterations else problem
   x, y = problem.orthogonalizer, _unrolled(problem, h, iterations, mixing)[0]
   return x @ (y @ y.T) @ x.T
 
@@ -539,8 +215,8 @@ def loss_self_consistency(problem: DFTProblem, h: jax.Array) -> jax.Array:
   errors of ~0.5 Ha). The orthonormal basis weights every direction of the Hilbert space alike
   (the AO residual weights S's near-null directions by λ(S)²) and needs no float32 X P Xᵀ.
   """
-  h_orth = _to_orthonormal(problem, h)
-  y, _ = _orbitals(problem, h_orth)
+  h_orth = eigen.to_orthonormal(problem, h)
+  y, _ = eigen.occupied_orbitals(problem, h_orth)
   target = jax.lax.stop_gradient(_fock_of_orbitals(problem, ((1.0, y),)))
   mask = problem.ao_mask
   real = (mask[:, None] * mask[None, :]) > 0
@@ -564,12 +240,12 @@ def _unrolled(problem, h, iterations, mixing) -> tuple[jax.Array, jax.Array]:
   basis. Each intermediate density is kept as a short sum Σ_j c_j Y_j Y_jᵀ (mixing adds a term,
   a zero mixing drops the old ones), so its Fock matrix is contracted with orbitals too."""
   m = mixing_schedule(iterations, mixing)
-  y, norm_energy = _orbitals(problem, _to_orthonormal(problem, h))
+  y, norm_energy = eigen.occupied_orbitals(problem, eigen.to_orthonormal(problem, h))
   density = ()  # ((c_j, Y_j), ...): P = Σ_j c_j Y_j Y_jᵀ
   for i in range(iterations):
     mixed = tuple((m[i - 1] * c, y_j) for c, y_j in density) if i and m[i - 1] else ()
     density = ((1.0 - m[i - 1] if i else 1.0, y),) + mixed
-    y, norm_energy = _orbitals(problem, _fock_of_orbitals(problem, density))
+    y, norm_energy = eigen.occupied_orbitals(problem, _fock_of_orbitals(problem, density))
   return y, norm_energy
 
 
@@ -590,90 +266,10 @@ def _fock_of_orbitals(problem: DFTProblem, density) -> jax.Array:
       by = (b.reshape(n_aux * n, n) @ y).reshape(n_aux, n, -1).transpose(1, 0, 2).reshape(n, -1)
       exchange = exchange + c * (by @ by.T)
     f = f - 0.5 * a * exchange
-  f = f + _xc_potential(problem, density)
+  f = f + xc_quadrature.potential(problem, density)
   return 0.5 * (f + f.T)
 
 
-@jax.custom_vjp
-def _xc_potential(problem: DFTProblem, density) -> jax.Array:
-  """Vxc (n, n) = Σ_g [∂E/∂ρ φφᵀ + ∂E/∂∇ρ·(∇φ φᵀ + φ ∇φᵀ)] = Wᵀφ + φᵀW, W = ½ ∂E/∂ρ φ + ∂E/∂∇ρ·∇φ,
-  for P = Σ_j c_j Y_j Y_jᵀ given as ((c_j, Y_j), ...), in chunks of grid points (weights are
-  inside ∂E/∂ρ).
-
-  Its VJP is written out (`_xc_potential_bwd`) and keeps only ρ (and ∇ρ) of every grid point
-  (c × g numbers) from the forward pass. The generic rematerialised scan evaluated each chunk's
-  potential again and went back through each term's orbitals on the grid; an unrolled k = 3
-  loss makes three such Fock builds (ethanol/def2-SVP k = 3 E + ∇ 0.43 → 0.36 s together with
-  `_xc_chunk`'s per-component slices; docs/numerics.md §7c).
-  """
-  return _xc_potential_fwd(problem, density)[0]
-
-
-@full_float32  # traced with the gradient, possibly outside the caller's decorator
-def _xc_potential_fwd(problem: DFTProblem, density):
-  potential, rho = _xc_potential_walk(
-      problem, lambda ao_k: sum(cj * _density_on_grid_occupied(y, ao_k) for cj, y in density))
-  return potential, (problem, density, rho)
-
-
-def _xc_potential_walk(problem: DFTProblem, rho_of: Callable) -> tuple[jax.Array, jax.Array]:
-  """(Vxc (n, n), ρ (and ∇ρ) (chunks, c, chunk)) in one walk of the grid, for the density whose
-  values on a chunk `rho_of(ao_k)` gives from the chunk's AO values (c arrays (n, chunk))."""
-  n = problem.overlap.shape[0]
-
-  def chunk_potential(potential, k):
-    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    rho = rho_of(ao_k)
-    d_rho = _xc_chunk_potential(problem.functional, rho, exc_ref_k, w_k)  # (c, chunk)
-    w_mat = 0.5 * d_rho[0] * ao_k[0]  # (n, chunk)
-    for x in range(1, len(ao_k)):
-      w_mat = w_mat + d_rho[x] * ao_k[x]
-    part = _over_points(w_mat, ao_k[0])
-    return potential + part + part.T, rho
-
-  return jax.lax.scan(chunk_potential, jnp.zeros((n, n), problem.dtype), _xc_chunks(problem))
-
-
-@full_float32
-def _xc_potential_bwd(residuals, cotangent):
-  """V̄ → Ȳ_j, chunk by chunk, in three g·n² products' worth of work at most: with S = V̄ + V̄ᵀ,
-  W̄ = φ S; the cotangents of ∂E/∂ρ are v̄_0 = ½ Σ_μ W̄ φ, v̄_x = Σ_μ W̄ ∇_xφ; ρ̄ = (∂²E/∂ρ²) v̄
-  (a Hessian-vector product of the chunk's quadrature); then P̄ = Aᵀφ with
-  A = ρ̄_0 φ + 2 Σ_x ρ̄_x ∇_xφ, summed over chunks, and Ȳ_j = c_j (P̄ + P̄ᵀ) Y_j. Going through P̄
-  rather than through each Y_j's orbitals on the grid costs one g·n² product whatever the number
-  of density terms (two g·n·m products per term otherwise)."""
-  problem, density, rho = residuals
-  n = problem.overlap.shape[0]
-  s = cotangent + cotangent.T
-
-  def chunk(p_bar, inputs):
-    k, rho_k = inputs
-    ao_k, exc_ref_k, w_k = _xc_chunk(problem, k)
-    w_bar = s @ ao_k[0]  # (n, chunk); S symmetric
-    v_bar = jnp.stack([(0.5 if x == 0 else 1.0) * jnp.sum(w_bar * a, axis=0)
-                       for x, a in enumerate(ao_k)])
-    # The Hessian is symmetric, so its VJP is ρ̄. Reverse over reverse, not forward: the float32
-    # functional drops the overflowing curvature of near-zero densities with a select, which a
-    # cotangent passes cleanly and a tangent does not (inf × 0; xc.py).
-    rho_bar = jax.vjp(lambda r: _xc_chunk_potential(problem.functional, r, exc_ref_k, w_k),
-                      rho_k)[1](v_bar)[0]
-    a = rho_bar[0] * ao_k[0]
-    for x in range(1, len(ao_k)):
-      a = a + 2.0 * rho_bar[x] * ao_k[x]
-    return p_bar + _over_points(a, ao_k[0]), None
-
-  p_bar, _ = jax.lax.scan(chunk, jnp.zeros((n, n), problem.dtype), (_xc_chunks(problem), rho))
-  p_bar = p_bar + p_bar.T
-  terms = tuple((0.5 * jnp.sum((p_bar @ y) * y), cj * (p_bar @ y)) for cj, y in density)
-  return None, terms  # the problem is data: no cotangent
-
-
-_xc_potential.defvjp(_xc_potential_fwd, _xc_potential_bwd)
-
-
-def _over_points(a: jax.Array, b: jax.Array) -> jax.Array:
-  """A Bᵀ (n, n) for a, b (n, chunk): the sum over a chunk's points."""
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
 
 
 @full_float32
@@ -738,7 +334,7 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
   orbitals) count as converged. In float64 that floor is ~1e-13 Ha and the requested tolerance
   rules.
   """
-  problem = with_xc_reference(problem)
+  problem = xc_quadrature.with_xc_reference(problem)
   e_tol, c_tol = default_tolerances(problem.dtype)
   e_tol = e_tol if energy_tol is None else energy_tol
   c_tol = c_tol if commutator_tol is None else commutator_tol
@@ -767,7 +363,7 @@ def refine(problem: DFTProblem, h: jax.Array, steps: int, diis_space: int = 8) -
   extrapolation, at no extra Fock build (docs/numerics.md §11).
   """
   steps = check_refine(steps)
-  problem = with_xc_reference(problem)
+  problem = xc_quadrature.with_xc_reference(problem)
   p0, p0_rounding = _start_density(problem, h)
   zero = jnp.zeros((), problem.dtype)
   return _scf_result(problem, _scf_loop(problem, p0, p0_rounding, zero, zero,
@@ -786,8 +382,8 @@ def check_refine(steps, name: str = "refine") -> int:
 @full_float32
 def _start_density(problem: DFTProblem, h: jax.Array) -> tuple[jax.Array, jax.Array]:
   """P(H) (n, n), orthonormal basis: the occupied projector the loss's energy is taken at, and
-  the energy of its float32 rounding (`_projector`)."""
-  return _projector(problem, _to_orthonormal(problem, h))
+  the energy of its float32 rounding (`eigen.projector`)."""
+  return eigen.projector(problem, eigen.to_orthonormal(problem, h))
 
 
 def _scf_result(problem: DFTProblem, out) -> SCFResult:
@@ -808,7 +404,7 @@ def _scf_result(problem: DFTProblem, out) -> SCFResult:
 def _scf_loop(problem, p0, p0_rounding, e_tol, c_tol, max_iterations, diis_space,
               extrapolate_last=False):
   """The SCF in the orthonormal basis: (ΔE, F', P, ε, U, iterations, converged), from P0 whose
-  float32 rounding has the energy p0_rounding (`_projector`; 0 for the MINAO density).
+  float32 rounding has the energy p0_rounding (`eigen.projector`; 0 for the MINAO density).
 
   extrapolate_last: F' (and ε, U) is the DIIS extrapolation of every Fock matrix built, the last
   one included, instead of the last one alone: the history's estimate of the self-consistent F,
@@ -817,7 +413,7 @@ def _scf_loop(problem, p0, p0_rounding, e_tol, c_tol, max_iterations, diis_space
   """
   n = p0.shape[0]
   x_inv = problem.orthogonalizer_inv
-  problem = _with_ao_values(problem)  # every iteration walks the grid twice
+  problem = xc_quadrature.with_ao_values(problem)  # every iteration walks the grid twice
 
   def commutator(f, p):
     fp = f @ p
@@ -833,7 +429,7 @@ def _scf_loop(problem, p0, p0_rounding, e_tol, c_tol, max_iterations, diis_space
   def step(state):
     p, e, f, f_hist, err_hist, it, _ = state
     f_extrapolated, f_hist, err_hist = extrapolate(f, p, f_hist, err_hist, it)
-    p_new, norm_energy = _projector(problem, f_extrapolated)
+    p_new, norm_energy = eigen.projector(problem, f_extrapolated)
     e_new, f_new = _energy_and_fock(problem, p_new)
     e_new = e_new - norm_energy
     e_converged = jnp.abs(e_new - e) < e_tol
@@ -852,7 +448,7 @@ def _scf_loop(problem, p0, p0_rounding, e_tol, c_tol, max_iterations, diis_space
   p, e, f, f_hist, err_hist, iterations, converged = jax.lax.while_loop(not_done, step, state)
   if extrapolate_last:
     f = extrapolate(f, p, f_hist, err_hist, iterations)[0]
-  eps, u = jnp.linalg.eigh(_masked(problem, f))
+  eps, u = jnp.linalg.eigh(eigen.masked(problem, f))
   return e, f, p, eps, u, iterations, converged
 
 

@@ -22,8 +22,8 @@ share one compiled program. Padding is inert by construction (`LAYOUT` says how 
   * padded auxiliary functions have a zero ERI factor;
   * padded occupied orbitals have occupation 0 (the energy reads only the `n_occ` lowest orbitals,
     so its cost follows the electrons, not the basis).
-`dft.py` masks padded rows/columns of every Hamiltonian and pins their eigenvalues far above the
-real spectrum, so padded orbitals are never occupied and get zero gradient.
+`eigen.masked` masks padded rows/columns of every Hamiltonian and pins their eigenvalues far
+above the real spectrum, so padded orbitals are never occupied and get zero gradient.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class DFTProblem:
     orders them; points the fastest axis, as the device's products read them), formed by the
     host in float64; None in a problem built with `ao_on_device`, whose device
     evaluates them chunk by chunk from the basis above (`qpt.ao_values`), or holds them for a
-    step that walks the grid several times (`dft._with_ao_values`).
+    step that walks the grid several times (`xc_quadrature.with_ao_values`).
   """
 
   overlap: jax.Array

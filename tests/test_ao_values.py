@@ -9,7 +9,7 @@ import pytest
 from pyscf import dft as pyscf_dft
 
 import qpt
-from qpt import ao_values, integrals, labels
+from qpt import ao_values, integrals, labels, xc_quadrature
 from tests import pyscf_reference as ref
 
 
@@ -86,7 +86,8 @@ def test_float32_scf_with_ao_on_device_matches_pyscf():
   wherever the SCF stops: forced to 12, 16, 20 and 24 iterations, at float32's floor of the
   commutator, the energies agree within 1.5 µHa (measured −4.0 … −4.6 µHa against PySCF). They
   spread over −3.6 … +11.7 µHa before the float32 rounding of P's core diagonal was subtracted
-  and E_xc[D0] moved into E_ref (`dft._projector`, `dft.with_xc_reference`; numerics §4c).
+  and E_xc[D0] moved into E_ref (`eigen.projector`, `xc_quadrature.with_xc_reference`;
+  numerics §4c).
 
   The density itself: made idempotent in float64 (McWeeny), PySCF's own energy of it is PySCF's
   SCF energy within 0.1 µHa (measured < 0.01)."""
@@ -110,16 +111,16 @@ def test_float32_scf_with_ao_on_device_matches_pyscf():
 
 
 def test_xc_reference_on_the_device_is_the_hosts():
-  """`dft.with_xc_reference` of a float64 problem built with `ao_on_device`: e(ρ0) on every point
-  and E_ref as the host computes them from its own AO values with libxc (to 1e-10); a problem
-  that has them is returned unchanged."""
+  """`xc_quadrature.with_xc_reference` of a float64 problem built with `ao_on_device`: e(ρ0) on
+  every point and E_ref as the host computes them from its own AO values with libxc (to 1e-10); a
+  problem that has them is returned unchanged."""
   water = qpt.molecules.get("water")
   kwargs = dict(basis="def2-svp", xc="b3lyp5", grid_level=1, dtype="float64")
   host = qpt.build_problem(water, **kwargs)
-  device = qpt.dft.with_xc_reference(qpt.build_problem(water, ao_on_device=True, **kwargs))
+  device = xc_quadrature.with_xc_reference(qpt.build_problem(water, ao_on_device=True, **kwargs))
   np.testing.assert_allclose(device.exc_ref, host.exc_ref, rtol=0, atol=1e-10)
   assert abs(qpt.dft.reference_energy(device) - qpt.dft.reference_energy(host)) < 1e-10
-  assert qpt.dft.with_xc_reference(device) is device
+  assert xc_quadrature.with_xc_reference(device) is device
 
 
 def test_ao_on_device_must_be_a_bool():

@@ -51,27 +51,10 @@ def test_float32_scf_within_50_microhartree(molecule, basis, xc, eri):
   assert abs(result.homo - homo) < 50e-6 and abs(result.lumo - lumo) < 50e-6
 
 
-def test_float32_squares_are_summed_exactly():
-  """The sums behind the float32 rounding corrections (`dft._norm_deviation`, `dft._projector`)
-  against float64: row sums of squares to 1e-13 (a plain float32 sum is off by ~5e-7), and
-  ‖y_i‖² − 2 of columns whose norm² is ≈ 2, with one dominant element as a core orbital has, to
-  the float32 rounding of the small result itself (a plain sum could not resolve below 2.4e-7,
-  float32's spacing at 2)."""
-  rng = np.random.default_rng(1)
-  y = rng.normal(size=(200, 30)) * 0.01
-  y[rng.permutation(200)[:30], np.arange(30)] = np.sqrt(2.0 - np.sum(y**2, axis=0) + 1e-6)
-  y = y.astype(np.float32)
-  exact = (y.astype(np.float64) ** 2)
-  hi, lo = jax.jit(lambda y: qpt.dft._sum_exactly(qpt.dft._exact_squares(y), axis=1))(y)
-  np.testing.assert_allclose(np.float64(hi) + np.float64(lo), exact.sum(1), rtol=0, atol=1e-13)
-  deviation = jax.jit(qpt.dft._norm_deviation)(y, np.full(30, 2.0, np.float32))
-  np.testing.assert_allclose(np.float64(deviation), exact.sum(0) - 2.0, rtol=1.2e-7, atol=1e-13)
-
-
 def test_float32_loss_energy_is_steady_under_small_changes_of_h():
   """The float32 loss energy E[D(H)] against float64's, at 8 Hamiltonians within 1e-4 Ha of
   water/def2-SVP's converged Fock matrix: the differences span under 1.5 µHa (measured 0.6;
-  6.3 before ΔP's diagonal was taken from the exact product, `dft._diagonal_rounding`)."""
+  6.3 before ΔP's diagonal was taken from the exact product, `eigen.diagonal_rounding`)."""
   kwargs = dict(basis="def2-svp", xc="b3lyp5", eri="df", grid_level=1)
   water = qpt.molecules.get("water")
   p32, p64 = (qpt.build_problem(water, dtype=d, **kwargs) for d in ("float32", "float64"))

@@ -188,12 +188,12 @@ def test_float32_loss_and_gradient_track_float64():
 def test_occupied_orbital_energy_is_the_general_energy(xc):
   """The loss's energy through Y (P = Y Yᵀ) is the general E[P], value and gradient, off the
   SCF solution too (float64, water/def2-SVP, n_occ padded beyond the electrons)."""
-  from qpt import dft
+  from qpt import dft, eigen
   problem = ref.problem("water", "def2-svp", xc, grid_level=1)
   h = np.asarray(dft.fock(problem, problem.density_ref)) + 0.05 * random_symmetric(problem, 3)
 
   def general(h):  # the pre-occupied-orbital path: E[P(H)] minus the same norm correction
-    p, norm_energy = dft._projector(problem, dft._to_orthonormal(problem, h))
+    p, norm_energy = eigen.projector(problem, eigen.to_orthonormal(problem, h))
     return dft._delta_energy(problem, p) - norm_energy
 
   e_general, g_general = jax.jit(jax.value_and_grad(general))(h)  # jitted: eager ops compile
@@ -208,11 +208,11 @@ def test_occupied_orbital_energy_is_the_general_energy(xc):
 def test_fock_of_orbitals_is_the_energys_gradient(xc):
   """The unrolled loss's written-out Fock matrix of a mixed Σ c_j Y_j Y_jᵀ is ∂E/∂P (float64), and
   its hand-written VJP (the XC potential's) is that of autodiff's second derivatives of E."""
-  from qpt import dft
+  from qpt import dft, eigen
   problem = ref.problem("water", "def2-svp", xc, grid_level=1)
-  h0 = dft._to_orthonormal(problem, dft.fock(problem, problem.density_ref))
-  y0 = dft._orbitals(problem, h0)[0]
-  y1 = dft._orbitals(problem, h0 + 0.1 * random_symmetric(problem, 4))[0]
+  h0 = eigen.to_orthonormal(problem, dft.fock(problem, problem.density_ref))
+  y0 = eigen.occupied_orbitals(problem, h0)[0]
+  y1 = eigen.occupied_orbitals(problem, h0 + 0.1 * random_symmetric(problem, 4))[0]
   density = ((0.3, y0), (0.7, y1))
   p = 0.3 * y0 @ y0.T + 0.7 * y1 @ y1.T
   expected = np.asarray(jax.jit(dft._energy_and_fock)(problem, p)[1])
