@@ -22,13 +22,28 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # absl and ml_collections wrap config errors in each other variously
-    print(f"error: {one_line(e)}", file=sys.stderr)
+    print(f"error: {one_line(e, config_file(argv))}", file=sys.stderr)
     sys.exit(2)
 
 
-def one_line(error: BaseException) -> str:
+def config_file(argv) -> str:
+  """The file `--config` names in argv ("" if none), without its ":argument"."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.partition("=")[2].partition(":")[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].partition(":")[0]
+  return ""
+
+
+def one_line(error: BaseException, path: str = "") -> str:
+  """The line to print for an error of flag parsing; `path` is the config file."""
   while error.args and isinstance(error.args[0], BaseException):  # unwrap AttributeError(KeyError)
     error = error.args[0]
+  if isinstance(error, SyntaxError):  # its message alone does not say where
+    return f"{error.filename}, line {error.lineno}: {error.msg}"
+  if isinstance(error, AttributeError) and "attribute 'get_config'" in str(error):  # a temp module
+    return f"{path}: a config file must define get_config()"
   text = str(error.args[0]) if error.args else type(error).__name__
   # A config file that raised, or that could not be read: its last line says what went wrong.
   if "Traceback" in text or isinstance(error, OSError):

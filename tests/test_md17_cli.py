@@ -55,6 +55,21 @@ def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path, args):
   assert_one_line_error(result, "No such file", missing)
 
 
+@pytest.mark.parametrize("text, words", [
+    ("import ml_collections\n\ndef config():\n  return ml_collections.ConfigDict()\n",
+     ["must define get_config()"]),
+    ("def get_config(:\n  pass\n", ["line 1", "invalid syntax"]),
+])
+def test_a_config_file_that_is_not_a_config_is_one_line_naming_it(tmp_path, text, words):
+  path = os.path.join(tmp_path, "mine.py")
+  with open(path, "w") as f:
+    f.write(text)
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
+                           f"--config={path}", "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+  assert_one_line_error(result, path, *words)
+
+
 def test_qm9_script_runs_its_config_as_the_readme_says(tmp_path):
   # `python experiments/qm9.py --config experiments/configs/qm9.py`: the script's own folder is on
   # the import path, the repository root is not, so the config must reach md17.py's without it.
