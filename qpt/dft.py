@@ -60,6 +60,7 @@ from qpt.errors import InputError
 from qpt.precision import full_float32
 from qpt.problem import DFTProblem, mo_occupations, reference_energy  # noqa: F401  (public API)
 
+
 # ---- H → D -----------------------------------------------------------------------------------
 
 
@@ -80,8 +81,6 @@ def density_matrix(problem: DFTProblem, h: jax.Array) -> jax.Array:
   """D = Σ_i occ_i C_i C_iᵀ (n, n), AO basis, for the occupied eigenvectors of H C = S C ε."""
   x = problem.orthogonalizer
   return x @ eigen.projector(problem, eigen.to_orthonormal(problem, h))[0] @ x.T
-
-
 
 
 # ---- D → ΔE ----------------------------------------------------------------------------------
@@ -143,8 +142,6 @@ def _one_electron_and_coulomb(problem: DFTProblem, dp: jax.Array) -> jax.Array:
 def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
   """tr(A B) for symmetric A, B, summed row by row (two-level, for float32)."""
   return jnp.sum(jnp.sum(a * b, axis=1))
-
-
 
 
 @full_float32
@@ -268,8 +265,6 @@ def _fock_of_orbitals(problem: DFTProblem, density) -> jax.Array:
     f = f - 0.5 * a * exchange
   f = f + xc_quadrature.potential(problem, density)
   return 0.5 * (f + f.T)
-
-
 
 
 @full_float32
