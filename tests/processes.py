@@ -13,10 +13,12 @@ ENV = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
 
-def md17_command(*args, config="water"):
-  """experiments/md17.py with --quiet and `args`, as a subprocess argument list."""
-  return [sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
-          f"--config={os.path.join(ROOT, 'experiments', 'configs', 'md17.py')}:{config}",
+def md17_command(*args, config="water", config_file=None):
+  """experiments/md17.py with --quiet and `args`, as a subprocess argument list: `config_file`
+  (experiments/configs/md17.py if None) with the argument `config` (none if None)."""
+  config_file = config_file or os.path.join(ROOT, "experiments", "configs", "md17.py")
+  spec = config_file if config is None else f"{config_file}:{config}"
+  return [sys.executable, os.path.join(ROOT, "experiments", "md17.py"), f"--config={spec}",
           "--quiet", *args]
 
 

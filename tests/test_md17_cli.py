@@ -15,9 +15,9 @@ import qpt
 from qpt import checkpoint, experiment, frame
 from tests.processes import ENV, ROOT, md17_command
 
-def md17(*args, config="water", env=ENV):
-  return subprocess.run(md17_command(*args, config=config), capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=300)
+def md17(*args, config="water", config_file=None, env=ENV):
+  return subprocess.run(md17_command(*args, config=config, config_file=config_file),
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
 def records(workdir):
@@ -49,10 +49,7 @@ def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path, args):
   # ml_collections defers a file it could not read to the config's first use (a traceback from
   # inside the run) or to the first override (a message of several lines).
   missing = os.path.join(tmp_path, "nowhere.py")
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
-                           f"--config={missing}:water", "--quiet", *args],
-                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
-  assert_one_line_error(result, "No such file", missing)
+  assert_one_line_error(md17(*args, config_file=missing), "No such file", missing)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -64,10 +61,7 @@ def test_a_config_file_that_is_not_a_config_is_one_line_naming_it(tmp_path, text
   path = os.path.join(tmp_path, "mine.py")
   with open(path, "w") as f:
     f.write(text)
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "md17.py"),
-                           f"--config={path}", "--quiet"],
-                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
-  assert_one_line_error(result, path, *words)
+  assert_one_line_error(md17(config=None, config_file=path), path, *words)
 
 
 def test_qm9_script_runs_its_config_as_the_readme_says(tmp_path):
