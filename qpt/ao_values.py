@@ -2,8 +2,8 @@
 
 A problem built with `ao_on_device` ships the grid's points and the basis as a few small arrays,
 not the AO values themselves: those are g × n_ao × 4 numbers (ethanol/def2-SVP at grid level 3:
-115 of a 137 MB problem), which the host took ~0.3 s per conformer to compute, transform and
-contract into ρ0, and the device held all at once. Here they are made a chunk of points at a
+115 of a 137 MB problem), which the host computed, transformed and contracted into ρ0 for every
+conformer, and the device held all at once. Here they are made a chunk of points at a
 time, where the XC quadrature needs them (docs/numerics.md §1–2 has the float32 accuracy;
 docs/results.md §2 the cost).
 
@@ -83,7 +83,7 @@ def cartesian(problem, start: jax.Array, size: int) -> list[jax.Array]:
 def orthonormal(problem, start: jax.Array, size: int) -> list[jax.Array]:
   """φ' = φ X and its gradients at points start … start + size: c arrays (n, size), points the
   fastest axis as in `cartesian` (Tᵀ φ_cart; the (size, n) product φ_cartᵀ T, a transposed
-  output, took ~3× as long on XLA:CPU: docs/results.md §2)."""
+  output, is several times slower on XLA:CPU: docs/results.md §13)."""
   transform = problem.cart_to_orth  # (n_cart, n)
   return [jax.lax.dot_general(transform, v, (((0,), (0,)), ((), ())))
           for v in cartesian(problem, start, size)]
@@ -95,8 +95,8 @@ def orthonormal_all(problem) -> jax.Array:
   walk the grid several times (unrolled steps, the SCF), one evaluation instead of one per walk.
 
   Each chunk is written in place into the (c, n, g) result: a scan's stacked (chunks, c, n, chunk)
-  output needed a transposing copy of the whole array afterwards (ethanol/def2-SVP, level 3:
-  0.19 → 0.15 s with the old (c, g, n) layout, 0.095 s now; docs/results.md §2)."""
+  output needed a transposing copy of the whole array afterwards, which cost more than the
+  evaluation itself (docs/results.md §13)."""
   chunk, n = problem.xc_chunk, problem.cart_to_orth.shape[1]
   n_grid = problem.weights.shape[0]
   c = len(jax.eval_shape(lambda: orthonormal(problem, 0, chunk)))  # components, as made

@@ -1,11 +1,11 @@
 """PySCF's basis files, parsed once per process.
 
 PySCF reads and regex-splits a basis file every time it needs one element's basis: every Mole
-build (def2-SVP), every MINAO guess (the ANO file, which holds the whole periodic table: ~5 ms per
-element) and every density-fitting basis. QPT builds thousands of conformers of a few elements, so
+build (def2-SVP), every MINAO guess (the ANO file, which holds the whole periodic table) and
+every density-fitting basis. QPT builds thousands of conformers of a few elements, so
 `parse_once` memoises `pyscf.gto.basis.load` by its arguments. Every caller gets its own deep copy,
-since PySCF's basis lists are mutable. Measured (one thread, fastest of 10 alternating builds):
-water/def2-SVP at grid level 1, training's problem, 0.042 → 0.031 s.
+since PySCF's basis lists are mutable. Training's small problems gain most (docs/results.md
+§13).
 
 A basis given as a file path is read once per process too: edit the file, restart the process.
 """

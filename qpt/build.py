@@ -207,8 +207,7 @@ def _low_part(a: np.ndarray, dtype) -> np.ndarray:
 
 def _times_upper(a: np.ndarray, x: np.ndarray) -> np.ndarray:
   """a @ x (m, n) for an upper triangular x (n, n), float64: BLAS's triangular product does half
-  a matmul's multiplications (X = L⁻ᵀ is triangular). Uracil/def2-SVP, one thread: φ X 0.55 →
-  0.38 s (docs/results.md §3)."""
+  a matmul's multiplications (X = L⁻ᵀ is triangular; docs/results.md §13)."""
   if a.flags.c_contiguous:  # a C-ordered a is the Fortran matrix aᵀ: (a X)ᵀ = Xᵀ aᵀ, Xᵀ lower
     return scipy.linalg.blas.dtrmm(1.0, x.T, a.T, side=0, lower=1).T
   return scipy.linalg.blas.dtrmm(1.0, x, a, side=1, lower=0)  # Fortran-ordered (PySCF's AOs)
@@ -219,8 +218,7 @@ def _write_orthonormal_factor(b: np.ndarray, x: np.ndarray, out: np.ndarray) -> 
 
   One BLAS call gives every Xᵀ B_P at once, then one call per P multiplies by X and the result is
   cast into `out` as it is written: no transposed copy of the whole float64 factor, which took
-  longer than both products (naphthalene/def2-TZVP, 896 × 358², one thread: 5.5 → 2.6–3.6 s,
-  docs/results.md §2). Per P, (n, n) operands stay in cache.
+  longer than both products (docs/results.md §13). Per P, (n, n) operands stay in cache.
   """
   n_aux, n, _ = b.shape
   # A C-ordered (n_aux·n, n) array is the Fortran (n, n_aux·n) matrix [B_1, …, B_P] (each B_P
@@ -235,7 +233,7 @@ def _padding(name: str, real_shape: tuple[int, ...], shape: Shape, dtype) -> np.
   """The padded array of field `name` for real data of `real_shape`, holding only its padding."""
   axes, fill = LAYOUT[name]
   target = tuple(n if axis is None else shape[axis] for n, axis in zip(real_shape, axes))
-  # zeros: fresh zero pages from the OS, where full(0) writes every byte (the AO values: ~0.05 s)
+  # zeros: fresh zero pages from the OS, where full(0) writes every byte (of the AO values too)
   new = (np.zeros(target, dtype) if fill in (0, "identity") else np.full(target, fill, dtype))
   if fill == "identity":  # padded AOs: orthonormal, decoupled functions
     idx = np.arange(real_shape[-1], target[-1])

@@ -20,8 +20,8 @@ building (n_workers=0) yields the workers' bits.
 
 Host cost is hidden two ways: `prefetch` batches are built ahead while the device trains, and with
 `mol_repeats` = r each batch is yielded for r consecutive steps (the paper's trick; its conformers
-count once). Build cost per conformer on one worker thread, b3lyp5, grid level 3, dense ERI
-(2-core machine, quiet): ethanol/def2-SVP 0.9 s, ~1 s with the other core busy training.
+count once). What a conformer costs to build, per worker thread, is measured in
+docs/results.md §2 (`build_seconds`) and §4 (training's throughput).
 """
 
 from __future__ import annotations

@@ -173,9 +173,8 @@ def score(sets: list[LabelledSet], predict_h: Callable, config, **kwargs) -> dic
 
   Molecules are scored one at a time, padded to the running maximum shape: with size buckets, a
   few compiled shapes serve them all. The refinement is timed against one full PySCF SCF of each
-  of the first `evaluate.PYSCF_TIMINGS` molecules only: one per molecule cost the CPU default's
-  evaluation 82 of its 499 s (20 molecules), and would cost the accelerator-sized run an extra SCF
-  for each of its ~1,000 test molecules, as much as their labels."""
+  of the first `evaluate.PYSCF_TIMINGS` molecules only: one per molecule would cost a full SCF
+  per test molecule, as much as its label (docs/results.md §13)."""
   per, shape = {}, None
   for j, s in enumerate(sets):
     timings = dict(pyscf_timings=int(j < evaluate.PYSCF_TIMINGS)) if len(sets) > 1 else {}

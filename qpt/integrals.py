@@ -246,7 +246,7 @@ def pivoted_cholesky(matrix: np.ndarray, tol: float) -> np.ndarray:
 
   LAPACK's blocked pivoted Cholesky (dpstrf), stopped when every remaining diagonal is below `tol`;
   then every entry of the residual is below `tol` too (it is positive semi-definite, so
-  |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 946 of 2628 at 1e-8 (1337 at 1e-10), 0.16 s.
+  |R_ij| ≤ √(R_ii R_jj)). Ethanol/def2-SVP: rank 946 of 2628 at 1e-8 (1337 at 1e-10).
   """
   # A symmetric C-ordered matrix is its own Fortran-ordered transpose: no reordering copy.
   factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix.T, tol=tol, lower=1)
@@ -264,7 +264,7 @@ def coulomb_exchange(b: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np
   K goes through D's eigen-decomposition D = V diag(w) Vᵀ, keeping the r non-negligible terms:
   K = Σ_P (B_P V) diag(w) (B_P V)ᵀ costs 2·n_aux·n²·r, where the product B_P D B_P costs
   2·n_aux·n³. The MINAO density has the minimal basis' rank (naphthalene/def2-TZVP: r = 58 of
-  n = 358; K in 0.9 s instead of 10.1 s on one thread, equal to 5e-13).
+  n = 358; K ~10× sooner, equal to 5e-13: docs/results.md §3).
   """
   n_aux, n, _ = b.shape
   flat = b.reshape(n_aux, n * n)

@@ -8,9 +8,9 @@ benchmarks — and so does the host builder for its grid (`integrals.quadrature`
 and the device energy integrate on the very same points with the same auxiliary basis.
 
 PySCF orders a grid's points box by box (`gen_grid.arg_group_grids`) through a row-wise
-`numpy.unique`, a comparison sort of 3-integer records: ~30 % of a water problem's build at grid
-level 3 (one thread: 90 → 62 ms without it). `group_grids` computes the same permutation, bit for
-bit, with a stable sort of one integer key per point, and this module installs it in PySCF's place
+`numpy.unique`, a comparison sort of 3-integer records: a large part of a small problem's build
+(docs/results.md §13). `group_grids` computes the same permutation, bit for bit, with a stable
+sort of one integer key per point, and this module installs it in PySCF's place
 (every grid PySCF builds in this process then comes out identical, only sooner;
 tests/test_labels.py compares the two on several molecules and levels).
 """

@@ -76,8 +76,8 @@ def _xc_chunk(problem: DFTProblem, k: jax.Array) -> tuple[list[jax.Array], jax.A
   gradient components —, e(ρ0) and weights (chunk,). Evaluated from the basis
   (`ao_values.orthonormal`), or sliced from `ao_orth` where a path holds them (`with_ao_values`):
   each component on its own, straight into the contiguous block a matmul reads (sliced as one
-  (c, n, chunk) block, XLA copied it and then each component out of it again: ethanol k = 3,
-  ~15 % of the step in copies)."""
+  (c, n, chunk) block, XLA copied it and then each component out of it again: docs/results.md
+  §13)."""
   start, size = k * problem.xc_chunk, problem.xc_chunk
   if problem.ao_orth is None:
     ao = ao_values.orthonormal(problem, start, size)
@@ -238,8 +238,7 @@ def potential(problem: DFTProblem, density) -> jax.Array:
   Its VJP is written out (`_potential_bwd`) and keeps only ρ (and ∇ρ) of every grid point
   (c × g numbers) from the forward pass. The generic rematerialised scan evaluated each chunk's
   potential again and went back through each term's orbitals on the grid; an unrolled k = 3
-  loss makes three such Fock builds (ethanol/def2-SVP k = 3 E + ∇ 0.43 → 0.36 s together with
-  `_xc_chunk`'s per-component slices; docs/numerics.md §7c).
+  loss makes three such Fock builds (docs/numerics.md §7c, docs/results.md §13).
   """
   return _potential_fwd(problem, density)[0]
 

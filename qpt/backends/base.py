@@ -202,8 +202,8 @@ class Backend:
     """Where an array of the training state lives: replicated (P()), or under FSDP split over
     `model` along its outermost dimension after the first that divides evenly: for a layer
     stack's (layers, rows, columns) matrix the rows, so the all-gather and reduce-scatter of one
-    layer's slice move contiguous blocks (4 fake CPU devices, tiny-model-sized arrays: 0.014 s
-    along the outer axis against 0.052 s along the last axis, whose pieces are strided).
+    layer's slice move contiguous blocks, several times faster than the strided pieces of a split
+    along the last axis (docs/results.md §13).
 
     A large matrix no dimension of which divides is a one-line InputError naming it (`name`), or
     replicated where the backend chose the layout (`mesh.model = 0`).
@@ -285,8 +285,8 @@ class Backend:
   def training_loop(self) -> contextlib.AbstractContextManager:
     """The context a loop of steps runs in. Where the step's buffers are host memory
     (`Policy.host_buffers`), glibc keeps the memory each step frees for the next, instead of
-    paging it in anew (`host_memory`: make run's water step on 4 fake devices 0.13–0.15 →
-    0.09–0.10 s); glibc's own settings return when the loop ends."""
+    paging it in anew (`host_memory`; docs/results.md §9); glibc's own settings return when the
+    loop ends."""
     if self.policy.host_buffers:
       return host_memory.freed_memory_kept()
     return contextlib.nullcontext()
@@ -311,7 +311,7 @@ class Backend:
     stacked: the model's map.
 
     By default as `map_conformers` maps the loss: one device batches its conformers (the model's
-    matmuls take them all as rows: make run's step 0.090 s, against 0.146 s one at a time).
+    matmuls take them all as rows, much faster than one at a time: docs/results.md §13).
     Layout-independent, one at a time, over copies of the parameters (`reduction.copies`).
     Batched, a matmul's rows change the last bits of each conformer's result with how many
     conformers share the device (XLA:CPU sums a row differently for another row count, ~1e-6 Ha
@@ -470,11 +470,9 @@ def default_model_size(policy: Policy, devices: list, mesh_data: int) -> int:
   processes.
 
   Why: replicated, every device runs the optimizer's update of the whole state, and on shared
-  cores those runs queue: the tiny model's update alone takes 0.023 s on 4 fake CPU devices,
-  0.0065 s sharded over them. Water's step (make run's config) on 4 fake devices, the two layouts
-  alternated in one process: 0.084–0.088 s sharded against 0.090–0.099 s replicated; on 2 devices
-  the two are even (docs/results.md §9). Devices with their own cores (GPUs, TPUs) run the
-  repeated update side by side, and replicated saves the gathers.
+  cores those runs queue; sharded, each runs a quarter of it. On 4 fake CPU devices water's step
+  is faster sharded, on 2 the two are even (docs/results.md §9, §13). Devices with their own
+  cores (GPUs, TPUs) run the repeated update side by side, and replicated saves the gathers.
   """
   if not policy.shared_thread_pool or mesh_data != -1:
     return 1

@@ -6,17 +6,15 @@ when it ends, on its own threads. With glibc's defaults a buffer over 32 MB is a
 time, and a thread's heap is trimmed back when its top is free, so each step's buffers return to
 the kernel and the next step touches them as new pages: a page fault and a zero-filled page for
 every 4 KB, at every step. make run's water step (tiny model, 4 conformers) has one temporary
-buffer per device of 53 MB on 1 device and 40 MB on each of 4 fake devices: on an AMD EPYC with 2
-cores, 38,800 minor faults per step on 4 devices and a third of the process's CPU time in the
-kernel (docs/results.md §9).
+buffer of tens of MB per device, so on 4 fake devices a third of the process's CPU time went to
+the kernel (docs/results.md §9).
 
 Why only while steps run: kept process-wide for good (an earlier version, set at import), the same
-settings made the PySCF SCFs of QM9's final evaluation ~2.5× slower in CPU time (6:48 → 10:21 for
-the evaluation alone), although one SCF alone in a fresh process was faster with them. A likely
-cause, not tested: numpy asks the kernel for huge pages for every array of 4 MB or more, which a
-fresh mmap gets and memory reused from a heap does not. So the settings are scoped to the loop of
-steps, and glibc's are put back after it (QM9's evaluation: 6:58 with glibc's defaults, 7:25 with
-the settings put back).
+settings made the PySCF SCFs of QM9's final evaluation much slower in CPU time, although one SCF
+alone in a fresh process was faster with them (docs/results.md §9). A likely cause, not tested:
+numpy asks the kernel for huge pages for every array of 4 MB or more, which a fresh mmap gets and
+memory reused from a heap does not. So the settings are scoped to the loop of steps, and glibc's
+are put back after it.
 
 Left as they are: a buffer of 64 MB or more made on one of XLA's threads is still mmapped and
 unmapped at every use (glibc's per-thread heaps are at most 64 MB, and past that it maps the
@@ -36,7 +34,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 # Why each: no request is served by its own mmap (whose pages go back to the kernel at free); no
 # heap is trimmed until 2 GiB sit free at its top (mallopt takes a C int); a heap grows by 64 MB
 # beyond the request. The last is needed too, measured though not explained: with the first two
-# alone the water step on 4 devices still took 29,000 faults per step (16 MB: 344).
+# alone the water step on 4 devices still faulted in most of its pages (docs/results.md §13).
 _KEEP = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 64 << 20))
 # Put back after: glibc's defaults (mallopt(3)), except that once any setting is made glibc no
 # longer raises its mmap threshold by itself as large blocks are freed (from 128 KiB up to 32 MB,
