@@ -29,8 +29,8 @@ RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every",
                      "mesh.model")
 # Counts and their least sensible value (0 means "none" where it is allowed).
 _MINIMUM = {"train.steps": 1, "train.batch_size": 1, "log_every": 1, "checkpoint.every": 1,
-            "checkpoint.keep": 1, "data.mol_repeats": 1, "eval.per_molecule": 1,
-            "eval.every": 0, "eval.n_validation": 0, "eval.n_conformers": 0,
+            "checkpoint.keep": 1, "data.mol_repeats": 1, "data.workers": 0, "data.prefetch": 0,
+            "eval.per_molecule": 1, "eval.every": 0, "eval.n_validation": 0, "eval.n_conformers": 0,
             "model.pair_rank": 0}
 
 

@@ -83,6 +83,8 @@ def test_qm9_script_runs_its_config_as_the_readme_says(tmp_path):
     (dict(self_consistency_weight=-0.5), ["self_consistency_weight=-0.5"]),
     (dict(iterations=3, mixing=(0.5,)), ["mixing has 1 values"]),
     ({"eval.per_molecule": 0}, ["eval.per_molecule=0"]),
+    ({"data.workers": -1}, ["data.workers=-1"]),  # named as the config names it, not as data.py
+    ({"data.prefetch": -2}, ["data.prefetch=-2"]),
 ])
 def test_bad_config_values_are_one_line_input_errors(overrides, words):
   """What md17.py prints for these (test_bad_configs shows the path from check to stderr)."""
