@@ -24,8 +24,10 @@ Float32 stabilisation (docs/numerics.md has the measurements behind each choice)
      value rounded to ~2 µHa; its gradient is unchanged. The paths that report energies (the SCF,
      refinement) first evaluate e(ρ0) on the device and move E_xc[D0] into E_ref
      (`xc_quadrature.with_xc_reference`).
-  3. Reductions are two-level: per-chunk partial sums of the quadrature, then a sum of those,
-     so the accumulated rounding grows with √chunk + √chunks rather than with n_grid.
+  3. Totals are summed pairwise (`precision.sum_by_halves`): the quadrature's per chunk and then
+     over chunks, the exchange and Coulomb terms over the factor's rows, traces over rows. Their
+     rounding then grows with log n, whatever order the backend's own reduction takes (XLA:CPU's
+     one-term-at-a-time loop put uracil/def2-SVP 300 µHa off; docs/numerics.md §12).
   4. Totals are assembled on the host in float64 (`reference_energy(problem) + ΔE`): every energy
      this module reports to a user is a Python float.
   5. The density's first-order errors are kept out of E: P is formed in the orthonormal basis (no
@@ -57,7 +59,7 @@ import numpy as np
 
 from qpt import eigen, xc_quadrature
 from qpt.errors import InputError
-from qpt.precision import full_float32
+from qpt.precision import full_float32, sum_by_halves
 from qpt.problem import DFTProblem, mo_occupations, reference_energy  # noqa: F401  (public API)
 
 
@@ -104,7 +106,7 @@ def _delta_energy(problem: DFTProblem, p: jax.Array) -> jax.Array:
   a = problem.functional.exact_exchange
   if a:
     bd = problem.eri_orth @ dp  # (n_aux, n, n); tr(ΔP K[ΔP]) = Σ_Q tr(B_Q ΔP B_Q ΔP)
-    energy -= 0.25 * a * jnp.sum(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
+    energy -= 0.25 * a * sum_by_halves(jnp.sum(bd * jnp.swapaxes(bd, 1, 2), axis=(1, 2)))
   return energy + xc_quadrature.energy_delta(problem, p)
 
 
@@ -127,7 +129,7 @@ def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
     by = problem.eri_orth @ y  # (n_aux, n, m)
     yby = jnp.einsum("im,qin->qmn", y, by)
     k_ref = problem.exchange_ref_orth  # tr(P K0) = tr(ΔP K0) + tr(P0 K0)
-    exchange = (jnp.sum(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(dp, k_ref)
+    exchange = (sum_by_halves(jnp.sum(yby * yby, axis=(1, 2))) - 2.0 * _trace(dp, k_ref)
                 - _trace(problem.density_ref_orth, k_ref))
     energy -= 0.25 * a * exchange
   return energy + xc_quadrature.energy_delta_occupied(problem, y)
@@ -136,12 +138,12 @@ def _delta_energy_occupied(problem: DFTProblem, y: jax.Array) -> jax.Array:
 def _one_electron_and_coulomb(problem: DFTProblem, dp: jax.Array) -> jax.Array:
   """tr(ΔP G0) + ½ tr(ΔP J[ΔP]) for ΔP = P − P0 (n, n), orthonormal basis."""
   fit = jnp.einsum("pij,ij->p", problem.eri_orth, dp)
-  return _trace(dp, problem.fock_ref_nonxc_orth) + 0.5 * jnp.sum(fit * fit)
+  return _trace(dp, problem.fock_ref_nonxc_orth) + 0.5 * sum_by_halves(fit * fit)
 
 
 def _trace(a: jax.Array, b: jax.Array) -> jax.Array:
-  """tr(A B) for symmetric A, B, summed row by row (two-level, for float32)."""
-  return jnp.sum(jnp.sum(a * b, axis=1))
+  """tr(A B) for symmetric A, B: each row summed, then the rows' sums pairwise (float32)."""
+  return sum_by_halves(jnp.sum(a * b, axis=1))
 
 
 @full_float32

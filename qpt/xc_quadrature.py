@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpt import ao_values
-from qpt.precision import full_float32
+from qpt.precision import full_float32, sum_by_halves
 from qpt.problem import DFTProblem, reference_energy
 
 def _density_on_grid(p: jax.Array, ao: list[jax.Array]) -> jax.Array:
@@ -63,7 +63,7 @@ def _xc_delta(problem: DFTProblem, density) -> jax.Array:
     return None, _xc_chunk_delta(functional, *density(k))
 
   _, partial = jax.lax.scan(chunk_energy, None, _xc_chunks(problem))
-  return jnp.sum(partial)
+  return sum_by_halves(partial)
 
 
 def _xc_chunks(problem: DFTProblem) -> jax.Array:
@@ -161,7 +161,7 @@ def _xc_reference_values(problem: DFTProblem) -> jax.Array:
 def _xc_chunk_delta(functional, rho: jax.Array, exc_ref: jax.Array,
                     weights: jax.Array) -> jax.Array:
   """One chunk's Σ w (e(ρ) − e(ρ0)) from ρ (and ∇ρ) (c, chunk)."""
-  return jnp.sum(weights * (_energy_density(functional, rho) - exc_ref))
+  return sum_by_halves(weights * (_energy_density(functional, rho) - exc_ref))
 
 
 def _energy_density(functional, rho: jax.Array) -> jax.Array:
@@ -212,7 +212,7 @@ def _energy_delta_occupied_fwd(problem: DFTProblem, y: jax.Array):
     return gradient + vjp(jnp.ones_like(energy))[0], energy
 
   gradient, partial = jax.lax.scan(chunk, jnp.zeros_like(y), _xc_chunks(problem))
-  return jnp.sum(partial), gradient
+  return sum_by_halves(partial), gradient
 
 
 def _energy_delta_occupied_bwd(gradient, cotangent):

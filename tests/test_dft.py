@@ -5,6 +5,8 @@ here is a representative subset that covers every code path: LDA / GGA / hybrid,
 variants, dense and DF electron repulsion, float64 and float32.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -70,6 +72,26 @@ def test_float32_loss_energy_is_steady_under_small_changes_of_h():
   assert max(differences) - min(differences) < 1.5e-6
   assert max(abs(d) for d in differences) < 1e-5
 
+
+
+# XLA:CPU hands large sums to YNNPACK (many partial sums) unless told otherwise; with only its
+# matmuls handed over, XLA sums in its own loop, one term at a time.
+XLA_OWN_REDUCTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_float32_loss_energy_does_not_rest_on_how_the_backend_sums(k):
+  """The float32 loss energy within 5 µHa of float64's, whether XLA:CPU sums as it does by default
+  or term by term. Before the energy's totals were summed pairwise (`precision.sum_by_halves`),
+  term by term put this case 30 µHa (k = 0) and 35 µHa (k = 3) off; now 2–3 µHa either way."""
+  ethanol = qpt.molecules.get("ethanol")
+  p32, p64 = (qpt.build_problem(ethanol, grid_level=1, dtype=d) for d in ("float32", "float64"))
+  h = np.asarray(jax.jit(qpt.dft.initial_fock)(p32), np.float64)
+  loss = functools.partial(qpt.dft.loss_energy_delta, iterations=k, mixing=(0.0, 0.5, 0.0)[:k])
+  e64 = float(jax.jit(loss)(p64, h))
+  for options in ({}, XLA_OWN_REDUCTIONS):
+    e32 = float(jax.jit(loss, compiler_options=options)(p32, h.astype(np.float32)))
+    assert abs(e32 - e64) < 5e-6, (options, e32 - e64)
 
 def test_energy_of_pyscf_density_matches_pyscf_energy():
   """E[D] alone (no SCF), at PySCF's converged density: the functional itself is PySCF's."""

@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from qpt.precision import sum_by_halves
+
 
 def tree_sum(x: jax.Array, axis: int = 0) -> jax.Array:
   """Sum of `x` over `axis` as a balanced pairwise tree of neighbours: (x0 + x1) + (x2 + x3) …
@@ -117,25 +119,8 @@ def squared_norm(leaves: Sequence[jax.Array], split_axes: Sequence[int | None],
     squares = jnp.square(leaf)
     for axis in reversed(range(squares.ndim)):
       if axis != 1:
-        squares = _sum_by_halves(squares, axis)
+        squares = sum_by_halves(squares, axis)
     if split == 1:
       squares = jax.lax.all_gather(squares, axis_name, tiled=True)
-    sums.append(_sum_by_halves(squares, 0) if squares.ndim else squares)
-  return _sum_by_halves(jnp.stack(sums), 0) if sums else jnp.zeros(())
-
-
-def _sum_by_halves(x: jax.Array, axis: int) -> jax.Array:
-  """Sum over `axis` as first half + second half, repeatedly (an odd length's last element is
-  carried to the next round): a fixed order of element-wise adds, like `tree_sum`, but reading
-  contiguous blocks instead of neighbours, which is several times faster (docs/results.md
-  §13)."""
-  while x.shape[axis] > 1:
-    n = x.shape[axis]
-    half = n // 2
-    first = jax.lax.slice_in_dim(x, 0, half, axis=axis)
-    second = jax.lax.slice_in_dim(x, half, 2 * half, axis=axis)
-    summed = first + second
-    if n % 2:
-      summed = jnp.concatenate([summed, jax.lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
-    x = summed
-  return jnp.squeeze(x, axis)
+    sums.append(sum_by_halves(squares, 0) if squares.ndim else squares)
+  return sum_by_halves(jnp.stack(sums), 0) if sums else jnp.zeros(())

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qpt import precision
 from qpt.backends import reduction
 
 
@@ -35,7 +36,7 @@ def test_the_norm_is_the_two_norm_and_does_not_depend_on_which_rows_are_given():
   for a in leaves[2:]:
     rows = jnp.stack([reduction.squared_norm([a[:, i:i + 1]], [None], "model")
                       for i in range(a.shape[1])])
-    assert reduction.squared_norm([a], [None], "model") == reduction._sum_by_halves(rows, 0)
+    assert reduction.squared_norm([a], [None], "model") == precision.sum_by_halves(rows, 0)
 
 
 def test_the_gradient_through_copies_is_each_copy_s_gradient_summed_in_the_tree():
