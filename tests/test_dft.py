@@ -73,7 +73,6 @@ def test_float32_loss_energy_is_steady_under_small_changes_of_h():
   assert max(abs(d) for d in differences) < 1e-5
 
 
-
 # XLA:CPU hands large sums to YNNPACK (many partial sums) unless told otherwise; with only its
 # matmuls handed over, XLA sums in its own loop, one term at a time.
 XLA_OWN_REDUCTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
