@@ -98,6 +98,9 @@ def molecule_and_level(molecule: Molecule | gto.Mole, basis: str | Level | None 
         raise InputError("pyscf Mole has a per-element basis; pass basis= with one basis name")
       basis = molecule.basis
     molecule = Molecule.from_pyscf(molecule)
+  if not isinstance(molecule, Molecule):
+    hint = " (a built-in one: qpt.molecules.get(name))" if isinstance(molecule, str) else ""
+    raise InputError(f"molecule={molecule!r:.40}: give a qpt.Molecule or a pyscf Mole{hint}")
   given = {k: v for k, v in dict(basis=basis, xc=xc, grid_level=grid_level, eri=eri,
                                  dtype=dtype).items() if v is not None}
   if level is None:

@@ -320,7 +320,8 @@ def default_tolerances(dtype) -> tuple[float, float]:
 def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None = None,
         commutator_tol: float | None = None, diis_space: int = 8,
         density0: jax.Array | None = None) -> SCFResult:
-  """Self-consistent field from the MINAO density (or an AO-basis `density0`), with Pulay DIIS.
+  """Self-consistent field from the MINAO density (or an AO-basis `density0`: (n_real, n_real) as
+  PySCF's `make_rdm1` gives it, or padded (n, n)), with Pulay DIIS.
 
   Converged when the energy change of the last step is below `energy_tol` and the AO-basis
   commutator ‖FDS − SDF‖_F is below `commutator_tol` (defaults: `default_tolerances`). DIIS itself
@@ -331,6 +332,8 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
   orbitals) count as converged. In float64 that floor is ~1e-13 Ha and the requested tolerance
   rules.
   """
+  max_iterations = check_refine(max_iterations, "max_iterations")
+  _check_diis_space(diis_space)
   problem = xc_quadrature.with_xc_reference(problem)
   e_tol, c_tol = default_tolerances(problem.dtype)
   e_tol = e_tol if energy_tol is None else energy_tol
@@ -339,7 +342,7 @@ def scf(problem: DFTProblem, max_iterations: int = 50, energy_tol: float | None 
     p0 = problem.density_ref_orth
   else:
     x_inv = np.asarray(problem.orthogonalizer_inv, np.float64)
-    p0 = np.asarray(x_inv @ np.asarray(density0, np.float64) @ x_inv.T, problem.dtype)
+    p0 = np.asarray(x_inv @ _padded_density(problem, density0) @ x_inv.T, problem.dtype)
   zero = jnp.zeros((), problem.dtype)
   return _scf_result(problem, _scf_loop(problem, p0, zero, jnp.asarray(e_tol, problem.dtype),
                                         jnp.asarray(c_tol, problem.dtype),
@@ -360,6 +363,7 @@ def refine(problem: DFTProblem, h: jax.Array, steps: int, diis_space: int = 8) -
   extrapolation, at no extra Fock build (docs/numerics.md §11).
   """
   steps = check_refine(steps)
+  _check_diis_space(diis_space)
   problem = xc_quadrature.with_xc_reference(problem)
   p0, p0_rounding = _start_density(problem, h)
   zero = jnp.zeros((), problem.dtype)
@@ -373,6 +377,24 @@ def check_refine(steps, name: str = "refine") -> int:
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
     raise InputError(f"{name}={steps!r}: must be a whole number of SCF steps ≥ 0")
   return int(steps)
+
+
+def _check_diis_space(diis_space) -> None:
+  if isinstance(diis_space, bool) or not isinstance(diis_space, numbers.Integral) or diis_space < 1:
+    raise InputError(f"diis_space={diis_space!r}: must be a whole number of Fock matrices ≥ 1")
+
+
+def _padded_density(problem: DFTProblem, density) -> np.ndarray:
+  """An AO density as PySCF has it (n_real, n_real), or already padded (n, n): (n, n) float64."""
+  n, n_real = problem.shapes[0], int(np.sum(problem.ao_mask))
+  try:
+    d = np.asarray(density, np.float64)
+  except (TypeError, ValueError):
+    raise InputError("density0 is not a matrix of numbers") from None
+  if d.shape not in ((n_real, n_real), (n, n)) or not np.all(np.isfinite(d)):
+    raise InputError(f"density0 has shape {d.shape}: expected this problem's ({n_real}, {n_real}) "
+                     f"AO density (or ({n}, {n}) padded), all finite")
+  return np.pad(d, (0, n - d.shape[0]))
 
 
 @jax.jit

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from pyscf import gto
@@ -50,6 +51,18 @@ def _atomic_number(symbol: str, where: str) -> int:
   return z
 
 
+def _whole_charge(charge, name: str) -> int:
+  """`charge` as an int, or an InputError: a charge of 0.5 must not round silently to 0."""
+  try:
+    whole = int(charge)
+    is_whole = whole == charge and not isinstance(charge, bool)
+  except (TypeError, ValueError, OverflowError):
+    is_whole = False
+  if not is_whole:
+    raise InputError(f"{name}: charge {charge!r} is not a whole number of elementary charges")
+  return whole
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Molecule:
   """A closed-shell molecule.
@@ -69,15 +82,19 @@ class Molecule:
   def __init__(self, symbols: Sequence[str | int], positions_angstrom, charge: int = 0,
                name: str = "molecule"):
     """Builds a molecule from element symbols (or atomic numbers) and positions in Å."""
+    if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
+      raise InputError(f"{name}: symbols {symbols!r} are not a list of elements")
     z = np.array([_atomic_number(s, f"{name}: atom {i + 1}") for i, s in enumerate(symbols)],
                  dtype=np.int64)
+    if np.iscomplexobj(positions_angstrom):  # numpy would drop the imaginary part with a warning
+      raise InputError(f"{name}: positions are complex numbers")
     try:
       xyz = np.asarray(positions_angstrom, dtype=np.float64)
     except (TypeError, ValueError):
       raise InputError(f"{name}: positions are not numbers") from None
     object.__setattr__(self, "atomic_numbers", z)
     object.__setattr__(self, "positions", xyz / BOHR)
-    object.__setattr__(self, "charge", int(charge))
+    object.__setattr__(self, "charge", _whole_charge(charge, name))
     object.__setattr__(self, "name", name)
     self._validate(xyz)
 
@@ -112,7 +129,9 @@ class Molecule:
   def from_bohr(cls, atomic_numbers, positions_bohr, charge: int = 0,
                 name: str = "molecule") -> Molecule:
     """From atomic numbers and positions in Bohr (the internal unit)."""
-    return cls([int(z) for z in np.asarray(atomic_numbers)],
+    # 8.0 is oxygen; 1.5 stays 1.5, so that it is reported rather than truncated to hydrogen
+    whole = lambda z: int(z) if isinstance(z, numbers.Real) and float(z).is_integer() else z
+    return cls([whole(z) for z in np.asarray(atomic_numbers).tolist()],
                np.asarray(positions_bohr, dtype=np.float64) * BOHR, charge, name)
 
   @classmethod
@@ -149,6 +168,8 @@ class Molecule:
         text = f.read()
     except OSError as e:
       raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+      raise InputError(f"{path}: not a text file, so not an xyz file") from None
     return cls.from_xyz_text(text, charge, name)
 
   @classmethod

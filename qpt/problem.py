@@ -174,7 +174,10 @@ def as_shape(sizes) -> Shape:
   sizes hold (0 for those: each problem's own bucket): 4 or 5 (before n_occ, n_cart and the
   basis's), or 7 (…, n_cart, n_prim: before the basis came in blocks per atom; its n_prim, a
   count of all primitives, is dropped)."""
-  sizes = tuple(int(s) for s in sizes)
+  try:
+    sizes = tuple(int(s) for s in sizes)
+  except (TypeError, ValueError):
+    raise InputError(f"a padded shape is ({', '.join(SHAPE_NAMES)}); got {sizes!r}") from None
   if len(sizes) == 7:
     sizes = sizes[:6] + (0, 0)
   if len(sizes) in (4, 5):

@@ -130,12 +130,31 @@ def test_minao_start_is_pyscf_minao():
   assert abs(qpt.dft.reference_energy(problem) - mf.energy_tot(d0)) < 1e-8
 
 
-def test_scf_from_given_density_converges_at_once():
-  mf = ref.rks("water", "def2-svp", "b3lyp5")
-  problem = ref.problem("water", "def2-svp", "b3lyp5")
-  result = qpt.dft.scf(problem, density0=ref.padded(mf.make_rdm1(), problem.shapes[0]))
+@pytest.mark.parametrize("padded", [False, True])
+def test_scf_from_given_density_converges_at_once(padded):
+  """PySCF's own (n_real, n_real) density, or the problem's padded (n, n) one."""
+  mf = ref.rks("water", "sto-3g", "b3lyp5")
+  problem = ref.problem("water", "sto-3g", "b3lyp5")
+  density0 = mf.make_rdm1()
+  assert density0.shape[0] < problem.shapes[0]  # 7 AOs padded to 8: the two shapes differ
+  if padded:
+    density0 = ref.padded(density0, problem.shapes[0])
+  result = qpt.dft.scf(problem, density0=density0)
   assert result.converged and result.iterations <= 2
   assert abs(result.energy - mf.e_tot) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(density0=np.eye(3)), r"density0 has shape \(3, 3\): expected this problem's \(7, 7\)"),
+    (dict(density0=np.full((7, 7), np.nan)), "all finite"),
+    (dict(max_iterations=-3), "max_iterations=-3"),  # was 0 iterations, silently
+    (dict(max_iterations="a"), "max_iterations='a'"),
+    (dict(diis_space=0), "diis_space=0"),  # was an IndexError
+])
+def test_bad_scf_arguments_are_input_errors(kwargs, fragment):
+  problem = qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", grid_level=0)
+  with pytest.raises(qpt.InputError, match=fragment):
+    qpt.dft.scf(problem, **kwargs)
 
 
 def test_padded_orbitals_are_never_occupied_or_reported():
@@ -168,6 +187,16 @@ def test_basis_missing_for_element_is_an_input_error():
 def test_bad_options_are_input_errors(kwargs, fragment):
   with pytest.raises(qpt.InputError, match=fragment):
     qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", **kwargs)
+
+
+@pytest.mark.parametrize("molecule, kwargs, fragment", [
+    ("water", {}, r"molecule='water': give a qpt.Molecule or a pyscf Mole \(a built-in one"),
+    (None, {}, "molecule=None: give a qpt.Molecule"),
+    (qpt.molecules.get("water"), dict(pad_to="big"), "a padded shape is"),
+])
+def test_a_wrong_kind_of_argument_is_an_input_error(molecule, kwargs, fragment):
+  with pytest.raises(qpt.InputError, match=fragment):
+    qpt.build_problem(molecule, basis="sto-3g", **kwargs)
 
 
 def test_a_hamiltonian_of_another_shape_is_one_input_error():

@@ -59,6 +59,12 @@ def test_md17_molecules_are_built_in():
     assert name in qpt.molecules.names()
 
 
+@pytest.mark.parametrize("charge", [2, 2.0, np.int64(2), np.float32(2.0)])
+def test_a_whole_charge_of_any_numeric_type_is_kept(charge):
+  molecule = qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 1], [0, 1, 0]], charge=charge)
+  assert molecule.charge == 2 and type(molecule.charge) is int and molecule.n_electrons == 8
+
+
 @pytest.mark.parametrize("make, fragment", [
     (lambda: qpt.Molecule(["O", "Xx"], [[0, 0, 0], [0, 0, 1]]), "unknown element 'Xx'"),
     (lambda: qpt.Molecule(["O", "200"], [[0, 0, 0], [0, 0, 1]]), "unknown element '200'"),
@@ -72,12 +78,19 @@ def test_md17_molecules_are_built_in():
     (lambda: qpt.Molecule(["O", "H"], [[0, 0, 0], [0, 0, 1]]), "odd count; only closed-shell"),
     (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 1], [0, 1, 0]], charge=1),
      "odd count"),
+    (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 1], [0, 1, 0]], charge=0.5),
+     "charge 0.5 is not a whole number"),
+    (lambda: qpt.Molecule(["O", "H", "H"], [[0, 0, 0], [0, 0, 1], [0, 1, 0]], charge="neutral"),
+     "charge 'neutral' is not a whole number"),
     (lambda: qpt.Molecule.from_xyz_text("4\nc\nO 0 0 0\nH 0 0 1\nH 0 1 0\n"),
      "line 1 says 4 atoms but 3 atom lines follow"),
     (lambda: qpt.Molecule.from_xyz_text("3\nc\nO 0 0 0\nH 0 zero 1\nH 0 1 0\n"),
      "line 4 has a bad number"),
     (lambda: qpt.Molecule.from_xyz_text("three\nc\nO 0 0 0\n"), "line 1 should be the atom count"),
     (lambda: qpt.Molecule.from_xyz("/nonexistent/water.xyz"), "cannot read"),
+    (lambda: qpt.Molecule(None, [[0, 0, 0]]), "symbols None are not a list of elements"),
+    (lambda: qpt.Molecule(["O", "H", "H"], np.eye(3) + 0.5j), "positions are complex"),
+    (lambda: qpt.Molecule.from_bohr([8, 1.5, 1], np.eye(3)), "atom 2: unknown element 1.5"),
     (lambda: qpt.molecules.get("caffeine"), "unknown built-in molecule 'caffeine'"),
     (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("6-31g"),
      "basis '6-31g' is not defined for element I"),
@@ -92,3 +105,17 @@ def test_bad_input_is_one_line(make, fragment):
   assert fragment in message
   assert "\n" not in message
   assert isinstance(info.value, ValueError)
+
+
+def test_a_binary_file_is_not_an_xyz_file(tmp_path):
+  path = tmp_path / "image.xyz"
+  path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+  with pytest.raises(qpt.InputError, match="image.xyz: not a text file"):
+    qpt.Molecule.from_xyz(path)
+
+
+def test_atomic_numbers_stored_as_floats_are_read_as_elements():
+  """Datasets often store Z as floats; 8.0 is oxygen (1.5 is an error, above)."""
+  positions = [[0, 0, 0.22], [0, 1.43, -0.89], [0, -1.43, -0.89]]
+  water = qpt.Molecule.from_bohr(np.array([8.0, 1.0, 1.0]), positions)
+  assert water.atomic_numbers.tolist() == [8, 1, 1] and water.symbols == ["O", "H", "H"]
