@@ -67,9 +67,9 @@ def get_config(molecule: str = "water") -> ml_collections.ConfigDict:
   c.data.pad_to = ()
   # Training problems ship the basis and the grid's points, and the device evaluates the AO values
   # in the step, instead of the host's φX on every point: a fifth of the bytes between processes
-  # and no (grid × AO) arrays in memory, for an AO evaluation per step. On 2 CPU cores ethanol
-  # trains at 5.07 unique conformers/s with it against 3.17 without (the workers set the pace),
-  # water at 41.6 against 43.3 (docs/results.md §4). Evaluation builds its own problems (host).
+  # and no (grid × AO) arrays in memory, for an AO evaluation per step. On 2 CPU cores ethanol and
+  # water train faster with it: without it the workers' builds set the pace (docs/results.md §4
+  # has the figures). Evaluation builds its own problems (host).
   c.data.ao_on_device = True
   # Many molecules instead of `molecule` (pre-training; experiments/configs/qm9.py): "qm9"
   # (qm9pack's data), a folder of its CSV files, or a folder / tarball of .xyz files. The set is

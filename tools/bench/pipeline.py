@@ -72,7 +72,8 @@ def throughput_plot(rows: list[dict], path: str) -> None:
   plt = pyplot()
   figure, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows)), 4.5))
   names = [f"{r['molecule']}, {r['workers']} workers\nmol_repeats {r['mol_repeats']}"
-           + ("\nAO on device" if r.get("ao_on_device") else "") for r in rows]
+           + ("\nAO on device" if r.get("ao_on_device") else "") + f"\n{r['date'][:10]}"
+           for r in rows]  # the date: appended rows of several code versions share the plot
   at = range(len(rows))
   bars = ax.bar([i - 0.2 for i in at], [r["unique_conformers_per_s"] for r in rows], 0.4,
                 label="QPT training (unique conformers)")
