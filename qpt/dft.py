@@ -391,9 +391,11 @@ def _padded_density(problem: DFTProblem, density) -> np.ndarray:
     d = np.asarray(density, np.float64)
   except (TypeError, ValueError):
     raise InputError("density0 is not a matrix of numbers") from None
-  if d.shape not in ((n_real, n_real), (n, n)) or not np.all(np.isfinite(d)):
+  if d.shape not in ((n_real, n_real), (n, n)):
     raise InputError(f"density0 has shape {d.shape}: expected this problem's ({n_real}, {n_real}) "
-                     f"AO density (or ({n}, {n}) padded), all finite")
+                     f"AO density (or ({n}, {n}) padded)")
+  if not np.all(np.isfinite(d)):
+    raise InputError("density0 has non-finite entries")
   return np.pad(d, (0, n - d.shape[0]))
 
 

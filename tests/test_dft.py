@@ -146,7 +146,7 @@ def test_scf_from_given_density_converges_at_once(padded):
 
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(density0=np.eye(3)), r"density0 has shape \(3, 3\): expected this problem's \(7, 7\)"),
-    (dict(density0=np.full((7, 7), np.nan)), "all finite"),
+    (dict(density0=np.full((7, 7), np.nan)), "density0 has non-finite entries"),
     (dict(max_iterations=-3), "max_iterations=-3"),  # was 0 iterations, silently
     (dict(max_iterations="a"), "max_iterations='a'"),
     (dict(diis_space=0), "diis_space=0"),  # was an IndexError
