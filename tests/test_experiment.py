@@ -231,6 +231,13 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
   assert out["energy_predicted"] > out["energy"] - 1e-5  # variational: E[D(H_pred)] ≥ E_SCF
   assert backends.float64_enabled()  # a float32 SCF left the process's float64 as it found it
+  # A molecule whose problem pads its AOs (malondialdehyde/STO-3G: 29): the prediction's density
+  # has PySCF's 29 × 29 shape, which dft.scf multiplied into the padded X⁻¹ and failed on.
+  out = scf.run(scf.parse_args(["--molecule", "malondialdehyde", "--basis", c.basis, "--xc", c.xc,
+                                "--grid-level", str(c.grid_level), "--init-from",
+                                str(tmp_path / "qm9")]))
+  assert out["nao"] == 29 and out["converged"]
+  assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
   with pytest.raises(qpt.InputError, match="pass --basis sto-3g"):
     scf.run(scf.parse_args(["--xyz", str(xyz), "--init-from", str(tmp_path / "qm9")]))
   # tools/benchmark.py transfer: water (left out of the set) fine-tuned from it and from scratch,
