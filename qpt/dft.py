@@ -95,8 +95,16 @@ def delta_energy(problem: DFTProblem, density: jax.Array) -> jax.Array:
   Converts D to the orthonormal basis in the device dtype; in float32 that costs first-order
   accuracy on ill-conditioned bases — the SCF and the loss never take this path.
   """
+  return _delta_energy(problem, _to_orthonormal_density(problem, density))
+
+
+def _to_orthonormal_density(problem: DFTProblem, density: jax.Array) -> jax.Array:
+  """P = X⁻¹ D X⁻ᵀ (n, n) of an AO-basis D, padded (n, n) as the problem is."""
   x_inv = problem.orthogonalizer_inv
-  return _delta_energy(problem, x_inv @ density @ x_inv.T)
+  if jnp.shape(density) != x_inv.shape:  # static: checked while tracing
+    raise InputError(f"D has shape {jnp.shape(density)}; this problem's is {x_inv.shape} (its "
+                     "padded n_ao)")
+  return x_inv @ density @ x_inv.T
 
 
 def _delta_energy(problem: DFTProblem, p: jax.Array) -> jax.Array:
@@ -152,8 +160,8 @@ def fock(problem: DFTProblem, density: jax.Array) -> jax.Array:
 
   `density` is an AO-basis D (n, n). F = X⁻ᵀ F' X⁻¹ for the orthonormal-basis F' = ∂E/∂P.
   """
+  f_orth = _energy_and_fock(problem, _to_orthonormal_density(problem, density))[1]
   x_inv = problem.orthogonalizer_inv
-  f_orth = _energy_and_fock(problem, x_inv @ density @ x_inv.T)[1]
   return x_inv.T @ f_orth @ x_inv
 
 

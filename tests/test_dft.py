@@ -199,6 +199,14 @@ def test_a_wrong_kind_of_argument_is_an_input_error(molecule, kwargs, fragment):
     qpt.build_problem(molecule, basis="sto-3g", **kwargs)
 
 
+def test_a_density_of_another_shape_is_one_input_error():
+  """PySCF's unpadded D (7 × 7 for water/STO-3G, whose problem pads to 8) failed in a matmul."""
+  problem = qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", grid_level=0)
+  for function in (qpt.dft.fock, qpt.dft.delta_energy, jax.jit(qpt.dft.delta_energy)):
+    with pytest.raises(qpt.InputError, match=r"D has shape \(7, 7\); this problem's is \(8, 8\)"):
+      function(problem, np.zeros((7, 7), np.float32))
+
+
 def test_a_hamiltonian_of_another_shape_is_one_input_error():
   """An unpadded H (7 × 7 for water/STO-3G, whose problem pads to 8) used to fail deep in a
   dot_general, jitted or not."""
