@@ -15,13 +15,16 @@ rows, Bohr):
 
 The columns of `rotation` are the canonical axes written in lab coordinates.
 
-Limits. The frame is only as well defined as the charge distribution's moments:
-  * exactly degenerate second moments (symmetric tops such as perfect benzene or methane) leave the
-    axes inside the degenerate subspace arbitrary: the eigensolver picks some basis of it, and a
-    rotated copy of the molecule may get a different one;
+Ties. Where the moments do not decide, atoms do, in atom order:
+  * equal second moments (perfect benzene, methane, SF6) leave any axis of their plane or space a
+    principal axis, and the eigensolver's choice among them follows the lab orientation, so a
+    rotated copy would get another frame and another prediction (docs/results.md §13). There
+    the axis points at the atom reaching furthest into that plane or space (`_toward_an_atom`);
+    only a linear molecule's axes 1 and 2 stay the eigensolver's, a symmetry of the molecule;
   * an axis whose third moment vanishes (a mirror plane or C2 axis perpendicular to it) takes its
-    sign from the atom furthest along it, ties broken by atom order;
-  * near those cases the frame — and so the prediction — jumps when the geometry crosses the tie.
+    sign from the atom furthest along it;
+  * in both, atoms tied within `_ZERO` go by atom order, and near a tie the frame — and so the
+    prediction — jumps when the geometry crosses it.
 Where the ambiguity is a true symmetry of the molecule, the candidate canonical geometries are the
 same atoms relabelled, so the canonical-frame predictions agree up to that relabelling; mapped back
 to the lab they agree only as far as the model has learned the symmetry.
@@ -51,7 +54,8 @@ def canonical_frame(atomic_numbers, positions) -> tuple[np.ndarray, np.ndarray]:
     rotation: (3, 3) proper rotation (det +1); column k is canonical axis k in lab coordinates.
       Axes are the eigenvectors of the charge-weighted second moment Σ_i Z_i p_i p_iᵀ (p relative
       to `center`), largest eigenvalue first, so axis 0 is the molecule's long axis and, for a
-      planar molecule, axis 2 its normal.
+      planar molecule, axis 2 its normal. Among tied eigenvalues (relative difference ≤ `_ZERO`)
+      an axis points at an atom (module docstring).
     center: (3,) Bohr, the nuclear-charge-weighted centroid.
   """
   z = np.asarray(atomic_numbers, dtype=np.float64)
@@ -59,14 +63,40 @@ def canonical_frame(atomic_numbers, positions) -> tuple[np.ndarray, np.ndarray]:
   center = z @ r / z.sum()
   p = r - center
   second = np.einsum("i,ij,ik->jk", z, p, p)
-  _, vectors = np.linalg.eigh(second)  # ascending eigenvalues
-  axes = vectors[:, ::-1]
+  values, vectors = np.linalg.eigh(second)  # ascending eigenvalues
+  values, principal = values[::-1], vectors[:, ::-1]
+  axes = principal.copy()
+  tie = _ZERO * max(values[0], np.finfo(np.float64).tiny)
   for k in (0, 1):
+    shared = np.abs(values - values[k]) <= tie  # principal axes with axis k's second moment
+    if shared.sum() > 1:
+      # Any unit vector of their span, less the axes already fixed, is as good a principal axis.
+      span = principal[:, shared] @ principal[:, shared].T - axes[:, :k] @ axes[:, :k].T
+      toward = _toward_an_atom(z, p, span) if np.trace(span) > 1.5 else None
+      if toward is not None:
+        axes[:, k] = toward
+        continue
+      if shared[:k].any():  # axis 0 was chosen in this span: the one direction left
+        axes[:, k] = np.linalg.eigh(span)[1][:, -1]
+      # else no atom leaves the origin in the span (a linear molecule, one atom): the
+      # eigensolver's axis is as good as any, a symmetry of the molecule
     axes[:, k] *= _axis_sign(z, p @ axes[:, k])
   # Axis 2 completes a right-handed frame. For a planar molecule it is the normal, on which every
   # moment vanishes; a mirror image needs an improper rotation, which we never use.
   axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])
   return axes, center
+
+
+def _toward_an_atom(z: np.ndarray, p: np.ndarray, span: np.ndarray) -> np.ndarray | None:
+  """The unit vector of the plane or space `span` (a (3, 3) projector) pointing at the atom that
+  reaches furthest into it, the first in atom order among atoms tied within `_ZERO`; None if no
+  atom leaves the origin there (a linear molecule's normal plane, one atom: any axis will do)."""
+  projected = p @ span  # (a, 3), rows: each atom's component within the span
+  reach = np.linalg.norm(projected, axis=1) * (z > 0)
+  if reach.max() <= _ZERO * max(np.abs(p).max(), np.finfo(np.float64).tiny):
+    return None
+  first = np.flatnonzero(reach >= reach.max() * (1.0 - _ZERO))[0]
+  return projected[first] / reach[first]
 
 
 def _axis_sign(z: np.ndarray, projection: np.ndarray) -> float:

@@ -52,6 +52,46 @@ def test_rigid_motions_share_the_canonical_geometry(name, seed):
   np.testing.assert_allclose(center_again, 0.0, atol=1e-10)
 
 
+def symmetric(name: str) -> qpt.Molecule:
+  """Exactly symmetric geometries (Å), whose second moments tie: a spherical top (Td, Oh), a
+  prolate and an oblate symmetric top (C3v, planar D6h) and a linear molecule."""
+  ring = np.arange(6) * np.pi / 3
+  third = np.arange(3) * 2 * np.pi / 3
+  circle = lambda radius, angles, z: np.c_[radius * np.cos(angles), radius * np.sin(angles),
+                                           np.full(len(angles), z)]
+  geometries = {
+      "methane": ("CHHHH", 0.629 * np.array([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1],
+                                             [-1, -1, 1]])),
+      "sf6": ("SFFFFFF", 1.56 * np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0],
+                                          [0, -1, 0], [0, 0, 1], [0, 0, -1]])),
+      "ammonia": ("NHHH", np.concatenate([[[0, 0, 0.38]], circle(0.94, third, 0.0)])),
+      "benzene": ("C" * 6 + "H" * 6, np.concatenate([circle(1.39, ring, 0.0),
+                                                    circle(2.47, ring, 0.0)])),
+      "co2": ("COO", [[0, 0, 0], [0, 0, 1.16], [0, 0, -1.16]]),
+  }
+  symbols, positions = geometries[name]
+  return qpt.Molecule(list(symbols), positions, name=name)
+
+
+@pytest.mark.parametrize("name", ["methane", "sf6", "ammonia", "benzene", "co2"])
+def test_tied_second_moments_still_give_every_rigid_motion_one_frame(name):
+  """Where second moments tie, the eigensolver's axes follow the lab orientation; the frame
+  takes them from the atoms instead (each differed by up to 6 Bohr between rotated copies)."""
+  mol = symmetric(name)
+  canonical = frame.to_canonical(mol)[0]
+  for seed in range(4):
+    other = frame.to_canonical(moved(mol, seed)[0])[0]
+    np.testing.assert_allclose(other.positions, canonical.positions, rtol=0, atol=1e-10)
+  again, rotation_again, _ = frame.to_canonical(canonical)
+  np.testing.assert_allclose(again.positions, canonical.positions, atol=1e-10)
+  if name != "co2":  # a linear molecule's axes 1 and 2: any pair, a symmetry (frame.py)
+    np.testing.assert_allclose(rotation_again, np.eye(3), atol=1e-10)
+  if name in ("methane", "sf6"):  # all three tie: axis 0 points at the first furthest atom
+    first = canonical.positions[1]
+    np.testing.assert_allclose(first[1:], 0.0, atol=1e-10)
+    assert first[0] > 0
+
+
 def test_frame_is_deterministic_right_handed_and_ordered():
   mol = molecule("ethanol")
   rotation, center = frame.canonical_frame(mol.atomic_numbers, mol.positions)

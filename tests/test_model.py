@@ -170,8 +170,15 @@ def test_permuting_atoms_permutes_the_hamiltonian():
                              np.asarray(h_init)[np.ix_(index, index)], atol=1e-4)
 
 
-def test_rotations_act_through_the_canonical_frame():
-  mol = qpt.molecules.get("ethanol")
+# Methane with exact Td symmetry: its second moments tie in all three axes (frame.py's ties).
+METHANE = qpt.Molecule(["C", "H", "H", "H", "H"],
+                       0.629 * np.array([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]),
+                       name="methane")
+
+
+@pytest.mark.parametrize("name", ["ethanol", "methane"])
+def test_rotations_act_through_the_canonical_frame(name):
+  mol = METHANE if name == "methane" else qpt.molecules.get(name)
   q_lab = Rotation.random(random_state=3).as_matrix()
   moved = mol.with_positions(mol.positions @ q_lab.T + np.array([1.0, -2.0, 0.5]))
   (can, rotation, _), (can_moved, rotation_moved, _) = map(frame.to_canonical, (mol, moved))
