@@ -171,9 +171,8 @@ def test_permuting_atoms_permutes_the_hamiltonian():
 
 
 # Methane with exact Td symmetry: its second moments tie in all three axes (frame.py's ties).
-METHANE = qpt.Molecule(["C", "H", "H", "H", "H"],
-                       0.629 * np.array([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]),
-                       name="methane")
+TETRAHEDRON = np.array([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+METHANE = qpt.Molecule(["C", "H", "H", "H", "H"], 0.629 * TETRAHEDRON, name="methane")
 
 
 @pytest.mark.parametrize("name", ["ethanol", "methane"])
