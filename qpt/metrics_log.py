@@ -26,9 +26,26 @@ def read(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   try:
     with open(path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+      return [record for _, record in _records(path, f.readlines())]
   except OSError as e:
     raise InputError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _records(path: str, lines: list[str]) -> list[tuple[str, dict]]:
+  """(line, record) of each non-empty line of a metrics.jsonl. A last line without its newline
+  that does not parse was cut short by a crash (a killed process, a full disk, a lost machine)
+  and is dropped, so the run resumes and plots; any other unreadable line is an InputError."""
+  out = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      out.append((line, json.loads(line)))
+    except json.JSONDecodeError:
+      if number == len(lines) and not line.endswith("\n"):
+        continue
+      raise InputError(f"{path}: line {number} is not a JSON record") from None
+  return out
 
 
 class MetricsLog:
@@ -60,7 +77,8 @@ class MetricsLog:
     kept = []
     if start_step and os.path.exists(path):
       with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+        kept = [line for line, record in _records(path, f.readlines())
+                if record["step"] <= start_step]
     with open(path + ".tmp", "w") as f:
       f.writelines(kept)
     os.replace(path + ".tmp", path)

@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 
+import qpt
 from qpt import metrics_log
 
 
@@ -28,6 +29,29 @@ def test_off_a_terminal_progress_is_one_line_per_log_step_with_the_eta(tmp_path,
   assert lines[-1].endswith("ETA 0 s")
   records = metrics_log.read(str(tmp_path))
   assert [r["step"] for r in records] == [10, 20] and records[0]["loss"] == -76.0015
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_on_resumption(tmp_path):
+  """A process killed (or a disk filled, a machine lost) while writing leaves a last line without
+  its newline; the resumed run used to stop on it with a JSONDecodeError."""
+  log_steps(tmp_path, progress=False, steps=30)
+  path = tmp_path / "metrics.jsonl"
+  with open(path, "a") as f:
+    f.write('{"step": 40, "loss": -76.00')
+  assert [r["step"] for r in metrics_log.read(str(tmp_path))] == [10, 20, 30]
+  log = metrics_log.MetricsLog(str(tmp_path), False, total_steps=40, start_step=20)
+  log.close()
+  assert [r["step"] for r in metrics_log.read(str(tmp_path))] == [10, 20]
+  assert path.read_text().endswith("}\n")
+
+
+def test_an_unreadable_line_inside_the_record_is_one_input_error(tmp_path):
+  log_steps(tmp_path, progress=False, steps=30)
+  path = tmp_path / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text(lines[0] + "not json\n" + "".join(lines[1:]))
+  with pytest.raises(qpt.InputError, match=r"metrics.jsonl: line 2 is not a JSON record"):
+    metrics_log.read(str(tmp_path))
 
 
 def test_quiet_prints_nothing(tmp_path, capsys):
