@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import time
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -202,7 +203,7 @@ def load_labels(path: str | os.PathLike) -> Labels:
       fields = {f.name: data[f.name] for f in dataclasses.fields(Labels) if f.name != "level"}
       level = Level(str(data["basis"]), str(data["xc"]), int(data["grid_level"]), str(data["eri"]),
                     "float64")
-  except (OSError, KeyError, ValueError) as e:
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # the last: a truncated copy
     raise InputError(f"{path}: not a readable QPT label file ({e})") from None
   fields.update(conv_tol=float(fields["conv_tol"]), charge=int(fields["charge"]))
   return Labels(level=level, **fields)

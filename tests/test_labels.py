@@ -81,6 +81,29 @@ def test_label_files_are_reused(tmp_path, monkeypatch, capsys):
   np.testing.assert_allclose(stored.positions[0] * qpt.molecule.BOHR, positions[0], atol=1e-12)
   assert tool.main(["--molecule", "water", "--positions", str(tmp_path / "nothing.npy"),
                     "--out", out]) == 2
+  # A copy cut short (an interrupted transfer) is not a label file: labelled again, not a
+  # zipfile.BadZipFile.
+  with open(out, "rb") as f:
+    head = f.read(2000)
+  with open(out, "wb") as f:
+    f.write(head)
+  with pytest.raises(qpt.InputError, match="not a readable QPT label file"):
+    labels.load_labels(out)
+  assert tool.main(argv) == 0 and len(runs) == 4
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda path: np.savez(path, positions=np.zeros((1, 3, 3))), "an .npz archive; give one .npy"),
+    (lambda path: open(path, "wb").write(b"PK\x03\x04 cut short"), "cannot read"),
+], ids=["npz", "truncated"])
+def test_positions_that_are_not_one_array_are_one_line(tmp_path, capsys, make, words):
+  """Both used to end in a traceback (AttributeError, zipfile.BadZipFile)."""
+  path = tmp_path / "positions.npz"
+  make(path)
+  argv = ["--molecule", "water", "--positions", str(path), "--out", str(tmp_path / "w.npz")]
+  assert load_tool("label").main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert words in err and "\n" not in err
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -19,6 +19,7 @@ Bad input: one line on stderr and exit code 2.
 
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -64,8 +65,12 @@ def conformers(args) -> list[qpt.Molecule]:
   if args.positions:
     try:
       positions = np.load(args.positions, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
       raise qpt.InputError(f"{args.positions}: cannot read ({e})") from None
+    if not isinstance(positions, np.ndarray):  # an .npz archive
+      positions.close()
+      raise qpt.InputError(f"{args.positions}: an .npz archive; give one .npy array (n, n_atoms, "
+                           "3) Å")
     if positions.ndim != 3 or positions.shape[1:] != (base.n_atoms, 3):
       raise qpt.InputError(f"{args.positions}: shape {positions.shape}, expected "
                            f"(n, {base.n_atoms}, 3) Å for {base.name}")
