@@ -33,6 +33,7 @@ from concurrent import futures
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Mapping
@@ -41,12 +42,13 @@ import jax
 import numpy as np
 from qpt import backends, labels, threads
 from qpt.build import build_problem, grow, max_shape
-from qpt.errors import InputError
+from qpt.errors import InputError, TrainingError
 from qpt.level import Level
 from qpt.molecule import Molecule
 from qpt.problem import DEFAULT_XC_CHUNK, SHAPE_NAMES, DFTProblem, Shape, as_shape
 
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
+WORKER_RESTARTS = 2  # new pools for one batch after its workers died, before the stream gives up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,8 +272,7 @@ class ProblemStream:
       with threads.one_thread():  # BLAS and OpenMP on one thread, as in the workers: same bits
         results = [self._build(i) for i in indices]
     else:
-      self._submit_through(position + (self.prefetch + 1) * self.batch_size)
-      results = [self._pending.pop(int(i)).result() for i in indices]
+      results = self._built_by_workers(indices, position)
     # Each problem is padded to at least the running shape it was queued with, which never
     # shrinks: the new running shape is the maximum of the old and the problems' own.
     self.pad_to = self.agree_shape(max_shape(self.pad_to, *(p.shapes for p, _, _ in results)))
@@ -289,6 +290,27 @@ class ProblemStream:
     """`build` of conformer i, in this process."""
     return build(self.conformers(int(i)), self.level, self.xc_chunk, self.fock_labels,
                  self.transform, self.pad_to, self.ao_on_device)
+
+  def _built_by_workers(self, indices: np.ndarray, position: int) -> list:
+    """`build` of `indices` by the workers, queueing the batches to prefetch behind them.
+
+    A worker that dies (the kernel's out-of-memory killer, a stray signal) breaks the whole pool.
+    A build is a pure function of its conformer, so a new pool rebuilds the very same problems:
+    the run goes on, bit for bit, up to WORKER_RESTARTS times for one batch.
+    """
+    for restart in range(WORKER_RESTARTS + 1):
+      try:
+        self._submit_through(position + (self.prefetch + 1) * self.batch_size)
+        return [self._pending.pop(int(i)).result() for i in indices]
+      except futures.BrokenExecutor:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool, self._pending = None, {}
+        if restart < WORKER_RESTARTS:
+          print(f"warning: a stream worker process died (out of memory?) building conformers "
+                f"{indices[0]}–{indices[-1]}; restarting the workers", file=sys.stderr, flush=True)
+    raise TrainingError(f"stream workers died {WORKER_RESTARTS + 1} times building conformers "
+                     f"{indices[0]}–{indices[-1]} (out of memory? lower data.workers or "
+                     "data.prefetch); rerun to resume from the last checkpoint")
 
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""

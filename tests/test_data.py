@@ -1,6 +1,8 @@
 """Conformer sampling, MD17 files and the background problem stream: all deterministic."""
 
+import multiprocessing
 import os
+import signal
 
 import jax
 import numpy as np
@@ -256,6 +258,36 @@ def test_workers_yield_exactly_the_inline_stream(water_sampler):
   assert first.atomic_numbers.shape == (2, 12) and first.ao_mask[0].sum() == 7
   np.testing.assert_array_equal(first.positions[0, :3],
                                 water_sampler.positions(2).astype("float32"))
+
+
+def test_a_killed_worker_is_replaced_and_the_stream_goes_on_bit_for_bit(water_sampler, capsys):
+  """A worker killed mid-run (as the kernel's out-of-memory killer does) broke the pool, and
+  training stopped with a BrokenProcessPool traceback."""
+  inline = _take(data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024), 3)
+  with data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, n_workers=2,
+                          prefetch=1) as stream:
+    batches = [next(stream)]
+    os.kill(next(iter(stream._pool._processes)), signal.SIGKILL)
+    batches += [next(stream) for _ in range(2)]
+  for a, b in zip(inline, batches):
+    _assert_same_batch(a, b)
+  assert "a stream worker process died" in capsys.readouterr().err
+
+
+def die_in_a_worker(mol):
+  """A transform that kills any worker process it runs in (a build that always runs out of
+  memory)."""
+  if multiprocessing.parent_process() is not None:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return mol
+
+
+def test_workers_that_keep_dying_stop_the_stream_in_one_line(water_sampler):
+  with data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, n_workers=1,
+                          transform=die_in_a_worker) as stream:
+    with pytest.raises(qpt.errors.TrainingError,
+                       match=r"stream workers died 3 times building conformers 0–1 \(out of memory"):
+      next(stream)
 
 
 def test_resume_reproduces_the_continuation(water_sampler):
