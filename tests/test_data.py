@@ -285,8 +285,8 @@ def die_in_a_worker(mol):
 def test_workers_that_keep_dying_stop_the_stream_in_one_line(water_sampler):
   with data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, n_workers=1,
                           transform=die_in_a_worker) as stream:
-    with pytest.raises(qpt.errors.TrainingError,
-                       match=r"stream workers died 3 times building conformers 0–1 \(out of memory"):
+    died = r"stream workers died 3 times building conformers 0–1 \(out of memory"
+    with pytest.raises(qpt.errors.TrainingError, match=died):
       next(stream)
 
 
