@@ -309,8 +309,8 @@ class ProblemStream:
           print(f"warning: a stream worker process died (out of memory?) building conformers "
                 f"{indices[0]}–{indices[-1]}; restarting the workers", file=sys.stderr, flush=True)
     raise TrainingError(f"stream workers died {WORKER_RESTARTS + 1} times building conformers "
-                     f"{indices[0]}–{indices[-1]} (out of memory? lower data.workers or "
-                     "data.prefetch); rerun to resume from the last checkpoint")
+                        f"{indices[0]}–{indices[-1]} (out of memory? lower data.workers or "
+                        "data.prefetch); rerun to resume from the last checkpoint")
 
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""

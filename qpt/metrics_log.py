@@ -77,8 +77,8 @@ class MetricsLog:
     kept = []
     if start_step and os.path.exists(path):
       with open(path) as f:
-        kept = [line for line, record in _records(path, f.readlines())
-                if record["step"] <= start_step]
+        kept = [line.rstrip("\n") + "\n" for line, record in _records(path, f.readlines())
+                if record["step"] <= start_step]  # a whole record whose newline was lost too
     with open(path + ".tmp", "w") as f:
       f.writelines(kept)
     os.replace(path + ".tmp", path)

@@ -43,6 +43,12 @@ def test_a_line_cut_short_by_a_crash_is_dropped_on_resumption(tmp_path):
   log.close()
   assert [r["step"] for r in metrics_log.read(str(tmp_path))] == [10, 20]
   assert path.read_text().endswith("}\n")
+  # A whole record that lost only its newline is kept, and the next record starts a new line.
+  path.write_text(path.read_text().rstrip("\n"))
+  log = metrics_log.MetricsLog(str(tmp_path), False, total_steps=40, start_step=20)
+  log.close()
+  assert [r["step"] for r in metrics_log.read(str(tmp_path))] == [10, 20]
+  assert path.read_text().endswith("}\n")
 
 
 def test_an_unreadable_line_inside_the_record_is_one_input_error(tmp_path):
