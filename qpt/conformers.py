@@ -41,6 +41,7 @@ from pyscf.data import elements, nist, radii
 
 from qpt import threads
 from qpt.errors import InputError
+from qpt.files import written_whole
 from qpt.molecule import Molecule
 
 DEFAULT_TEMPERATURE = 500.0  # Kelvin; MD17's trajectories were run at 500 K
@@ -87,9 +88,8 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
     h = 0.5 * (h + h.T)
   if path and not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, h)
-    os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+    with written_whole(path) as temporary:  # concurrent processes never read half a file
+      np.save(temporary, h)
   _HESSIANS[key] = h
   return h
 

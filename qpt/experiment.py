@@ -31,6 +31,7 @@ from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels,
 from qpt import model, molecule_sets, molecules, plot, run_config
 from qpt.build import build_problem, grow_alike, max_shape
 from qpt.errors import InputError, TrainingError, make_directory
+from qpt.files import written_whole
 from qpt.level import Level
 from qpt.molecule import Molecule
 from qpt.train import (LABELLED_LOSSES, TrainState, conformer_loss, init_state, make_optimizer,
@@ -402,7 +403,7 @@ def final_evaluation(config, network, params, conformer_sources: Sources, workdi
   hot_key = f"T{config.eval.hot_temperature:g}"
   if conformer_sources.hot is not None:
     metrics[hot_key] = scores(conformer_sources.hot, f"labels_{hot_key}.npz")
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
+  with written_whole(os.path.join(workdir, "eval.json")) as temporary, open(temporary, "w") as f:
     json.dump({**metrics, "meaning": evaluate.MEANING}, f, indent=1)
   m, n = metrics, metrics["refine_steps"]
   refined = (f"  after {n} SCF steps on the device:  occupied ε {m['eps_occ_mae_uha_refined']:.1f} | "

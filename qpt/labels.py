@@ -31,6 +31,7 @@ from pyscf import dft, gto, scf
 from pyscf.dft import gen_grid
 
 from qpt.errors import InputError, check_writable
+from qpt.files import written_whole
 from qpt.level import Level
 from qpt.molecule import Molecule
 
@@ -189,9 +190,8 @@ def save_labels(labels: Labels, path: str | os.PathLike) -> None:
   fields = {f.name: np.asarray(getattr(labels, f.name)) for f in dataclasses.fields(Labels)
             if f.name != "level"}
   fields.update({k: np.asarray(getattr(labels.level, k)) for k in _LEVEL_FIELDS})
-  tmp = f"{os.fspath(path)}.tmp.npz"
-  np.savez(tmp, format=_LABEL_FORMAT, **fields)
-  os.replace(tmp, path)  # a crash mid-write never leaves a truncated cache behind
+  with written_whole(path) as temporary:
+    np.savez(temporary, format=_LABEL_FORMAT, **fields)
 
 
 def load_labels(path: str | os.PathLike) -> Labels:

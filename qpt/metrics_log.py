@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from qpt.errors import InputError
+from qpt.files import written_whole
 from qpt.train import batch_energies
 
 
@@ -79,9 +80,8 @@ class MetricsLog:
       with open(path) as f:
         kept = [line.rstrip("\n") + "\n" for line, record in _records(path, f.readlines())
                 if record["step"] <= start_step]  # a whole record whose newline was lost too
-    with open(path + ".tmp", "w") as f:
+    with written_whole(path) as temporary, open(temporary, "w") as f:
       f.writelines(kept)
-    os.replace(path + ".tmp", path)
     self._file = open(path, "a")
 
   def step(self, step: int, batch, metrics: dict, loss: str, finite: bool, extra: dict,

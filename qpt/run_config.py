@@ -15,6 +15,7 @@ import ml_collections
 
 from qpt import dft, model, molecules, train
 from qpt.errors import InputError
+from qpt.files import written_whole
 from qpt.level import Level
 
 MODES = ("train", "eval")
@@ -95,7 +96,7 @@ def unflatten(flat: dict) -> ml_collections.ConfigDict:
 
 def record(workdir: str, config, backend_description: str) -> None:
   """Writes workdir/config.json: the resolved config, package versions and the devices."""
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  with written_whole(os.path.join(workdir, "config.json")) as temporary, open(temporary, "w") as f:
     json.dump(dict(config=flatten(config.to_dict()), versions=versions(),
                    backend=backend_description), f, indent=1)
 

@@ -38,6 +38,7 @@ import numpy as np
 import qpt
 from qpt import backends, cli, labels, level, xc
 from qpt.errors import check_writable
+from qpt.files import written_whole
 
 MOLECULES = ("water", "ethanol", "malondialdehyde", "uracil")  # the default grid
 BASES = ("sto-3g", "6-31g", "def2-svp")
@@ -230,10 +231,8 @@ class Report:
 
 
 def _write_json(path: str, rows: list[dict]):
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  with written_whole(path) as temporary, open(temporary, "w") as f:
     json.dump(rows, f, indent=1)
-  os.replace(tmp, path)
 
 
 # ---- main -----------------------------------------------------------------------------------
