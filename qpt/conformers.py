@@ -287,7 +287,9 @@ def load_md17(path: str | os.PathLike) -> Trajectory:
   name = os.path.basename(os.fspath(path))
   try:
     data = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
+  except ValueError:  # neither a zip nor a .npy header: numpy would offer to unpickle it
+    raise InputError(f"{name}: not an .npz archive (MD17 files are numpy .npz)") from None
+  except (OSError, zipfile.BadZipFile) as e:
     raise InputError(f"{path}: cannot read as .npz ({e})") from None
   if not isinstance(data, np.lib.npyio.NpzFile):
     raise InputError(f"{name}: a single array, not an .npz archive of MD17 fields")

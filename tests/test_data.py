@@ -166,8 +166,10 @@ def test_md17_malformed_files(tmp_path, arrays, message):
 def test_md17_unreadable_files(tmp_path):
   (tmp_path / "text.npz").write_text("not a zip")
   np.save(tmp_path / "array.npy", np.zeros(3))
-  for name in ("text.npz", "array.npy", "missing.npz"):
-    with pytest.raises(qpt.InputError):
+  for name, message in (("text.npz", "text.npz: not an .npz archive"),
+                        ("array.npy", "array.npy: a single array"),
+                        ("missing.npz", "missing.npz: cannot read")):
+    with pytest.raises(qpt.InputError, match=message):
       conformers.load_md17(tmp_path / name)
 
 

@@ -47,7 +47,13 @@ def create(config) -> Backend:
   if name not in KINDS:
     raise InputError(f"JAX runs on {name!r}, which has no QPT backend; set backend.name")
   kind = KINDS[name]
-  backend = Backend(kind.POLICY, kind.devices(b), config.mesh.data, config.mesh.model,
+  try:
+    devices = kind.devices(b)
+  except RuntimeError:  # JAX's own message is a traceback's last line about plugins
+    raise InputError(f"backend.name={name}: JAX sees no {name} devices here (it runs on "
+                     f"{jax.default_backend()}); set backend.name=auto, or install jax's "
+                     f"{name} plugin") from None
+  backend = Backend(kind.POLICY, devices, config.mesh.data, config.mesh.model,
                     b.layout_independent)
   backend.check_dtype(config.dtype)
   # float64 device arrays need x64; a float32-only policy switches it off so nothing can sneak in.
