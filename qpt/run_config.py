@@ -32,7 +32,8 @@ RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every",
 _MINIMUM = {"train.steps": 1, "train.batch_size": 1, "log_every": 1, "checkpoint.every": 1,
             "checkpoint.keep": 1, "data.mol_repeats": 1, "data.workers": 0, "data.prefetch": 0,
             "eval.per_molecule": 1, "eval.every": 0, "eval.n_validation": 0, "eval.n_conformers": 0,
-            "model.pair_rank": 0}
+            "model.pair_rank": 0, "train.max_bad_steps": 1, "data.split_seed": 0,
+            "data.max_heavy_atoms": 0, "data.max_electrons": 0, "data.max_n_ao": 0}
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

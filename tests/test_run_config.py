@@ -53,7 +53,11 @@ def test_an_optimizer_field_that_cannot_train_is_named(field, value, message):
     ("eval.every", -5, "eval.every=-5: must be at least 0"),
     ("eval.n_conformers", -2, "eval.n_conformers=-2: must be at least 0"),
     ("eval.n_validation", -1, "eval.n_validation=-1: must be at least 0"),
-    ("iterations", -1, "iterations=-1: must be a whole number ≥ 0")])
+    ("iterations", -1, "iterations=-1: must be a whole number ≥ 0"),
+    # stopped after the first step with "0 non-finite steps in a row"
+    ("train.max_bad_steps", 0, "train.max_bad_steps=0: must be at least 1"),
+    ("data.split_seed", -1, "data.split_seed=-1: must be at least 0"),
+    ("data.max_n_ao", -3, "data.max_n_ao=-3: must be at least 0")])
 def test_a_negative_count_is_named(key, value, message):
   config = md17.get_config("water")
   section, _, field = key.rpartition(".")
