@@ -178,7 +178,15 @@ class Molecule:
     if mole.spin != 0:
       raise InputError(f"pyscf Mole has spin {mole.spin}; only closed-shell restricted Kohn-Sham "
                        "is supported")
-    return cls.from_bohr(mole.atom_charges(), mole.atom_coords(unit="Bohr"), mole.charge,
+    charges = mole.atom_charges()
+    if np.any(charges == 0):
+      i = int(np.flatnonzero(charges == 0)[0])
+      raise InputError(f"pyscf Mole: atom {i + 1} ({mole.atom_symbol(i)}) is a ghost atom (no "
+                       "nucleus); QPT's atoms are real ones")
+    if mole.natm and np.any(mole._atm[:, gto.NUC_MOD_OF] != gto.NUC_POINT):
+      # PySCF's finite nuclei move water's B3LYP energy by ~12 µHa; QPT would silently ignore them
+      raise InputError("pyscf Mole uses a finite nuclear model (nucmod); QPT's nuclei are points")
+    return cls.from_bohr(charges, mole.atom_coords(unit="Bohr"), mole.charge,
                          name="pyscf Mole")
 
   # ---- derived quantities -------------------------------------------------------------------

@@ -97,6 +97,11 @@ def test_a_whole_charge_of_any_numeric_type_is_kept(charge):
     (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("def2-svp"),
      "basis 'def2-svp' describes I with an effective core potential"),
     (lambda: qpt.Molecule.from_pyscf(gto.M(atom="O 0 0 0; H 0 0 1", spin=1)), "spin 1"),
+    # a ghost was "unknown element 0"; finite nuclei were silently taken as points
+    (lambda: qpt.Molecule.from_pyscf(gto.M(atom="H 0 0 0; H 0 0 0.74; ghost-H 0 0 3")),
+     "atom 3 (GHOST-H) is a ghost atom"),
+    (lambda: qpt.Molecule.from_pyscf(gto.M(atom="H 0 0 0; H 0 0 0.74", nucmod="G")),
+     "finite nuclear model"),
 ])
 def test_bad_input_is_one_line(make, fragment):
   with pytest.raises(qpt.InputError) as info:
