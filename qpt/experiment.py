@@ -15,6 +15,7 @@ wiring their own: `level`, `make_network`, `make_trainer` (optimizer and compile
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -31,7 +32,7 @@ from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels,
 from qpt import model, molecule_sets, molecules, plot, run_config
 from qpt.build import build_problem, grow_alike, max_shape
 from qpt.errors import InputError, TrainingError, make_directory
-from qpt.files import written_whole
+from qpt.files import one_run_at_a_time, written_whole
 from qpt.level import Level
 from qpt.molecule import Molecule
 from qpt.train import (LABELLED_LOSSES, TrainState, conformer_loss, init_state, make_optimizer,
@@ -288,6 +289,12 @@ def train(config, progress: bool = True) -> dict | None:
   backend.check_batch_size(config.train.batch_size)
   workdir = os.path.abspath(config.workdir)
   make_directory(workdir)
+  # Process 0 speaks for a multi-process run; the others share its workdir.
+  with one_run_at_a_time(workdir) if backend.is_primary else contextlib.nullcontext():
+    return _train(config, backend, workdir, progress)
+
+
+def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> dict | None:
   flat = run_config.flatten(config.to_dict())
   saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
   resume_step = saver.latest_step()

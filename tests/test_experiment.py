@@ -3,6 +3,8 @@
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -86,6 +88,24 @@ def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
   changed.xc = "pbe"
   with pytest.raises(qpt.InputError, match="xc='lda,vwn'"):
     experiment.train(changed, progress=False)
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused_and_a_killed_ones_lock_is_gone(tmp_path):
+  """The same command started twice interleaved two trajectories' checkpoints and metrics."""
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from qpt.files import one_run_at_a_time\n"
+       f"with one_run_at_a_time({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(600)"],
+      stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(qpt.InputError, match=f"in use by another training run \\(pid {holder.pid} "):
+      experiment.train(small_config(tmp_path, 2), progress=False)
+    assert not os.path.exists(tmp_path / "checkpoints")
+  finally:
+    holder.kill()  # SIGKILL: no chance to unlock; the kernel drops the lock with the process
+    holder.wait()
+  experiment.train(small_config(tmp_path, 2), progress=False)
+  assert [r["step"] for r in records(tmp_path)] == [1, 2]
 
 
 def test_validation_and_eval_mode_score_the_checkpointed_parameters(tmp_path):

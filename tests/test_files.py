@@ -1,4 +1,4 @@
-"""Files written whole or not at all (`qpt.files.written_whole`)."""
+"""Files written whole or not at all (`written_whole`); a workdir one run at a time."""
 
 import json
 import os
@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from qpt.files import written_whole
+import qpt
+from qpt.files import one_run_at_a_time, written_whole
 
 
 def test_a_write_lands_whole_and_leaves_nothing_beside_it(tmp_path):
@@ -37,3 +38,12 @@ def test_numpy_writes_keep_the_file_name(tmp_path, save, name):
   with written_whole(tmp_path / name) as temporary:
     save(temporary, np.arange(3))
   assert os.listdir(tmp_path) == [name]
+
+
+def test_a_held_workdir_refuses_a_second_holder_until_released(tmp_path):
+  with one_run_at_a_time(tmp_path):
+    with pytest.raises(qpt.InputError, match=f"in use by another training run \\(pid {os.getpid()} "):
+      with one_run_at_a_time(tmp_path):  # flock: a second open file conflicts, even in one process
+        pass
+  with one_run_at_a_time(tmp_path):  # released on leaving
+    pass
