@@ -4,7 +4,8 @@
   python experiments/md17.py --config experiments/configs/md17.py:water --config.train.steps=200
 
 A wrong config key, type or molecule name, a mismatched checkpoint or any other bad input prints
-one line on stderr and exits with code 2.
+one line on stderr and exits with code 2. SIGTERM or Ctrl-C stops training after the current step
+and a checkpoint, with one line on stderr and the exit code of that signal (143, 130).
 """
 
 import sys
@@ -66,7 +67,7 @@ def main(argv):
     sys.exit(2)
   import qpt  # the run's modules, once the config is known to be readable
   from qpt import experiment
-  from qpt.errors import TrainingError
+  from qpt.errors import Stopped, TrainingError
 
   logging.set_verbosity(logging.WARNING)  # orbax and JAX narrate every save at INFO
   try:
@@ -74,6 +75,9 @@ def main(argv):
   except qpt.InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Stopped as e:  # not finished: a shell's `&&` or a workflow must not go on as if it were
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)  # the code of a process that a signal ended
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

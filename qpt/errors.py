@@ -15,6 +15,15 @@ class TrainingError(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); the message says why."""
 
 
+class Stopped(TrainingError):
+  """A signal (SIGTERM from a scheduler, Ctrl-C) stopped training early, after a checkpoint: the
+  run is not finished, and re-running its command resumes it. `signum` is the signal's number."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
 def check_writable(path: str | os.PathLike) -> None:
   """InputError unless a file can be created at `path`: checked before hours of work, not after."""
   directory = os.path.dirname(os.path.abspath(path))

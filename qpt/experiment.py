@@ -31,7 +31,7 @@ import optax
 from qpt import backends, checkpoint, conformers, data, evaluate, frame, labels, metrics_log
 from qpt import model, molecule_sets, molecules, plot, run_config
 from qpt.build import build_problem, grow_alike, max_shape
-from qpt.errors import InputError, TrainingError, make_directory
+from qpt.errors import InputError, Stopped, TrainingError, make_directory
 from qpt.files import one_run_at_a_time, written_whole
 from qpt.level import Level
 from qpt.molecule import Molecule
@@ -282,7 +282,8 @@ def train(config, progress: bool = True) -> dict | None:
 
   Every process of a multi-process run calls this; process 0 writes metrics, plots and the
   evaluation, orbax coordinates the checkpoints. Returns the final evaluation's metrics, or None
-  if it did not run here (eval.n_conformers = 0, a signal stopped the run, or not process 0).
+  if it did not run here (eval.n_conformers = 0, or not process 0). SIGTERM or SIGINT stops it
+  after the current step and a checkpoint, with `Stopped` (the run is not finished).
   """
   run_config.check(config)
   backend = backends.create(config)  # first: it must configure JAX before any device is used
@@ -328,7 +329,7 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
     first_step = int(backend.to_host(state.step))
     log = metrics_log.MetricsLog(workdir, progress and backend.is_primary, config.train.steps,
                                  first_step, write=backend.is_primary)
-    bad_in_a_row, stop = 0, False
+    bad_in_a_row, stop = 0, 0
     for step in range(first_step, config.train.steps):
       batch = batch or next(stream)  # the first batch was already taken to size the model
       watch.started(step + 1)
@@ -338,8 +339,9 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
       watch.finished()
       finite = bool(metrics["finite"])
       bad_in_a_row = 0 if finite else bad_in_a_row + 1
-      # Every process must leave the loop at the same step, or the others wait in a collective.
-      stop = bool(backend.max_across_processes((int(signals.requested),))[0])
+      # Every process must leave the loop at the same step, or the others wait in a collective;
+      # `stop` is the signal's number (0: none), the same on every process.
+      stop = backend.max_across_processes((signals.signum,))[0]
       done = step + 1 == config.train.steps or stop
       extra = {}
       if config.eval.every and config.eval.n_validation and (step + 1) % config.eval.every == 0:
@@ -361,10 +363,12 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
     saver.wait()
     log.close()
   params = backend.to_host(state.params)  # every process: sharded params are gathered
-  if not backend.is_primary:
-    return None
-  plot.training_curves(workdir)
-  if config.eval.n_conformers and not stop:
+  if backend.is_primary:
+    plot.training_curves(workdir)
+  if stop:  # every process: a scheduler reads each one's exit code
+    raise Stopped(f"{signal.Signals(stop).name} at step {step + 1} of {config.train.steps}: "
+                  f"checkpointed in {saver.directory}; run the same command again to resume", stop)
+  if backend.is_primary and config.eval.n_conformers:
     return final_evaluation(config, trainer.network, params, conformer_sources, workdir)
   return None
 
@@ -464,13 +468,13 @@ class _StopOnSignal:
   """SIGTERM/SIGINT ask the loop to stop after the current step (and checkpoint), not mid-write."""
 
   def __enter__(self):
-    self.requested = False
+    self.signum = 0  # the first signal's number
     self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    self.signum = self.signum or signum
 
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
