@@ -370,6 +370,8 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
                   f"checkpointed in {saver.directory}; run the same command again to resume", stop)
   if backend.is_primary and config.eval.n_conformers:
     return final_evaluation(config, trainer.network, params, conformer_sources, workdir)
+  if backend.is_primary:
+    print(_where_it_is(workdir))
   return None
 
 
@@ -439,9 +441,14 @@ def final_evaluation(config, network, params, conformer_sources: Sources, workdi
            f"energy MAE {m[hot_key]['energy_mae_uha']:.1f} | "
            f"{m[hot_key]['energy_mae_uha_minao']:.1f} µHa, occupied ε "
            f"{m[hot_key]['eps_occ_mae_uha']:.1f} µHa\n" if hot_key in m else "")
-        + f"metrics {workdir}/metrics.jsonl, eval {workdir}/eval.json, "
-        f"curves {workdir}/training_curves.png, checkpoints {workdir}/checkpoints")
+        + _where_it_is(workdir, f"eval {workdir}/eval.json, "))
   return metrics
+
+
+def _where_it_is(workdir: str, evaluation: str = "") -> str:
+  """The line that ends a run's output: where its files are."""
+  return (f"metrics {workdir}/metrics.jsonl, {evaluation}curves {workdir}/training_curves.png, "
+          f"checkpoints {workdir}/checkpoints")
 
 
 def evaluate_checkpoint(config) -> dict:
