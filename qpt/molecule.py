@@ -227,7 +227,11 @@ class Molecule:
         raise InputError(f"{self.name}: basis {basis!r} describes {symbol} with an effective core "
                          "potential; QPT is all-electron only: choose an all-electron basis")
     atoms = [(s, tuple(p)) for s, p in zip(self.symbols, self.positions)]
-    return gto.M(atom=atoms, unit="Bohr", basis=basis, charge=self.charge, spin=0, verbose=0)
+    mol = gto.M(atom=atoms, unit="Bohr", basis=basis, charge=self.charge, spin=0, verbose=0)
+    if self.n_electrons // 2 > mol.nao:  # an anion too charged for its basis: nowhere to put them
+      raise InputError(f"{self.name}: {self.n_electrons} electrons need {self.n_electrons // 2} "
+                       f"orbitals, but basis {basis!r} has {mol.nao} for it")
+    return mol
 
   def xyz_text(self) -> str:
     """The xyz file text of this molecule (Å)."""

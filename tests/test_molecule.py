@@ -97,6 +97,9 @@ def test_a_whole_charge_of_any_numeric_type_is_kept(charge):
     (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("def2-svp"),
      "basis 'def2-svp' describes I with an effective core potential"),
     (lambda: qpt.Molecule.from_pyscf(gto.M(atom="O 0 0 0; H 0 0 1", spin=1)), "spin 1"),
+    # predicted an energy for H³⁻ (4 electrons, 2 orbitals) in one orbital
+    (lambda: qpt.Molecule(["H"], [[0, 0, 0]], charge=-3).to_pyscf("sto-3g"),
+     "4 electrons need 2 orbitals, but basis 'sto-3g' has 1 for it"),
     # a ghost was "unknown element 0"; finite nuclei were silently taken as points
     (lambda: qpt.Molecule.from_pyscf(gto.M(atom="H 0 0 0; H 0 0 0.74; ghost-H 0 0 3")),
      "atom 3 (GHOST-H) is a ghost atom"),
