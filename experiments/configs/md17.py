@@ -5,7 +5,8 @@ at 500 K for water, 25 for the others; def2-SVP, B3LYP5, tiny model, float32, k 
 prints these numbers and writes them to WORKDIR/eval.json; docs/results.md has every measured run.
 
   python experiments/md17.py --config experiments/configs/md17.py:water          # = `make run`
-      ~8–9.5 min (AVX-512; about twice that without it): energy MAE of E[D(H_pred)]
+      ~5–6 min (AVX-512; up to ~9.5 at a busy hour of a shared machine, about twice that
+      without AVX-512): energy MAE of E[D(H_pred)]
       ~1.4 µHa (MINAO baseline ~92,000), occupied ε ~120 µHa, SCF-cycle ratio ~0.59
   python experiments/md17.py --config experiments/configs/md17.py:ethanol
       ~23 min: energy MAE ~730 µHa (baseline ~87,000), SCF-cycle ratio ~0.75
