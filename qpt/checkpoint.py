@@ -10,7 +10,10 @@ SIGKILL) mid-write leaves nothing that `latest_step` would pick up: restore alwa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -18,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
 
-from qpt.errors import InputError
+from qpt.errors import InputError, TrainingError
 
 
 def _keyed_barriers() -> None:
@@ -38,16 +41,38 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3):
     _keyed_barriers()
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # A save cut short (a full disk, a kill) leaves its `<step>.orbax-checkpoint-tmp` behind. One
+    # run at a time writes a workdir (`files.one_run_at_a_time`), so at its start they are dead.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._saving: int | None = None  # the step of the save that may still be running
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
-    """Starts an (asynchronous) save of `state` and `meta` at `step`."""
+    """Starts an (asynchronous) save of `state` and `meta` at `step`.
+
+    A disk without room for it is a one-line TrainingError before anything is written (orbax
+    would fail in its writer threads with ~1,700 lines of tracebacks); so is any other failure to
+    write (the previous save's, which surfaces here)."""
+    self.wait()  # orbax's save waits for the one before anyway; here its failure is named
+    self._check_room(step, state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    self._manager.save(step, args=args, force=force)
+    with self._failures_named(step):
+      self._manager.save(step, args=args, force=force)
+    self._saving = step
+
+  def _check_room(self, step: int, state: Any) -> None:
+    """TrainingError unless the disk has room for one more checkpoint of `state` (its arrays'
+    bytes and 10 % for orbax's index; older checkpoints are deleted only after it is written)."""
+    needed = 1.1 * sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + 1e6
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise TrainingError(f"no room for checkpoint {step}: {self.directory} has "
+                          f"{free / 1e6:.0f} MB free and it needs ~{needed / 1e6:.0f} MB; free "
+                          f"some and run the same command again to resume {self._from()}")
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
     """(state, meta) at `step` (default: latest), into the structure/shardings of `abstract_state`.
@@ -67,8 +92,29 @@ class Checkpointer:
                  ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def wait(self) -> None:
-    """Blocks until pending saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending saves are on disk (a one-line TrainingError if one failed)."""
+    with self._failures_named(self._saving):
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _failures_named(self, step: int | None):
+    """Orbax's failure to write a checkpoint (raised from its writer threads: ValueError,
+    OSError …) as a one-line TrainingError with the operating system's reason."""
+    try:
+      yield
+    except TrainingError:
+      raise
+    except Exception as e:
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      reason = (os.strerror(int(code.group(1))) if code
+                else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+      raise TrainingError(f"checkpoint {step} could not be written in {self.directory} "
+                          f"({reason}); fix that and run the same command again to resume "
+                          f"{self._from()}") from e
+
+  def _from(self) -> str:
+    latest = self.latest_step()
+    return "from the start" if latest is None else f"from checkpoint {latest}"
 
   def close(self) -> None:
     self._manager.close()

@@ -49,9 +49,32 @@ def test_an_unfinished_write_is_never_restored(tmp_path):
   saver.save(1, state(), {"step": 1})
   saver.wait()
   saver.close()
-  # What a crash mid-write leaves behind: orbax's temporary directory for step 2.
-  os.makedirs(tmp_path / "2.orbax-checkpoint-tmp-1700000000000000")
-  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 1
+  # What a crash mid-write leaves behind: orbax's temporary directory for step 5.
+  os.makedirs(tmp_path / "5.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp")
+  next_run = checkpoint.Checkpointer(str(tmp_path))
+  assert next_run.latest_step() == 1
+  next_run.save(2, state(), {"step": 2})  # and it goes (by then), not kept taking space
+  next_run.wait()
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+def test_a_disk_without_room_stops_before_writing_and_keeps_the_last_checkpoint(tmp_path,
+                                                                                 monkeypatch):
+  """A full disk failed in orbax's writer threads: ~1,700 lines of tracebacks, and a half-written
+  directory taking the space. Now one line, before anything is written."""
+  saver = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  saver.save(1, state(1), {"step": 1})
+  nbytes = sum(x.nbytes for x in jax.tree.leaves(state()))
+  usage = checkpoint.shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                      lambda path: usage._replace(free=nbytes // 2))
+  with pytest.raises(qpt.errors.TrainingError,
+                     match="no room for checkpoint 2: .* MB free .* resume from checkpoint 1$"):
+    saver.save(2, state(2), {"step": 2})
+  assert os.listdir(tmp_path) == ["1"]
+  restored, meta = saver.restore(abstract(state()))
+  assert meta == {"step": 1}
+  np.testing.assert_array_equal(restored["params"]["embed"]["w"], state(1)["params"]["embed"]["w"])
 
 
 def test_load_params_for_fine_tuning(tmp_path):
