@@ -459,8 +459,9 @@ def evaluate_checkpoint(config) -> dict:
   make_directory(workdir)
   source, field = (config.init_from, "init_from") if config.init_from else (workdir, "workdir")
   manager_dir, _ = checkpoint.locate(source, field)
-  run_config.check_model_matches(os.path.dirname(manager_dir), run_config.flatten(config.to_dict()),
-                                 field)
+  flat = run_config.flatten(config.to_dict())
+  run_config.check_model_matches(os.path.dirname(manager_dir), flat, field)
+  run_config.check_level_matches(os.path.dirname(manager_dir), flat, field)
   network = make_network(config)
   conformer_sources = sources(config, workdir)
   example = build_problem(frame.canonical_molecule(conformer_sources.test(0)), level(config))

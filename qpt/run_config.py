@@ -166,6 +166,30 @@ def check_model_matches(source_workdir: str, wanted_flat: dict, field: str = "in
     raise InputError(f"{field}={source_workdir} trained another model ({ours} here): pass {flags}")
 
 
+# What a model learnt to predict H for: scored at another basis or functional it is out of its
+# domain (water's def2-SVP model in STO-3G: 4,470 µHa instead of 1.3). The grid, the repulsion
+# integrals and the dtype only approximate the same energy, and may differ.
+_LEARNT_FOR = ("basis", "xc")
+
+
+def check_level_matches(source_workdir: str, wanted_flat: dict, field: str = "workdir") -> None:
+  """One-line InputError naming the flags to pass if the run in `source_workdir` trained for
+  another basis or functional than `wanted_flat` asks to evaluate at (mode=eval). Fine-tuning
+  across them is allowed (a new run); a directory without a config.json passes."""
+  try:
+    source = flatten(saved(source_workdir).to_dict())
+  except InputError:
+    return
+  same = lambda a, b: str(a).strip().lower() == str(b).strip().lower()  # as `Level` reads them
+  differ = [key for key in _LEARNT_FOR if not same(source.get(key), wanted_flat.get(key))]
+  if differ:
+    ours = ", ".join(f"{key}={wanted_flat.get(key)!r}" for key in differ)
+    flags = " ".join(f"--config.{key}={source.get(key)}" for key in differ)
+    raise InputError(f"{field}={source_workdir} trained its model for "
+                     f"{', '.join(f'{k}={source.get(k)!r}' for k in differ)}, not {ours}: pass "
+                     f"{flags} to evaluate it (fine-tune it for another level with init_from)")
+
+
 def versions() -> dict:
   return {p: importlib.metadata.version(p)
           for p in ("jax", "jaxlib", "dm-haiku", "optax", "pyscf", "numpy", "ml-collections",

@@ -136,6 +136,12 @@ def test_validation_and_eval_mode_score_the_checkpointed_parameters(tmp_path):
   for key, value in flat(final).items():
     if not key.endswith("refine_time_ratio"):  # a timing
       assert flat(again)[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+  # At another functional it would score (and overwrite eval.json with) a model out of its domain.
+  c.xc = "pbe"
+  with pytest.raises(qpt.InputError, match="trained its model for xc='lda,vwn', not xc='pbe': "
+                                           "pass --config.xc=lda,vwn"):
+    experiment.run(c)
+  c.xc = "lda,vwn"
   # The validation logged at step 2 is the final parameters' score on the validation set.
   logged = records(tmp_path)[-1]
   validation = labels.load_labels(tmp_path / "validation_labels.npz")

@@ -32,6 +32,18 @@ def test_a_recorded_config_reads_back_as_the_run_had_it(tmp_path):
     run_config.saved(str(tmp_path / "elsewhere"))
 
 
+def test_evaluating_at_another_basis_or_functional_than_trained_is_refused(tmp_path):
+  """Water's def2-SVP model scored in STO-3G: 4,470 µHa instead of 1.3, into its eval.json."""
+  run_config.record(str(tmp_path), md17.get_config("water"), "cpu: 1 device")
+  wanted = md17.get_config("water")
+  wanted.basis, wanted.grid_level, wanted.eri = "DEF2-SVP", 1, "df"  # the same basis; may differ
+  run_config.check_level_matches(str(tmp_path), run_config.flatten(wanted.to_dict()))
+  wanted.basis = "sto-3g"
+  with pytest.raises(qpt.InputError, match=r"trained its model for basis='def2-svp', not "
+                                           r"basis='sto-3g': pass --config.basis=def2-svp"):
+    run_config.check_level_matches(str(tmp_path), run_config.flatten(wanted.to_dict()))
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("learning_rate", float("nan"), "train.learning_rate=nan: must be a positive finite number"),
     ("learning_rate", -1e-3, "train.learning_rate=-0.001: must be a positive"),
