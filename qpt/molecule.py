@@ -137,7 +137,7 @@ class Molecule:
   @classmethod
   def from_xyz_text(cls, text: str, charge: int = 0, name: str = "xyz") -> Molecule:
     """From the text of an xyz file: a count line, a comment line, then `El x y z` in Å."""
-    lines = text.strip("\n").splitlines()
+    lines = text.removeprefix("\ufeff").strip("\n").splitlines()  # a Windows editor's BOM
     if not lines or not lines[0].strip():
       raise InputError(f"{name}: empty xyz")
     try:
@@ -145,6 +145,9 @@ class Molecule:
     except ValueError:
       raise InputError(f"{name}: line 1 should be the atom count, got {lines[0].strip()!r}") from None
     atom_lines = [l for l in lines[2:] if l.strip()]
+    if len(atom_lines) > count and lines[2 + count].strip().isdigit():
+      raise InputError(f"{name}: a trajectory (line {count + 3} starts another frame); QPT reads "
+                       "one molecule per xyz file")
     if len(atom_lines) != count:
       raise InputError(f"{name}: line 1 says {count} atoms but {len(atom_lines)} atom lines follow")
     symbols, xyz = [], []
@@ -164,7 +167,7 @@ class Molecule:
     """From an xyz file (Å)."""
     name = os.path.basename(os.fspath(path))
     try:
-      with open(path) as f:
+      with open(path, encoding="utf-8") as f:  # whatever the locale says
         text = f.read()
     except OSError as e:
       raise InputError(f"{path}: cannot read ({e.strerror})") from None

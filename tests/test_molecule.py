@@ -87,6 +87,8 @@ def test_a_whole_charge_of_any_numeric_type_is_kept(charge):
     (lambda: qpt.Molecule.from_xyz_text("3\nc\nO 0 0 0\nH 0 zero 1\nH 0 1 0\n"),
      "line 4 has a bad number"),
     (lambda: qpt.Molecule.from_xyz_text("three\nc\nO 0 0 0\n"), "line 1 should be the atom count"),
+    (lambda: qpt.Molecule.from_xyz_text("1\na\nHe 0 0 0\n1\nb\nHe 0 0 1\n"),
+     "a trajectory (line 4 starts another frame)"),  # was "1 atoms but 4 atom lines follow"
     (lambda: qpt.Molecule.from_xyz("/nonexistent/water.xyz"), "cannot read"),
     (lambda: qpt.Molecule(None, [[0, 0, 0]]), "symbols None are not a list of elements"),
     (lambda: qpt.Molecule(["O", "H", "H"], np.eye(3) + 0.5j), "positions are complex"),
@@ -113,6 +115,14 @@ def test_bad_input_is_one_line(make, fragment):
   assert fragment in message
   assert "\n" not in message
   assert isinstance(info.value, ValueError)
+
+
+def test_an_xyz_file_saved_with_a_byte_order_mark_reads(tmp_path):
+  """Windows editors start UTF-8 files with one; it read as the atom count '\ufeff3'."""
+  path = tmp_path / "water.xyz"
+  path.write_text("3\nwater\nO 0 0 0\nH 0 0 0.96\nH 0.93 0 -0.24\n", encoding="utf-8-sig")
+  water = qpt.Molecule.from_xyz(path)
+  assert water.symbols == ["O", "H", "H"] and water.positions_angstrom[1, 2] == 0.96
 
 
 def test_a_binary_file_is_not_an_xyz_file(tmp_path):
