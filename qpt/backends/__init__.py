@@ -112,6 +112,12 @@ def _initialize_distributed(b) -> None:
     except (KeyError, ValueError):
       raise InputError(f"coordinator {address}: also set backend.num_processes and "
                        "backend.process_id (or QPT_NUM_PROCESSES and QPT_PROCESS_ID)") from None
+    host, _, port = address.rpartition(":")
+    if not (host and port.isdigit()):
+      raise InputError(f"backend.coordinator_address={address!r}: give host:port of process 0")
+    if not 0 <= index < count:
+      raise InputError(f"backend.process_id={index} of backend.num_processes={count}: must be "
+                       f"0..{count - 1}")
     # CPU processes exchange gradients through gloo (the CPU client has no collectives otherwise).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(address, num_processes=count, process_id=index)

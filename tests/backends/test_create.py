@@ -1,5 +1,5 @@
-"""backends.create: a kind of device this machine lacks is a one-line InputError, not JAX's
-traceback (CI and this project's machines have CPUs only)."""
+"""backends.create: a kind of device this machine lacks (CI's and ours have CPUs only), or a
+multi-process setting that cannot join, is a one-line InputError, not JAX's traceback."""
 
 import jax
 import pytest
@@ -17,3 +17,17 @@ def test_a_missing_kind_of_device_is_named(name):
   config.backend.name = name
   with pytest.raises(InputError, match=f"backend.name={name}: JAX sees no {name} devices"):
     backends.create(config)
+
+
+@pytest.mark.parametrize("address, processes, index, message", [
+    ("localhost", 1, 0, "coordinator_address='localhost': give host:port"),  # was an IndexError
+    ("localhost:23456", 2, 5, "process_id=5 of backend.num_processes=2: must be 0..1"),
+])
+def test_a_multi_process_setting_that_cannot_join_is_named(address, processes, index, message):
+  """Refused before `jax.distributed.initialize`, whose own errors are 25-line tracebacks."""
+  config = md17.get_config("water")
+  b = config.backend
+  b.coordinator_address, b.num_processes, b.process_id = address, processes, index
+  with pytest.raises(InputError, match=message):
+    backends.create(config)
+  assert not jax.distributed.is_initialized()
