@@ -1,11 +1,9 @@
 """Files written whole or not at all, and a workdir one training run at a time.
 
-A crash mid-write never leaves a truncated file behind (`written_whole`):
-
-A killed process, a full disk or a lost machine can stop a write halfway; whatever reads the file
-next (a resumed run, a plot, a label cache) would then meet half a file. Written to a temporary
-file beside it and renamed over it in one step (`os.replace`, atomic on POSIX), the file is
-either the old one or the new one.
+`written_whole`: a killed process, a full disk or a lost machine can stop a write halfway;
+whatever reads the file next (a resumed run, a plot, a label cache) would then meet half a file.
+Written to a temporary file beside it and renamed over it in one step (`os.replace`, atomic on
+POSIX), the file is either the old one or the new one.
 
 Two runs in one workdir (the same command started twice, a job submitted twice) would resume from
 the same checkpoint and then interleave their metrics and checkpoints, each deleting the other's;
