@@ -41,10 +41,8 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3):
     _keyed_barriers()
     self.directory = os.path.abspath(directory)
-    # A save cut short (a full disk, a kill) leaves its `<step>.orbax-checkpoint-tmp` behind. One
-    # run at a time writes a workdir (`files.one_run_at_a_time`), so at its start they are dead.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
+    _remove_unfinished(self.directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._saving: int | None = None  # the step of the save that may still be running
 
@@ -158,6 +156,19 @@ def load_params(path: str, like: Any = None, field: str = "") -> Any:
     return jax.tree.map(np.asarray, params)
   check_same_shapes(params, like, f"checkpoint {manager_dir}/{step}")
   return jax.tree.map(lambda a, b: np.asarray(a, dtype=b.dtype), params, like)  # arrays or specs
+
+
+def _remove_unfinished(directory: str) -> None:
+  """Removes what saves cut short (a full disk, a kill) left: `<step>.orbax-checkpoint-tmp…`.
+
+  Process 0 only, and at the start of a run, when no save is running: one run at a time writes a
+  workdir (`files.one_run_at_a_time`). Done here, not by orbax's `cleanup_tmp_directories`, whose
+  background thread raised at interpreter shutdown when the run stopped at once (a bad flag)."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if ".orbax-checkpoint-tmp" in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def _read(manager: ocp.CheckpointManager, directory: str, step: int, args) -> Any:
