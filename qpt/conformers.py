@@ -88,8 +88,9 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
     h = 0.5 * (h + h.T)
   if path and not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
-    with written_whole(path) as temporary:  # concurrent processes never read half a file
-      np.save(temporary, h)
+    # concurrent processes never read half a file
+    with written_whole(path) as temporary, open(temporary, "wb") as f:
+      np.save(f, h)
   _HESSIANS[key] = h
   return h
 

@@ -26,6 +26,8 @@ class Stopped(TrainingError):
 
 def check_writable(path: str | os.PathLike) -> None:
   """InputError unless a file can be created at `path`: checked before hours of work, not after."""
+  if os.path.isdir(path):
+    raise InputError(f"{path}: a directory; give the name of a file to write")
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
     raise InputError(f"{path}: cannot write there ({directory} is not a writable directory)")

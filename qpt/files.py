@@ -28,8 +28,9 @@ LOCK_NAME = ".lock"
 @contextlib.contextmanager
 def written_whole(path: str | os.PathLike) -> Iterator[str]:
   """Yields a temporary path beside `path` to write to; on leaving, it replaces `path` in one step,
-  or is removed if the block raised. It keeps `path`'s extension, so that numpy's `save` and
-  `savez` add none of their own; the process id keeps concurrent writers apart."""
+  or is removed if the block raised. The process id keeps concurrent writers apart. Write it
+  through an open file (numpy's `save` and `savez` add ".npy" / ".npz" to a bare name that lacks
+  it, and the file would then not be where this renames from)."""
   path = os.fspath(path)
   root, extension = os.path.splitext(path)
   temporary = f"{root}.{os.getpid()}.tmp{extension}"

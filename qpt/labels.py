@@ -190,8 +190,8 @@ def save_labels(labels: Labels, path: str | os.PathLike) -> None:
   fields = {f.name: np.asarray(getattr(labels, f.name)) for f in dataclasses.fields(Labels)
             if f.name != "level"}
   fields.update({k: np.asarray(getattr(labels.level, k)) for k in _LEVEL_FIELDS})
-  with written_whole(path) as temporary:
-    np.savez(temporary, format=_LABEL_FORMAT, **fields)
+  with written_whole(path) as temporary, open(temporary, "wb") as f:
+    np.savez(f, format=_LABEL_FORMAT, **fields)
 
 
 def load_labels(path: str | os.PathLike) -> Labels:

@@ -10,6 +10,8 @@ def test_an_output_path_is_checked_before_the_work(tmp_path):
   errors.check_writable(tmp_path / "report.json")  # a directory that exists: fine
   with pytest.raises(qpt.InputError, match="missing/report.json: cannot write there"):
     errors.check_writable(tmp_path / "missing" / "report.json")
+  with pytest.raises(qpt.InputError, match="a directory; give the name of a file"):
+    errors.check_writable(tmp_path)  # tools/label.py --out DIR: a traceback after PySCF's work
 
 
 def test_a_directory_that_cannot_be_made_is_one_input_error(tmp_path):

@@ -1,5 +1,7 @@
 """PySCF labels: converged MINAO runs at the level asked for, cached in label files."""
 
+import os
+
 import numpy as np
 import pytest
 from pyscf import dft, lib
@@ -90,6 +92,12 @@ def test_label_files_are_reused(tmp_path, monkeypatch, capsys):
   with pytest.raises(qpt.InputError, match="not a readable QPT label file"):
     labels.load_labels(out)
   assert tool.main(argv) == 0 and len(runs) == 4
+  # An --out without ".npz": numpy's savez added one to the temporary name, and the rename then
+  # failed with a traceback after PySCF's work. Now the file is the name given, and read back.
+  bare = str(tmp_path / "water_labels")
+  assert tool.main([*argv[:-3], "--out", bare, "--json"]) == 0 and len(runs) == 5
+  assert os.listdir(tmp_path).count("water_labels") == 1
+  assert labels.load_labels(bare).level == qpt.Level(BASIS, XC, GRID_LEVEL, dtype="float64")
 
 
 @pytest.mark.parametrize("make, words", [
