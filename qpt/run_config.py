@@ -151,9 +151,8 @@ def check_model_matches(source_workdir: str, wanted_flat: dict, field: str = "in
   """One-line InputError naming the flags to pass if the run in `source_workdir` recorded another
   model architecture than `wanted_flat`'s: its parameters would not fit. A directory without a
   config.json passes; its parameters' shapes are checked where they are loaded."""
-  try:
-    source = flatten(saved(source_workdir).to_dict())
-  except InputError:
+  source = _recorded(source_workdir)
+  if source is None:
     return
   architecture = sorted(key for key in set(source) | set(wanted_flat)
                         if key.startswith("model.") and key not in _NOT_ARCHITECTURE)
@@ -176,18 +175,25 @@ def check_level_matches(source_workdir: str, wanted_flat: dict, field: str = "wo
   """One-line InputError naming the flags to pass if the run in `source_workdir` trained for
   another basis or functional than `wanted_flat` asks to evaluate at (mode=eval). Fine-tuning
   across them is allowed (a new run); a directory without a config.json passes."""
-  try:
-    source = flatten(saved(source_workdir).to_dict())
-  except InputError:
+  source = _recorded(source_workdir)
+  if source is None:
     return
   same = lambda a, b: str(a).strip().lower() == str(b).strip().lower()  # as `Level` reads them
   differ = [key for key in _LEARNT_FOR if not same(source.get(key), wanted_flat.get(key))]
   if differ:
+    theirs = ", ".join(f"{key}={source.get(key)!r}" for key in differ)
     ours = ", ".join(f"{key}={wanted_flat.get(key)!r}" for key in differ)
     flags = " ".join(f"--config.{key}={source.get(key)}" for key in differ)
-    raise InputError(f"{field}={source_workdir} trained its model for "
-                     f"{', '.join(f'{k}={source.get(k)!r}' for k in differ)}, not {ours}: pass "
+    raise InputError(f"{field}={source_workdir} trained its model for {theirs}, not {ours}: pass "
                      f"{flags} to evaluate it (fine-tune it for another level with init_from)")
+
+
+def _recorded(workdir: str) -> dict | None:
+  """The flattened config a run in `workdir` recorded, or None where there is no config.json."""
+  try:
+    return flatten(saved(workdir).to_dict())
+  except InputError:
+    return None
 
 
 def versions() -> dict:
