@@ -98,7 +98,8 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_a_killed_ones_lock_is_gon
       stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   try:
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(qpt.InputError, match=f"in use by another training run \\(pid {holder.pid} "):
+    busy = f"in use by another training run \\(pid {holder.pid} "
+    with pytest.raises(qpt.InputError, match=busy):
       experiment.train(small_config(tmp_path, 2), progress=False)
     assert not os.path.exists(tmp_path / "checkpoints")
   finally:

@@ -42,7 +42,8 @@ def test_numpy_writes_keep_the_file_name(tmp_path, save, name):
 
 def test_a_held_workdir_refuses_a_second_holder_until_released(tmp_path):
   with one_run_at_a_time(tmp_path):
-    with pytest.raises(qpt.InputError, match=f"in use by another training run \\(pid {os.getpid()} "):
+    busy = f"in use by another training run \\(pid {os.getpid()} "
+    with pytest.raises(qpt.InputError, match=busy):
       with one_run_at_a_time(tmp_path):  # flock: a second open file conflicts, even in one process
         pass
   with one_run_at_a_time(tmp_path):  # released on leaving
