@@ -93,7 +93,7 @@ def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
 def test_a_second_run_in_a_busy_workdir_is_refused_and_a_killed_ones_lock_is_gone(tmp_path):
   """The same command started twice interleaved two trajectories' checkpoints and metrics."""
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from qpt.files import one_run_at_a_time\n"
+      [sys.executable, "-c", "import time; from qpt.files import one_run_at_a_time\n"
        f"with one_run_at_a_time({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(600)"],
       stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   try:
