@@ -76,8 +76,9 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
       f"{molecule.charge}|rhf|{basis.lower()}".encode()])).hexdigest()[:16]
   path = os.path.join(cache_dir, f"hessian-{molecule.name}-{key}.npy") if cache_dir else None
   h = _HESSIANS.get(key)
-  if h is None and path and os.path.exists(path):
-    h = np.load(path)
+  if h is None and path:
+    h = _readable_hessian(path, 3 * molecule.n_atoms)
+  on_disk = h is not None
   if h is None:
     with threads.one_thread():
       mf = molecule.to_pyscf(basis).RHF().run()
@@ -86,13 +87,23 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
       n = molecule.n_atoms
       h = mf.Hessian().kernel().transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
     h = 0.5 * (h + h.T)
-  if path and not os.path.exists(path):
+  if path and not on_disk:  # also over a file that could not be read
     os.makedirs(cache_dir, exist_ok=True)
     # concurrent processes never read half a file
     with written_whole(path) as temporary, open(temporary, "wb") as f:
       np.save(f, h)
   _HESSIANS[key] = h
   return h
+
+
+def _readable_hessian(path: str, n: int) -> np.ndarray | None:
+  """The cached (n, n) Hessian at `path`, or None if there is none or it cannot be read whole (a
+  copy of the workdir cut short): then it is computed again, bit for bit the same."""
+  try:
+    h = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError):
+    return None
+  return h if h.shape == (n, n) and np.isfinite(h).all() else None
 
 
 def masses(molecule: Molecule) -> np.ndarray:
