@@ -76,9 +76,10 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
       f"{molecule.charge}|rhf|{basis.lower()}".encode()])).hexdigest()[:16]
   path = os.path.join(cache_dir, f"hessian-{molecule.name}-{key}.npy") if cache_dir else None
   h = _HESSIANS.get(key)
-  if h is None and path:
+  unreadable = False
+  if h is None and path and os.path.exists(path):
     h = _readable_hessian(path, 3 * molecule.n_atoms)
-  on_disk = h is not None
+    unreadable = h is None
   if h is None:
     with threads.one_thread():
       mf = molecule.to_pyscf(basis).RHF().run()
@@ -87,7 +88,7 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
       n = molecule.n_atoms
       h = mf.Hessian().kernel().transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
     h = 0.5 * (h + h.T)
-  if path and not on_disk:  # also over a file that could not be read
+  if path and (unreadable or not os.path.exists(path)):
     os.makedirs(cache_dir, exist_ok=True)
     # concurrent processes never read half a file
     with written_whole(path) as temporary, open(temporary, "wb") as f:
@@ -97,8 +98,8 @@ def hessian(molecule: Molecule, basis: str = HESSIAN_BASIS,
 
 
 def _readable_hessian(path: str, n: int) -> np.ndarray | None:
-  """The cached (n, n) Hessian at `path`, or None if there is none or it cannot be read whole (a
-  copy of the workdir cut short): then it is computed again, bit for bit the same."""
+  """The cached (n, n) Hessian at `path`, or None if it cannot be read whole (a copy of the
+  workdir cut short): then it is computed again, bit for bit the same, and written over."""
   try:
     h = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError):
