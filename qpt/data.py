@@ -296,7 +296,9 @@ class ProblemStream:
 
     A worker that dies (the kernel's out-of-memory killer, a stray signal) breaks the whole pool.
     A build is a pure function of its conformer, so a new pool rebuilds the very same problems:
-    the run goes on, bit for bit, up to WORKER_RESTARTS times for one batch.
+    the run goes on, bit for bit, up to WORKER_RESTARTS times for one batch. Not covered: a
+    worker that dies while writing its result into the pool's pipe leaves half a message there,
+    and the executor's reader waits for the rest forever (CPython's ProcessPoolExecutor).
     """
     for restart in range(WORKER_RESTARTS + 1):
       try:

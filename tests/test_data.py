@@ -1,8 +1,11 @@
 """Conformer sampling, MD17 files and the background problem stream: all deterministic."""
 
+import functools
 import multiprocessing
 import os
 import signal
+import threading
+import time
 
 import jax
 import numpy as np
@@ -269,15 +272,42 @@ def test_workers_yield_exactly_the_inline_stream(water_sampler):
                                 water_sampler.positions(2).astype("float32"))
 
 
-def test_a_killed_worker_is_replaced_and_the_stream_goes_on_bit_for_bit(water_sampler, capsys):
-  """A worker killed mid-run (as the kernel's out-of-memory killer does) broke the pool, and
-  training stopped with a BrokenProcessPool traceback."""
+def pause_in_workers(pause: str, mol):
+  """A transform that holds a worker in its build while the file `pause` exists, after writing
+  `pause`.<pid>: a worker to kill mid-build."""
+  if multiprocessing.parent_process() is not None and os.path.exists(pause):
+    with open(f"{pause}.{os.getpid()}", "w"):
+      pass
+    while os.path.exists(pause):
+      time.sleep(0.01)
+  return mol
+
+
+def test_a_killed_worker_is_replaced_and_the_stream_goes_on_bit_for_bit(water_sampler, capsys,
+                                                                         tmp_path):
+  """A worker killed mid-build (as the kernel's out-of-memory killer does) broke the pool, and
+  training stopped with a BrokenProcessPool traceback.
+
+  Killed while it builds, not at a random moment: one killed while handing its problem back
+  leaves half a message in the pool's pipe, and Python's ProcessPoolExecutor then waits for the
+  rest forever (README; this test hung so in about one run of six alone)."""
+  pause = tmp_path / "pause"
+  pause.touch()
+
+  def kill_a_paused_worker():
+    deadline = time.monotonic() + 120
+    while not (paused := list(tmp_path.glob("pause.*"))) and time.monotonic() < deadline:
+      time.sleep(0.01)
+    os.kill(int(paused[0].suffix[1:]), signal.SIGKILL)
+    pause.unlink()
+
   inline = _take(data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024), 3)
-  with data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, n_workers=2,
-                          prefetch=1) as stream:
-    batches = [next(stream)]
-    os.kill(next(iter(stream._pool._processes)), signal.SIGKILL)
-    batches += [next(stream) for _ in range(2)]
+  killer = threading.Thread(target=kill_a_paused_worker)
+  killer.start()
+  with data.ProblemStream(water_sampler, 2, LEVEL, xc_chunk=1024, n_workers=2, prefetch=1,
+                          transform=functools.partial(pause_in_workers, str(pause))) as stream:
+    batches = [next(stream) for _ in range(3)]
+  killer.join()
   for a, b in zip(inline, batches):
     _assert_same_batch(a, b)
   assert "a stream worker process died" in capsys.readouterr().err
