@@ -49,6 +49,9 @@ from qpt.problem import DEFAULT_XC_CHUNK, SHAPE_NAMES, DFTProblem, Shape, as_sha
 
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one pool starts at a time
 WORKER_RESTARTS = 2  # new pools for one batch after its workers died, before the stream gives up
+# A dead worker that the pool has not noticed after this long died while writing its result: the
+# pool's reader waits for the rest of that message forever, and the stream breaks the pool open.
+STUCK_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,14 +299,12 @@ class ProblemStream:
 
     A worker that dies (the kernel's out-of-memory killer, a stray signal) breaks the whole pool.
     A build is a pure function of its conformer, so a new pool rebuilds the very same problems:
-    the run goes on, bit for bit, up to WORKER_RESTARTS times for one batch. Not covered: a
-    worker that dies while writing its result into the pool's pipe leaves half a message there,
-    and the executor's reader waits for the rest forever (CPython's ProcessPoolExecutor).
+    the run goes on, bit for bit, up to WORKER_RESTARTS times for one batch.
     """
     for restart in range(WORKER_RESTARTS + 1):
       try:
         self._submit_through(position + (self.prefetch + 1) * self.batch_size)
-        return [self._pending.pop(int(i)).result() for i in indices]
+        return self._results([self._pending.pop(int(i)) for i in indices])
       except futures.BrokenExecutor:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool, self._pending = None, {}
@@ -313,6 +314,34 @@ class ProblemStream:
     raise TrainingError(f"stream workers died {WORKER_RESTARTS + 1} times building conformers "
                         f"{indices[0]}–{indices[-1]} (out of memory? lower data.workers or "
                         "data.prefetch); rerun to resume from the last checkpoint")
+
+  def _results(self, pending: list[futures.Future]) -> list:
+    """The results of `pending`, or BrokenExecutor if a worker died.
+
+    CPython's ProcessPoolExecutor notices a worker's death at once, except one that dies while
+    writing its result into the pool's pipe (the out-of-memory killer's likeliest moment: the
+    worker then holds its problem twice, built and pickled). The pool's reader then waits for the
+    rest of that message forever, and the other workers for the pipe's lock. So the wait is in
+    steps: a worker dead for STUCK_SECONDS with the pool unbroken is that case, and the pool is
+    broken open (its workers killed, its reader shown the pipe's end).
+    """
+    dead_since = None
+    while futures.wait(pending, timeout=min(1.0, STUCK_SECONDS))[1]:
+      if not any(p.exitcode is not None for p in self._workers()):
+        continue
+      dead_since = dead_since or time.monotonic()
+      if time.monotonic() - dead_since >= STUCK_SECONDS:
+        for worker in self._workers():
+          worker.kill()
+        with contextlib.suppress(AttributeError, OSError):  # CPython internals: 3.11–3.13
+          self._pool._result_queue._writer.close()
+        raise futures.BrokenExecutor("a worker died while handing its result back")
+    return [f.result() for f in pending]
+
+  def _workers(self) -> list:
+    """The pool's worker processes (CPython's ProcessPoolExecutor keeps them in `_processes`)."""
+    processes = getattr(self._pool, "_processes", None) or {}
+    return list(processes.values())
 
   def _submit_through(self, end: int) -> None:
     """Queues this process's conformers of every global batch starting before `end`."""
