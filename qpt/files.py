@@ -28,9 +28,9 @@ LOCK_NAME = ".lock"
 @contextlib.contextmanager
 def written_whole(path: str | os.PathLike) -> Iterator[str]:
   """Yields a temporary path beside `path` to write to; on leaving, it replaces `path` in one step,
-  or is removed if the block raised. The process id keeps concurrent writers apart. Write it
-  through an open file (numpy's `save` and `savez` add ".npy" / ".npz" to a bare name that lacks
-  it, and the file would then not be where this renames from)."""
+  or is removed if the block raised. The process id keeps concurrent writers apart. It keeps
+  `path`'s extension, but numpy's `save` and `savez` add ".npy" / ".npz" to a name that lacks it
+  (a label file named without one): write through an open file, as QPT's writers do."""
   path = os.fspath(path)
   root, extension = os.path.splitext(path)
   temporary = f"{root}.{os.getpid()}.tmp{extension}"
