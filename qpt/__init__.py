@@ -13,9 +13,9 @@ from qpt import dft, molecules  # noqa: E402
 from qpt.build import build_problem  # noqa: E402
 from qpt.checkpoint import load_params  # noqa: E402
 from qpt.errors import InputError  # noqa: E402
-from qpt.inference import predict, to_pyscf_dm0  # noqa: E402
+from qpt.inference import TrainedModel, load_model, predict, to_pyscf_dm0  # noqa: E402
 from qpt.level import Level  # noqa: E402
 from qpt.molecule import Molecule  # noqa: E402
 
-__all__ = ["InputError", "Level", "Molecule", "build_problem", "dft", "load_params", "molecules",
-           "predict", "to_pyscf_dm0"]
+__all__ = ["InputError", "Level", "Molecule", "TrainedModel", "build_problem", "dft", "load_model",
+           "load_params", "molecules", "predict", "to_pyscf_dm0"]

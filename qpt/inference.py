@@ -2,13 +2,15 @@
 
   molecule ──canonical frame──▶ build_problem ──model──▶ H ──▶ D(H), F[D(H)], E[D(H)] ──rotate back──▶ lab
 
-`predict` is `qpt.predict`; `to_pyscf_dm0` turns a prediction into PySCF's starting density.
+`load_model` reads a training run's parameters with the level of theory it learnt; `predict` is
+`qpt.predict`; `to_pyscf_dm0` turns a prediction into PySCF's starting density.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import haiku as hk
 import jax
@@ -16,9 +18,10 @@ import numpy as np
 import scipy.linalg
 from pyscf import gto
 
-from qpt import dft, frame
+from qpt import checkpoint, dft, frame, run_config
 from qpt.build import build_problem, molecule_and_level
-from qpt.level import Level
+from qpt.errors import InputError
+from qpt.level import LEARNT_FOR, Level
 from qpt.model import check_supported, config_from_params, hamiltonian, make_model
 from qpt.molecule import Molecule
 from qpt.problem import DFTProblem, mo_occupations, reference_energy
@@ -58,6 +61,34 @@ class Prediction:
     return self.level.basis
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainedModel:
+  """A training run's parameters and the level of theory its model learnt (`load_model`).
+
+    params: the QPT's Haiku parameters (float32 numpy arrays).
+    level: the level the run was evaluated at (its config's basis, xc, grid_level, eri, dtype);
+      None for a checkpoint without its run's config.json (then `predict` needs a level).
+    source: the workdir or checkpoint directory they were read from.
+  """
+
+  params: hk.Params
+  level: Level | None
+  source: str
+
+
+def load_model(path: str) -> TrainedModel:
+  """A trained model from a workdir (its latest checkpoint) or one checkpoint directory
+  (.../checkpoints/<step>), with the level of theory its run recorded: `predict` uses that level
+  and refuses another basis or functional, at which the model is out of its domain."""
+  params = checkpoint.load_params(path)
+  manager_dir, _ = checkpoint.locate(path)
+  try:
+    level = Level.from_config(run_config.saved(os.path.dirname(manager_dir)))
+  except (InputError, KeyError):  # a checkpoint copied without its run's config.json
+    level = None
+  return TrainedModel(params, level, path)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_device(model: hk.Transformed, params: hk.Params, problem: DFTProblem):
   h = hamiltonian(model, params, problem)
@@ -65,7 +96,7 @@ def _predict_device(model: hk.Transformed, params: hk.Params, problem: DFTProble
   return h, d, dft.fock(problem, d), dft.loss_energy_delta(problem, h)
 
 
-def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level | None = None,
+def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole, basis: str | Level | None = None,
             xc: str | None = None, grid_level: int | None = None, eri: str | None = None,
             dtype: str | None = None, *, level: Level | None = None,
             model: hk.Transformed | None = None, refine: int = 0) -> Prediction:
@@ -76,14 +107,21 @@ def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level
   back, M_lab = R_ao M_can R_aoᵀ (`frame.ao_matrix_to_lab`); AO matrices are translation invariant.
 
   Args:
-    params: the QPT's parameters (e.g. `qpt.load_params(workdir)`).
-    molecule: a `Molecule` or a `pyscf.gto.Mole` (whose basis is used if none is given).
-    basis, xc, grid_level, eri, dtype, level: the level of theory, as in `build_problem`; use the
-      level the model was trained at.
+    params: a `TrainedModel` (`qpt.load_model(workdir)`), or bare parameters of the QPT.
+    molecule: a `Molecule` or a `pyscf.gto.Mole`.
+    basis, xc, grid_level, eri, dtype, level: the level of theory, as in `build_problem`. For a
+      `TrainedModel`, unset fields are its run's and another basis or xc is a one-line InputError;
+      grid_level, eri and dtype may differ. For bare parameters, a Mole's basis is used if none is
+      given: give the level the model was trained at.
     model: the Haiku transform; default: the QPT whose shapes `params` have.
     refine: DIIS SCF steps from D(H) on the device (float32, the loss's energy code); 0 = none.
   """
   refine = dft.check_refine(refine)  # before the build: bad input fails at once
+  if isinstance(params, TrainedModel):
+    trained, params = params, params.params
+    if trained.level is not None:
+      level = _at_trained_level(trained, molecule, basis, xc, grid_level, eri, dtype, level)
+      basis = xc = grid_level = eri = dtype = None
   if model is None:
     model = make_model(config_from_params(params))
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
@@ -104,6 +142,32 @@ def predict(params: hk.Params, molecule: Molecule | gto.Mole, basis: str | Level
                     energy=energy, mo_energy=eps, mo_coeff=r_ao @ c,
                     mo_occ=mo_occupations(problem), molecule=molecule, level=level,
                     refine_steps=refine)
+
+
+def _at_trained_level(trained: TrainedModel, molecule, basis, xc, grid_level, eri, dtype,
+                      level: Level | None) -> Level:
+  """The level to predict a trained model at: its run's, with the fields given replaced (a pyscf
+  Mole's basis counts as given); another basis or functional than it learnt is a one-line
+  InputError."""
+  if isinstance(basis, Level):
+    basis, level = None, basis
+  if isinstance(molecule, gto.Mole) and isinstance(molecule.basis, str) and basis is None \
+      and level is None:
+    basis = molecule.basis  # the matrices must fit the Mole's own basis too
+  given = {k: v for k, v in dict(basis=basis, xc=xc, grid_level=grid_level, eri=eri,
+                                 dtype=dtype).items() if v is not None}
+  if level is not None:
+    if given:
+      raise InputError(f"give the level of theory once: level= or {', '.join(given)}, not both")
+    given = dataclasses.asdict(level)
+  wanted = dataclasses.replace(trained.level, **given)  # validated and normalised by Level
+  differ = [k for k in LEARNT_FOR if getattr(wanted, k) != getattr(trained.level, k)]
+  if differ:
+    theirs = ", ".join(f"{k}={getattr(trained.level, k)!r}" for k in differ)
+    ours = ", ".join(f"{k}={getattr(wanted, k)!r}" for k in differ)
+    raise InputError(f"the model of {trained.source} was trained for {theirs}, not {ours}: "
+                     f"predict at its level (fine-tune it for another with init_from)")
+  return wanted
 
 
 def to_pyscf_dm0(prediction: Prediction) -> np.ndarray:

@@ -22,6 +22,11 @@ DTYPES = ("float32", "float64")  # device precision; float64 is for reference ru
 GRID_LEVELS = range(10)  # PySCF's grid levels 0..9
 XC_NAMES = xc.NAMES  # functionals, as PySCF names them
 
+# What a model learns to predict H for: at another basis or functional it is out of its domain
+# (water's def2-SVP model scored in STO-3G: 4,470 µHa instead of 1.3). The grid, the repulsion
+# integrals and the dtype only approximate the same energy, and may differ.
+LEARNT_FOR = ("basis", "xc")
+
 
 @dataclasses.dataclass(frozen=True)
 class Level:

@@ -16,7 +16,7 @@ import ml_collections
 from qpt import dft, model, molecules, train
 from qpt.errors import InputError
 from qpt.files import written_whole
-from qpt.level import Level
+from qpt.level import LEARNT_FOR, Level
 
 MODES = ("train", "eval")
 # Fields that may differ when resuming: they change neither the trajectory nor its meaning.
@@ -165,12 +165,6 @@ def check_model_matches(source_workdir: str, wanted_flat: dict, field: str = "in
     raise InputError(f"{field}={source_workdir} trained another model ({ours} here): pass {flags}")
 
 
-# What a model learnt to predict H for: scored at another basis or functional it is out of its
-# domain (water's def2-SVP model in STO-3G: 4,470 µHa instead of 1.3). The grid, the repulsion
-# integrals and the dtype only approximate the same energy, and may differ.
-_LEARNT_FOR = ("basis", "xc")
-
-
 def check_level_matches(source_workdir: str, wanted_flat: dict, field: str = "workdir") -> None:
   """One-line InputError naming the flags to pass if the run in `source_workdir` trained for
   another basis or functional than `wanted_flat` asks to evaluate at (mode=eval). Fine-tuning
@@ -179,7 +173,7 @@ def check_level_matches(source_workdir: str, wanted_flat: dict, field: str = "wo
   if source is None:
     return
   same = lambda a, b: str(a).strip().lower() == str(b).strip().lower()  # as `Level` reads them
-  differ = [key for key in _LEARNT_FOR if not same(source.get(key), wanted_flat.get(key))]
+  differ = [key for key in LEARNT_FOR if not same(source.get(key), wanted_flat.get(key))]
   if differ:
     theirs = ", ".join(f"{key}={source.get(key)!r}" for key in differ)
     ours = ", ".join(f"{key}={wanted_flat.get(key)!r}" for key in differ)

@@ -256,6 +256,7 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
                                 str(tmp_path / "qm9")]))
   assert out["converged"] and out["iterations"] >= 1 and out["iterations_minao"] >= 1
   assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
+  out_unseen = out["energy"]
   assert out["energy_predicted"] > out["energy"] - 1e-5  # variational: E[D(H_pred)] ≥ E_SCF
   assert backends.float64_enabled()  # a float32 SCF left the process's float64 as it found it
   # A molecule whose problem pads its AOs (malondialdehyde/STO-3G: 29): the prediction's density
@@ -265,8 +266,32 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
                                 str(tmp_path / "qm9")]))
   assert out["nao"] == 29 and out["converged"]
   assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
-  with pytest.raises(qpt.InputError, match="pass --basis sto-3g"):
-    scf.run(scf.parse_args(["--xyz", str(xyz), "--init-from", str(tmp_path / "qm9")]))
+  # Without --basis/--xc it is at the model's level; another one is refused, the functional
+  # too (only another basis was, and a B3LYP model restarted a PBE SCF).
+  assert scf.run(scf.parse_args(["--xyz", str(xyz), "--grid-level", str(c.grid_level),
+                                 "--init-from", str(tmp_path / "qm9")]))["energy"] == out_unseen
+  for flag, value in (("--basis", "def2-svp"), ("--xc", "pbe")):
+    with pytest.raises(qpt.InputError, match=f"trained for {flag[2:]}='{getattr(c, flag[2:])}'"):
+      scf.run(scf.parse_args(["--xyz", str(xyz), flag, value, "--init-from",
+                              str(tmp_path / "qm9")]))
+  # qpt.load_model knows the level: the same prediction as bare parameters at that level, and no
+  # prediction at another basis or functional (water's def2-SVP model in STO-3G scored 4,470
+  # µHa instead of 1.3) or in a Mole of another basis; the grid, eri and dtype may differ.
+  trained = qpt.load_model(str(tmp_path / "qm9"))
+  assert trained.level == experiment.level(c)
+  ours = qpt.predict(trained, unseen)
+  bare = qpt.predict(qpt.load_params(str(tmp_path / "qm9")), unseen, experiment.level(c))
+  assert ours.level == bare.level and ours.energy == bare.energy
+  np.testing.assert_array_equal(ours.hamiltonian, bare.hamiltonian)
+  assert qpt.predict(trained, unseen.to_pyscf(c.basis)).energy == pytest.approx(ours.energy, abs=1e-9)
+  assert qpt.predict(trained, unseen, grid_level=1).level.grid_level == 1
+  for wrong in (dict(basis="def2-svp"), dict(xc="PBE"), dict(level=qpt.Level("6-31g", c.xc))):
+    with pytest.raises(qpt.InputError, match=f"qm9 was trained for .*, not .*: predict at its"):
+      qpt.predict(trained, unseen, **wrong)
+  with pytest.raises(qpt.InputError, match="for basis='sto-3g', not basis='def2-svp'"):
+    qpt.predict(trained, unseen.to_pyscf("def2-svp"))
+  with pytest.raises(qpt.InputError, match="level= or basis, not both"):
+    qpt.predict(trained, unseen, basis=c.basis, level=experiment.level(c))
   # tools/benchmark.py transfer: water (left out of the set) fine-tuned from it and from scratch,
   # at the pre-trained run's level and model; fine-tuning starts from its parameters with a fresh
   # optimizer (warm-up from 0: step 1 moves nothing), the target is scratch's final MAE.

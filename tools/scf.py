@@ -5,8 +5,9 @@
   python tools/scf.py --molecule uracil --basis sto-3g          # a built-in geometry
   python tools/scf.py --xyz new.xyz --init-from workdir/qm9      # zero-shot: start from a model
 
-With `--init-from WORKDIR` (a training run's workdir) the SCF starts from the density of that
-model's predicted Hamiltonian, D(H_pred), and once more from MINAO's: `iterations` against
+With `--init-from WORKDIR` (a training run's workdir) the SCF is at that model's basis and
+functional unless given (another is refused), and starts from the density of its predicted
+Hamiltonian, D(H_pred), and once more from MINAO's: `iterations` against
 `iterations_minao` (and both energies) say how many cycles the model saved on this molecule.
 
 Prints one JSON object (`--json`) or a short summary: energy (Hartree, float64 even in float32 mode),
@@ -20,14 +21,14 @@ import time
 import numpy as np
 
 import qpt
-from qpt import backends, cli, level, run_config
+from qpt import backends, cli, level
 
 
 def parse_args(argv):
   parser = cli.OneLineParser(description=__doc__.splitlines()[0])
   cli.add_molecule_arguments(parser)
-  parser.add_argument("--basis", default="def2-svp")
-  parser.add_argument("--xc", default="b3lyp5")
+  parser.add_argument("--basis", help="default: def2-svp, or the --init-from model's")
+  parser.add_argument("--xc", help="default: b3lyp5, or the --init-from model's")
   parser.add_argument("--grid-level", type=int, default=3)
   parser.add_argument("--dtype", choices=level.DTYPES, default="float32")
   parser.add_argument("--eri", choices=level.ERI_MODES, default="dense")
@@ -48,21 +49,20 @@ def run(args) -> dict:
 def _run(args) -> dict:
   start = time.perf_counter()
   mol = cli.molecule_from_arguments(args)
-  theory = qpt.Level(args.basis, args.xc, args.grid_level, args.eri, args.dtype)
+  trained = qpt.load_model(args.init_from) if args.init_from else None
+  learnt = trained.level if trained and trained.level else qpt.Level()
+  theory = qpt.Level(args.basis or learnt.basis, args.xc or learnt.xc, args.grid_level, args.eri,
+                     args.dtype)
   problem = qpt.build_problem(mol, theory)
   extra, density0 = {}, None
-  if args.init_from:
-    trained = run_config.saved(args.init_from)
-    if trained.basis.lower() != args.basis.lower():
-      raise qpt.InputError(f"--init-from {args.init_from}: its model predicts {trained.basis} "
-                           f"Hamiltonians; pass --basis {trained.basis}")
-    prediction = qpt.predict(qpt.load_params(args.init_from), mol, level=theory)
+  if trained:
+    prediction = qpt.predict(trained, mol, level=theory)  # refuses another basis or xc
     density0 = prediction.density  # the lab frame and PySCF's AO order, as `problem`'s
     minao = qpt.dft.scf(problem, max_iterations=args.max_iterations)
     extra = dict(init_from=args.init_from, iterations_minao=minao.iterations,
                  energy_minao=minao.energy, energy_predicted=prediction.energy)
   result = qpt.dft.scf(problem, max_iterations=args.max_iterations, density0=density0)
-  return dict(molecule=mol.name, charge=mol.charge, basis=args.basis, xc=args.xc,
+  return dict(molecule=mol.name, charge=mol.charge, basis=theory.basis, xc=theory.xc,
               grid_level=args.grid_level, dtype=args.dtype, eri=args.eri, energy=result.energy,
               converged=result.converged, iterations=result.iterations, homo=result.homo,
               lumo=result.lumo,

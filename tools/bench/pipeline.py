@@ -138,15 +138,15 @@ def inference_run(args: argparse.Namespace) -> list[dict]:
   if not args.workdir:
     raise qpt.InputError("--workdir: name a trained run (e.g. workdir/water after `make run`)")
   config = run_config.saved(args.workdir)
-  theory = experiment.level(config)
   test = experiment.sources(config, args.workdir).test
-  params = qpt.load_params(args.workdir)
-  qpt.predict(params, test(0), theory)  # compile once; not an inference cost
+  trained = qpt.load_model(args.workdir)
+  theory = trained.level
+  qpt.predict(trained, test(0))  # compile once; not an inference cost
   where = stamp()
   rows = []
   for i in range(args.n):
     molecule = test(i)
-    prediction, predict_seconds = timed(lambda: qpt.predict(params, molecule, theory))
+    prediction, predict_seconds = timed(lambda: qpt.predict(trained, molecule))
     mol = molecule.to_pyscf(theory.basis)
     minao, restart = labels.pyscf_rks(mol, theory), labels.pyscf_rks(mol, theory)
     _, scf_seconds = timed(lambda: labels.converge(minao))
