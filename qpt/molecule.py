@@ -23,6 +23,10 @@ from pyscf.data.nist import BOHR  # Å per Bohr
 from qpt.errors import InputError
 
 MIN_DISTANCE_ANGSTROM = 0.1  # closer than this is a typo, not chemistry
+# Wider than this is a unit mistake, not a molecule. QPT's float32 energy of a water whose O sits
+# 1,000 Å from its H2 matches PySCF's to 5 µHa; at 10⁸ Å even float64 is 0.17 Ha off, at 10²⁰ Å
+# the grids overflow (docs/numerics.md §5).
+MAX_SPAN_ANGSTROM = 1000.0
 _MAX_Z = 86  # H..Rn: elements with standard Gaussian basis sets
 _LAST_ELEMENT = 118  # Og
 
@@ -109,6 +113,12 @@ class Molecule:
       raise InputError(f"{self.name}: atom {bad[0] + 1} ({self.symbols[bad[0]]}) has a non-finite coordinate")
     if n > 1:
       dist = np.linalg.norm(xyz_angstrom[:, None] - xyz_angstrom[None], axis=-1)
+      i, j = np.unravel_index(np.argmax(dist), dist.shape)
+      if dist[i, j] > MAX_SPAN_ANGSTROM:
+        i, j = sorted((i, j))
+        raise InputError(
+            f"{self.name}: atoms {i + 1} ({self.symbols[i]}) and {j + 1} ({self.symbols[j]}) are "
+            f"{dist[i, j]:.4g} Å apart (maximum {MAX_SPAN_ANGSTROM:g} Å): are the positions in Å?")
       dist[np.diag_indices(n)] = np.inf
       i, j = np.unravel_index(np.argmin(dist), dist.shape)
       if dist[i, j] < MIN_DISTANCE_ANGSTROM:

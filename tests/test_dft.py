@@ -53,6 +53,18 @@ def test_float32_scf_within_50_microhartree(molecule, basis, xc, eri):
   assert abs(result.homo - homo) < 50e-6 and abs(result.lumo - lumo) < 50e-6
 
 
+def test_the_widest_molecule_accepted_is_still_pyscfs_energy_and_a_wider_one_is_refused():
+  """He 1,000 Å from H2 (`molecule.MAX_SPAN_ANGSTROM`): float32 within 50 µHa of PySCF. At 10²⁰
+  Å the grids overflowed and the energy came out 13 Ha off with only a numpy warning."""
+  widest = qpt.Molecule(["H", "H", "He"], [[0, 0, 0], [0, 0, 0.74], [0, 0, 999.9]])
+  mf = ref.converged_rks(widest, "sto-3g", "lda,vwn", 1)
+  result = qpt.dft.scf(qpt.build_problem(widest, "sto-3g", "lda,vwn", grid_level=1))
+  assert result.converged and abs(result.energy - mf.e_tot) < 50e-6
+  with pytest.raises(qpt.InputError, match=r"atoms 1 \(H\) and 3 \(He\) are 1e\+20 Å apart "
+                     r"\(maximum 1000 Å\): are the positions in Å\?"):
+    qpt.Molecule(["H", "H", "He"], [[0, 0, 0], [0, 0, 0.74], [0, 0, 1e20]])
+
+
 def test_float32_loss_energy_is_steady_under_small_changes_of_h():
   """The float32 loss energy E[D(H)] against float64's, at 8 Hamiltonians within 1e-4 Ha of
   water/def2-SVP's converged Fock matrix: the differences span under 1.5 µHa (measured 0.6;
