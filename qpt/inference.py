@@ -96,8 +96,9 @@ def _predict_device(model: hk.Transformed, params: hk.Params, problem: DFTProble
   return h, d, dft.fock(problem, d), dft.loss_energy_delta(problem, h)
 
 
-def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole, basis: str | Level | None = None,
-            xc: str | None = None, grid_level: int | None = None, eri: str | None = None,
+def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
+            basis: str | Level | None = None, xc: str | None = None,
+            grid_level: int | None = None, eri: str | None = None,
             dtype: str | None = None, *, level: Level | None = None,
             model: hk.Transformed | None = None, refine: int = 0) -> Prediction:
   """The model's H, D(H), F[D(H)] and E[D(H)] for a molecule in any orientation, optionally

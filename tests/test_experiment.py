@@ -283,7 +283,8 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   bare = qpt.predict(qpt.load_params(str(tmp_path / "qm9")), unseen, experiment.level(c))
   assert ours.level == bare.level and ours.energy == bare.energy
   np.testing.assert_array_equal(ours.hamiltonian, bare.hamiltonian)
-  assert qpt.predict(trained, unseen.to_pyscf(c.basis)).energy == pytest.approx(ours.energy, abs=1e-9)
+  in_a_mole = qpt.predict(trained, unseen.to_pyscf(c.basis))
+  assert in_a_mole.energy == pytest.approx(ours.energy, abs=1e-9)
   assert qpt.predict(trained, unseen, grid_level=1).level.grid_level == 1
   for wrong in (dict(basis="def2-svp"), dict(xc="PBE"), dict(level=qpt.Level("6-31g", c.xc))):
     with pytest.raises(qpt.InputError, match=f"qm9 was trained for .*, not .*: predict at its"):
