@@ -301,6 +301,10 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
   resume_step = saver.latest_step()
   stream_state = None
   if resume_step is not None:
+    if resume_step > config.train.steps:  # it would be scored as if it were the shorter run
+      raise InputError(f"workdir={workdir} holds a run at step {resume_step}, past "
+                       f"train.steps={config.train.steps}: raise train.steps to go on, score it "
+                       f"with mode=eval, or give another workdir")
     meta = saver.meta(resume_step)
     run_config.check_resumable(meta["config"], flat)
     stream_state = meta["stream"]

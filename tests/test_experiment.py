@@ -90,6 +90,18 @@ def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
     experiment.train(changed, progress=False)
 
 
+def test_a_run_past_the_steps_asked_for_is_refused_not_scored_as_the_shorter_one(tmp_path):
+  """train.steps=2 in a workdir at step 4 scored step 4's model and wrote train.steps=2 over its
+  config.json; the same command again (a finished run) and more steps go on."""
+  experiment.train(small_config(tmp_path, 4), progress=False)
+  with pytest.raises(qpt.InputError, match="holds a run at step 4, past train.steps=2: raise"):
+    experiment.train(small_config(tmp_path, 2), progress=False)
+  assert run_config.saved(tmp_path).train.steps == 4
+  experiment.train(small_config(tmp_path, 4), progress=False)
+  experiment.train(small_config(tmp_path, 6), progress=False)
+  assert [r["step"] for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_second_run_in_a_busy_workdir_is_refused_and_a_killed_ones_lock_is_gone(tmp_path):
   """The same command started twice interleaved two trajectories' checkpoints and metrics."""
   holder = subprocess.Popen(
