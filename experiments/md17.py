@@ -8,6 +8,7 @@ one line on stderr and exits with code 2. SIGTERM or Ctrl-C stops training after
 and a checkpoint, with one line on stderr and the exit code of that signal (143, 130).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -54,6 +55,20 @@ def one_line(error: BaseException, path: str = "") -> str:
   return f"unknown config key {text}" if isinstance(error, KeyError) else text
 
 
+# The shell leaves "~" alone after "--config.workdir=": the run wrote into a directory named "~"
+# in the current one, which `rm -rf ~` would then remove together with the home directory.
+PATH_FIELDS = ("workdir", "init_from", "data.md17_file", "data.molecule_set")
+
+
+def expand_home(config) -> None:
+  """A path field's leading "~" is the home directory, as the shell would have it."""
+  for key in PATH_FIELDS:
+    section, _, name = key.rpartition(".")
+    fields = config[section] if section else config
+    if isinstance(fields[name], str) and fields[name].startswith("~"):
+      fields[name] = os.path.expanduser(fields[name])
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -65,11 +80,13 @@ def main(argv):
   except OSError as e:
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  expand_home(config)
+  # Orbax and JAX narrate every save at INFO, and matplotlib its first font cache in a new home.
+  logging.set_verbosity(logging.WARNING)
   import qpt  # the run's modules, once the config is known to be readable
   from qpt import experiment
   from qpt.errors import Stopped, TrainingError
 
-  logging.set_verbosity(logging.WARNING)  # orbax and JAX narrate every save at INFO
   try:
     experiment.run(config, progress=not flags.FLAGS.quiet)
   except qpt.InputError as e:

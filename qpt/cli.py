@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -11,10 +12,18 @@ from qpt.molecule import Molecule
 
 
 class OneLineParser(argparse.ArgumentParser):
-  """argparse, but a usage error is one line on stderr (exit code 2, as argparse's own)."""
+  """argparse, but a usage error is one line on stderr (exit code 2, as argparse's own), and a
+  value starting with "~" is a path in the home directory: the shell leaves "--out=~/x" alone."""
 
   def error(self, message):
     self.exit(2, f"{self.prog}: error: {message}\n")
+
+  def parse_known_args(self, args=None, namespace=None):
+    parsed, extra = super().parse_known_args(args, namespace)
+    for key, value in vars(parsed).items():
+      if isinstance(value, str) and value.startswith("~"):
+        setattr(parsed, key, os.path.expanduser(value))
+    return parsed, extra
 
 
 def add_molecule_arguments(parser: argparse.ArgumentParser, xyz_help: str = "xyz file (Å)"):

@@ -32,3 +32,15 @@ def test_the_charge_reaches_a_built_in_molecule_and_an_xyz_file_alike(tmp_path, 
 def test_an_odd_electron_count_from_the_charge_is_one_input_error():
   with pytest.raises(qpt.InputError, match="water: 9 electrons \\(charge 1\\) is an odd count"):
     parse("--molecule", "water", "--charge", "1")
+
+
+def test_a_value_starting_with_a_tilde_is_a_path_in_the_home_directory(tmp_path, monkeypatch):
+  """The shell expands "--xyz ~/w.xyz" but leaves "--xyz=~/w.xyz" alone, which then named a
+  directory "~" in the current one (an --out or --workdir made it)."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  parser = cli.OneLineParser()
+  cli.add_molecule_arguments(parser)
+  parser.add_argument("--out")
+  args = parser.parse_args(["--xyz=~/w.xyz", "--out=~/runs/x"])
+  assert (args.xyz, args.out) == (str(tmp_path / "w.xyz"), str(tmp_path / "runs" / "x"))
+  assert parser.parse_args(["--molecule", "water"]).out is None

@@ -100,6 +100,15 @@ def test_bad_config_values_are_one_line_input_errors(overrides, words):
   assert "\n" not in message and all(w in message for w in words), message
 
 
+def test_a_path_field_starting_with_a_tilde_is_in_the_home_directory(tmp_path):
+  """The shell leaves "--config.workdir=~/run" alone: runs wrote into a directory named "~" in
+  the current one (which `rm -rf ~` then removes with the home directory)."""
+  result = md17("--config.mode=eval", "--config.workdir=~/nothing", "--config.init_from=~/none",
+                env=dict(ENV, HOME=str(tmp_path)))
+  assert_one_line_error(result, f"init_from={tmp_path / 'none'}: no such checkpoint")
+  assert not os.path.exists(os.path.join(ROOT, "~"))
+
+
 def save_another_models_checkpoint(workdir):
   """A checkpoint in `workdir` of what a run with a narrower element embedding would have saved."""
   from experiments.configs import md17 as configs
