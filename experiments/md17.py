@@ -5,10 +5,13 @@
 
 A wrong config key, type or molecule name, a mismatched checkpoint or any other bad input prints
 one line on stderr and exits with code 2. SIGTERM or Ctrl-C stops training after the current step
-and a checkpoint, with one line on stderr and the exit code of that signal (143, 130).
+and a checkpoint, with one line on stderr and the exit code of that signal (143, 130); outside
+training's steps (labelling, the final evaluation, mode=eval) they end the run at once, likewise.
 """
 
+import functools
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -83,6 +86,15 @@ def main(argv):
   expand_home(config)
   # Orbax and JAX narrate every save at INFO, and matplotlib its first font cache in a new home.
   logging.set_verbosity(logging.WARNING)
+  exit_on_signal = functools.partial(_exit_on_signal, os.path.abspath(config.workdir))
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's SIGINT stays ignored
+      signal.signal(signum, exit_on_signal)
+  sys.exit(run(config))
+
+
+def run(config) -> int:
+  """The run `config` asks for; its exit code (bad input: one line on stderr and 2)."""
   import qpt  # the run's modules, once the config is known to be readable
   from qpt import experiment
   from qpt.errors import Stopped, TrainingError
@@ -91,13 +103,30 @@ def main(argv):
     experiment.run(config, progress=not flags.FLAGS.quiet)
   except qpt.InputError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return 2
   except Stopped as e:  # not finished: a shell's `&&` or a workflow must not go on as if it were
     print(f"stopped: {e}", file=sys.stderr)
-    sys.exit(128 + e.signum)  # the code of a process that a signal ended
+    return 128 + e.signum  # the code of a process that a signal ended
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    return 1
+  return 0
+
+
+def _exit_on_signal(workdir: str, signum: int, frame) -> None:
+  """SIGTERM or SIGINT outside training's steps (which stop after a step and a checkpoint,
+  `experiment`): exit at once, with one line. What is on disk is whole at any moment (files are
+  renamed into place; a SIGKILLed run resumes bit for bit, tests/test_md17_cli.py), so nothing
+  needs undoing. Ctrl-C in the final evaluation was a traceback of 68 lines and SIGTERM there
+  ended the run without a word; an exception raised from here can be lost in a weakref callback."""
+  del frame
+  try:
+    sys.stdout.flush()
+  except Exception:  # the signal came in the middle of a print: that line is lost
+    pass
+  os.write(2, f"stopped: {signal.Signals(signum).name} outside the training steps; {workdir} "
+              f"keeps what was finished: run the same command again to go on\n".encode())
+  os._exit(128 + signum)
 
 
 if __name__ == "__main__":

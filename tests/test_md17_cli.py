@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,8 +110,30 @@ def test_a_path_field_starting_with_a_tilde_is_in_the_home_directory(tmp_path):
   assert not os.path.exists(os.path.join(ROOT, "~"))
 
 
-def save_another_models_checkpoint(workdir):
-  """A checkpoint in `workdir` of what a run with a narrower element embedding would have saved."""
+def test_a_signal_outside_the_training_steps_is_one_line_and_its_exit_code(tmp_path):
+  """mode=eval (no training steps): Ctrl-C was a traceback of 68 lines, SIGTERM a silent end.
+  The signal is sent once md17.py handles SIGTERM (the kernel's SigCgt mask says so)."""
+  save_another_models_checkpoint(tmp_path / "run", embedding=None)
+  command = md17_command("--config.mode=eval", f"--config.workdir={tmp_path / 'run'}",
+                         "--config.basis=sto-3g", "--config.grid_level=0")
+  process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  caught = lambda: int(next(line.split()[1] for line in open(f"/proc/{process.pid}/status")
+                            if line.startswith("SigCgt:")), 16)
+  deadline = time.monotonic() + 60
+  while not caught() >> (signal.SIGTERM - 1) & 1 and time.monotonic() < deadline:
+    time.sleep(0.01)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 143, stderr
+  assert stderr.splitlines() == [f"stopped: SIGTERM outside the training steps; {tmp_path / 'run'} "
+                                 "keeps what was finished: run the same command again to go on"]
+  assert not (tmp_path / "run" / "eval.json").exists()
+
+
+def save_another_models_checkpoint(workdir, embedding: int | None = 128):
+  """A checkpoint in `workdir` of what a run with a narrower element embedding would have saved
+  (zero parameters; `embedding` None: the water config's own model at STO-3G, grid level 0)."""
   from experiments.configs import md17 as configs
   c = configs.get_config("water")
   c.basis, c.grid_level = "sto-3g", 0
@@ -119,7 +142,8 @@ def save_another_models_checkpoint(workdir):
                               experiment.level(c))
   like = jax.eval_shape(network.init, jax.random.key(0), example)
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
-  params["embedding/element"]["embeddings"] = np.zeros((37, 128), np.float32)
+  if embedding is not None:
+    params["embedding/element"]["embeddings"] = np.zeros((37, embedding), np.float32)
   saver = checkpoint.Checkpointer(str(workdir / "checkpoints"))
   saver.save(5, {"params": params, "step": np.int32(5)}, {})
   saver.wait()
