@@ -123,6 +123,10 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
     if trained.level is not None:
       level = _at_trained_level(trained, molecule, basis, xc, grid_level, eri, dtype, level)
       basis = xc = grid_level = eri = dtype = None
+    elif level is None and not isinstance(basis, Level) and (basis is None or xc is None):
+      # Level()'s defaults may not be what it learnt
+      raise InputError(f"{trained.source} has no config.json to say what level its model was "
+                       "trained for: give level= (or basis= and xc=)")
   if model is None:
     model = make_model(config_from_params(params))
   molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)

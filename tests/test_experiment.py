@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -305,6 +306,17 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
     qpt.predict(trained, unseen.to_pyscf("def2-svp"))
   with pytest.raises(qpt.InputError, match="level= or basis, not both"):
     qpt.predict(trained, unseen, basis=c.basis, level=experiment.level(c))
+  # One checkpoint directory is read with its run's level; one copied without its run's
+  # config.json has none, and is predicted only at a level given in full.
+  copied = tmp_path / "copied"
+  shutil.copytree(tmp_path / "qm9" / "checkpoints", copied / "checkpoints")
+  step = checkpoint.locate(str(tmp_path / "qm9"))[1]
+  assert qpt.load_model(str(tmp_path / "qm9" / "checkpoints" / str(step))).level == trained.level
+  orphan = qpt.load_model(str(copied))
+  assert orphan.level is None
+  with pytest.raises(qpt.InputError, match="no config.json to say what level its model was"):
+    qpt.predict(orphan, unseen, basis=c.basis)
+  assert qpt.predict(orphan, unseen, experiment.level(c)).energy == ours.energy
   # tools/benchmark.py transfer: water (left out of the set) fine-tuned from it and from scratch,
   # at the pre-trained run's level and model; fine-tuning starts from its parameters with a fresh
   # optimizer (warm-up from 0: step 1 moves nothing), the target is scratch's final MAE.
