@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -36,10 +36,16 @@ def _keyed_barriers() -> None:
 
 
 class Checkpointer:
-  """Saves and restores training checkpoints under `directory` (keeps the newest `keep`)."""
+  """Saves and restores training checkpoints under `directory` (keeps the newest `keep`).
 
-  def __init__(self, directory: str, keep: int = 3):
+  `max_across_processes` (`Backend.max_across_processes`) makes a multi-process run's processes
+  agree before a save, which is collective: if one process's disk has no room, every process
+  stops (one alone would leave the others waiting in orbax's barriers)."""
+
+  def __init__(self, directory: str, keep: int = 3,
+               max_across_processes: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None):
     _keyed_barriers()
+    self._max_across_processes = max_across_processes or tuple
     self.directory = os.path.abspath(directory)
     _remove_unfinished(self.directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
@@ -67,8 +73,9 @@ class Checkpointer:
     bytes and 10 % for orbax's index; older checkpoints are deleted only after it is written)."""
     needed = 1.1 * sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + 1e6
     free = shutil.disk_usage(self.directory).free
-    if free < needed:
-      raise TrainingError(f"no room for checkpoint {step}: {self.directory} has "
+    if self._max_across_processes((int(free < needed),))[0]:
+      where = "" if free < needed else " on another process's disk"
+      raise TrainingError(f"no room for checkpoint {step}{where}: {self.directory} has "
                           f"{free / 1e6:.0f} MB free and it needs ~{needed / 1e6:.0f} MB; free "
                           f"some and run the same command again to resume {self._from()}")
 

@@ -297,7 +297,8 @@ def train(config, progress: bool = True) -> dict | None:
 
 def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> dict | None:
   flat = run_config.flatten(config.to_dict())
-  saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
+  saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+                                  backend.max_across_processes)
   resume_step = saver.latest_step()
   stream_state = None
   if resume_step is not None:

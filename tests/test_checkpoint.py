@@ -74,6 +74,17 @@ def test_a_disk_without_room_stops_before_writing_and_keeps_the_last_checkpoint(
   np.testing.assert_array_equal(restored["params"]["embed"]["w"], state(1)["params"]["embed"]["w"])
 
 
+def test_every_process_stops_when_one_has_no_room(tmp_path):
+  """A save is collective: a process stopping alone left the others waiting in orbax's barriers.
+  `max_across_processes` stands in for `Backend.max_across_processes` where another process's
+  disk is full and this one's is not."""
+  another_is_full = lambda values: tuple(max(v, 1) for v in values)
+  saver = checkpoint.Checkpointer(str(tmp_path), keep=3, max_across_processes=another_is_full)
+  with pytest.raises(qpt.errors.TrainingError,
+                     match="no room for checkpoint 1 on another process's disk: .* MB free"):
+    saver.save(1, state(1), {"step": 1})
+  assert os.listdir(tmp_path) == []
+
 def test_load_params_for_fine_tuning(tmp_path):
   workdir = tmp_path / "run"
   saver = checkpoint.Checkpointer(str(workdir / "checkpoints"))
