@@ -11,6 +11,7 @@ SIGKILL) mid-write leaves nothing that `latest_step` would pick up: restore alwa
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -35,6 +36,19 @@ def _keyed_barriers() -> None:
     flags.FLAGS["experimental_orbax_use_distributed_barrier"].value = True
 
 
+class _OrbaxTracebacks(logging.Filter):
+  """Drops orbax's ERROR records that carry a traceback: a failed write is logged so from each of
+  its threads (4 tracebacks, ~300 lines, on a full disk) and then raised where the save is waited
+  for, which `Checkpointer._failures_named` (and `_read` for a restore) turn into one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+    return not (from_orbax and record.levelno >= logging.ERROR and record.exc_info)
+
+
+_ORBAX_TRACEBACKS = _OrbaxTracebacks()
+
+
 class Checkpointer:
   """Saves and restores training checkpoints under `directory` (keeps the newest `keep`).
 
@@ -45,6 +59,8 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3,
                max_across_processes: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None):
     _keyed_barriers()
+    if _ORBAX_TRACEBACKS not in logging.getLogger("absl").filters:  # orbax logs through absl's
+      logging.getLogger("absl").addFilter(_ORBAX_TRACEBACKS)
     self._max_across_processes = max_across_processes or tuple
     self.directory = os.path.abspath(directory)
     _remove_unfinished(self.directory)

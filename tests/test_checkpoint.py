@@ -1,6 +1,8 @@
 """Orbax checkpoints: exact round trip, keep-K, unfinished writes ignored, params-only restore."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 
 import qpt
 from qpt import checkpoint
+from tests.processes import ENV, ROOT
 
 
 def state(seed=0):
@@ -144,3 +147,33 @@ def test_a_checkpoint_whose_files_are_gone_is_one_input_error(tmp_path):
       read()
   restored, meta = saver.restore(abstract(original), step=1)  # the one before it still restores
   assert meta == {"stream_position": 1}
+
+
+_WRITE_PAST_A_SIZE_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from absl import logging
+logging.set_verbosity(logging.WARNING)  # as experiments/md17.py runs
+from qpt import checkpoint
+from qpt.errors import TrainingError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+saver = checkpoint.Checkpointer(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+state = {"params": {"w": np.random.default_rng(0).normal(size=(1024, 1024)).astype(np.float32)}}
+try:
+  saver.save(1, state, {"step": 1})
+  saver.wait()
+except TrainingError as e:
+  print(f"TrainingError: {e}")
+"""
+
+
+def test_a_write_that_fails_in_orbaxs_threads_is_one_line(tmp_path):
+  """A write the room check cannot foresee (here a 1 MB file-size limit; a quota, a disk filled by
+  another program) failed in orbax's writer threads, which logged 4 tracebacks (305 lines) before
+  the one-line TrainingError."""
+  result = subprocess.run([sys.executable, "-c", _WRITE_PAST_A_SIZE_LIMIT, str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+  lines = (result.stdout + result.stderr).strip().splitlines()
+  assert lines == [f"TrainingError: checkpoint 1 could not be written in {tmp_path} (File too "
+                   "large); fix that and run the same command again to resume from the start"]
