@@ -31,14 +31,15 @@ def add_molecule_arguments(parser: argparse.ArgumentParser, xyz_help: str = "xyz
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--xyz", help=xyz_help)
   source.add_argument("--molecule", help=f"built-in geometry: {', '.join(molecules.names())}")
-  parser.add_argument("--charge", type=int, default=0)
+  parser.add_argument("--charge", type=int,
+                      help="total charge (e); default: an xyz file's charge=, else 0")
 
 
 def molecule_from_arguments(args: argparse.Namespace) -> Molecule:
   """The molecule `add_molecule_arguments` asked for (InputError if it is bad)."""
   if args.xyz:
     return Molecule.from_xyz(args.xyz, charge=args.charge)
-  return molecules.get(args.molecule, charge=args.charge)
+  return molecules.get(args.molecule, charge=args.charge or 0)
 
 
 def run_and_print(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import numbers
 import os
+import re
 import warnings
 from typing import Iterable, Sequence
 
@@ -145,8 +146,12 @@ class Molecule:
                np.asarray(positions_bohr, dtype=np.float64) * BOHR, charge, name)
 
   @classmethod
-  def from_xyz_text(cls, text: str, charge: int = 0, name: str = "xyz") -> Molecule:
-    """From the text of an xyz file: a count line, a comment line, then `El x y z` in Å."""
+  def from_xyz_text(cls, text: str, charge: int | None = None, name: str = "xyz") -> Molecule:
+    """From the text of an xyz file: a count line, a comment line, then `El x y z` in Å.
+
+    The comment line may say `charge=…` and `multiplicity=…` (extended xyz's key=value pairs, as
+    ASE writes them): the charge is the molecule's unless `charge` is given, which must then agree;
+    a multiplicity other than 1 is refused (closed shells only). Without either, charge 0."""
     lines = text.removeprefix("\ufeff").strip("\n").splitlines()  # a Windows editor's BOM
     if not lines or not lines[0].strip():
       raise InputError(f"{name}: empty xyz")
@@ -170,11 +175,11 @@ class Molecule:
       except ValueError:
         raise InputError(f"{name}: line {k + 3} has a bad number: {line.strip()!r}") from None
       symbols.append(fields[0])
-    return cls(symbols, xyz, charge, name)
+    return cls(symbols, xyz, _charge_of(lines[1] if len(lines) > 1 else "", charge, name), name)
 
   @classmethod
-  def from_xyz(cls, path: str | os.PathLike, charge: int = 0) -> Molecule:
-    """From an xyz file (Å)."""
+  def from_xyz(cls, path: str | os.PathLike, charge: int | None = None) -> Molecule:
+    """From an xyz file (Å); its comment line may give the charge (`from_xyz_text`)."""
     name = os.path.basename(os.fspath(path))
     try:
       with open(path, encoding="utf-8") as f:  # whatever the locale says
@@ -257,3 +262,26 @@ class Molecule:
                       for s in dict.fromkeys(self.symbols))
     return f"Molecule({self.name}: {formula}, charge={self.charge})"
 
+
+# key=value pairs of an extended xyz comment line; a value may be "quoted".
+_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|\S+)')
+
+
+def _charge_of(comment: str, given: int | None, name: str) -> int:
+  """The charge an xyz file's comment line says (`charge=-1`), checked against the one `given`;
+  0 if neither says one. Read so that an anion's file is not computed as the neutral molecule
+  (SO4 with charge=-2 has an even electron count either way: nothing else would catch it)."""
+  pairs = {key.lower(): value.strip('"') for key, value in _KEY_VALUE.findall(comment)}
+  multiplicity = pairs.get("multiplicity", "1")
+  if multiplicity != "1":
+    raise InputError(f"{name}: line 2 says multiplicity={multiplicity}; only closed-shell "
+                     "restricted Kohn-Sham (multiplicity 1) is supported")
+  if "charge" not in pairs:
+    return 0 if given is None else given
+  try:
+    said = int(pairs["charge"])
+  except ValueError:
+    raise InputError(f"{name}: line 2 says charge={pairs['charge']}, not a whole number") from None
+  if given is not None and given != said:
+    raise InputError(f"{name}: line 2 says charge={said}, but charge {given} was given")
+  return said

@@ -7,6 +7,7 @@ import pytest
 
 import qpt
 from qpt import cli
+from tests.test_molecule import SULFATE
 
 
 def parse(*argv):
@@ -44,3 +45,14 @@ def test_a_value_starting_with_a_tilde_is_a_path_in_the_home_directory(tmp_path,
   args = parser.parse_args(["--xyz=~/w.xyz", "--out=~/runs/x"])
   assert (args.xyz, args.out) == (str(tmp_path / "w.xyz"), str(tmp_path / "runs" / "x"))
   assert parser.parse_args(["--molecule", "water"]).out is None
+
+
+def test_an_xyz_files_own_charge_is_read_and_a_different_charge_flag_refused(tmp_path):
+  """tools/scf.py --xyz anion.xyz ran the neutral molecule whatever the file's charge= said."""
+  path = tmp_path / "sulfate.xyz"
+  path.write_text(SULFATE)
+  assert parse("--xyz", str(path)).charge == -2
+  assert parse("--xyz", str(path), "--charge", "-2").charge == -2
+  with pytest.raises(qpt.InputError, match="sulfate.xyz: line 2 says charge=-2, but charge 0"):
+    parse("--xyz", str(path), "--charge", "0")
+  assert parse("--molecule", "water").charge == 0

@@ -125,6 +125,33 @@ def test_an_xyz_file_saved_with_a_byte_order_mark_reads(tmp_path):
   assert water.symbols == ["O", "H", "H"] and water.positions_angstrom[1, 2] == 0.96
 
 
+SULFATE = """5
+Properties=species:S:1:pos:R:3 charge=-2 multiplicity=1 energy=-699.1
+S 0.0 0.0 0.0
+O 0.882 0.882 0.882
+O -0.882 -0.882 0.882
+O -0.882 0.882 -0.882
+O 0.882 -0.882 -0.882
+"""
+
+
+def test_an_extended_xyz_comment_gives_the_charge(tmp_path):
+  """Sulfate's file says charge=-2: read as neutral SO4 it has an even electron count too (48),
+  so nothing else caught it and PySCF's energy came out for another molecule."""
+  path = tmp_path / "sulfate.xyz"
+  path.write_text(SULFATE)
+  for molecule in (qpt.Molecule.from_xyz(path), qpt.Molecule.from_xyz_text(SULFATE, charge=-2)):
+    assert molecule.charge == -2 and molecule.to_pyscf("sto-3g").nelectron == 50
+  for text, charge, fragment in [
+      (SULFATE, 0, "line 2 says charge=-2, but charge 0 was given"),
+      (SULFATE.replace("multiplicity=1", "multiplicity=3"), None,
+       "line 2 says multiplicity=3; only closed-shell"),
+      (SULFATE.replace("charge=-2", 'charge="-1.5"'), None, "charge=-1.5, not a whole number")]:
+    with pytest.raises(qpt.InputError, match=fragment):
+      qpt.Molecule.from_xyz_text(text, charge=charge, name="sulfate")
+  assert qpt.Molecule.from_xyz_text(SULFATE.replace(" charge=-2", ""), name="s").charge == 0
+
+
 def test_a_binary_file_is_not_an_xyz_file(tmp_path):
   path = tmp_path / "image.xyz"
   path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
