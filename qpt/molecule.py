@@ -272,16 +272,21 @@ def _charge_of(comment: str, given: int | None, name: str) -> int:
   0 if neither says one. Read so that an anion's file is not computed as the neutral molecule
   (SO4 with charge=-2 has an even electron count either way: nothing else would catch it)."""
   pairs = {key.lower(): value.strip('"') for key, value in _KEY_VALUE.findall(comment)}
-  multiplicity = pairs.get("multiplicity", "1")
-  if multiplicity != "1":
-    raise InputError(f"{name}: line 2 says multiplicity={multiplicity}; only closed-shell "
+  whole = {}
+  for key in ("charge", "multiplicity"):
+    if key in pairs:
+      try:
+        whole[key] = float(pairs[key])
+      except ValueError:
+        whole[key] = 0.5  # not a number: as bad as a fraction
+      if not whole[key].is_integer():
+        raise InputError(f"{name}: line 2 says {key}={pairs[key]}, not a whole number")
+  if whole.get("multiplicity", 1) != 1:
+    raise InputError(f"{name}: line 2 says multiplicity={pairs['multiplicity']}; only closed-shell "
                      "restricted Kohn-Sham (multiplicity 1) is supported")
-  if "charge" not in pairs:
+  if "charge" not in whole:
     return 0 if given is None else given
-  try:
-    said = int(pairs["charge"])
-  except ValueError:
-    raise InputError(f"{name}: line 2 says charge={pairs['charge']}, not a whole number") from None
+  said = int(whole["charge"])
   if given is not None and given != said:
     raise InputError(f"{name}: line 2 says charge={said}, but charge {given} was given")
   return said

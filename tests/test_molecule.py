@@ -146,10 +146,12 @@ def test_an_extended_xyz_comment_gives_the_charge(tmp_path):
       (SULFATE, 0, "line 2 says charge=-2, but charge 0 was given"),
       (SULFATE.replace("multiplicity=1", "multiplicity=3"), None,
        "line 2 says multiplicity=3; only closed-shell"),
-      (SULFATE.replace("charge=-2", 'charge="-1.5"'), None, "charge=-1.5, not a whole number")]:
+      (SULFATE.replace("charge=-2", 'charge="-1.5"'), None, "charge=-1.5, not a whole number"),
+      (SULFATE.replace("charge=-2", "charge=minus"), None, "charge=minus, not a whole number")]:
     with pytest.raises(qpt.InputError, match=fragment):
       qpt.Molecule.from_xyz_text(text, charge=charge, name="sulfate")
   assert qpt.Molecule.from_xyz_text(SULFATE.replace(" charge=-2", ""), name="s").charge == 0
+  assert qpt.Molecule.from_xyz_text(SULFATE.replace("=-2", "=-2.0"), name="s").charge == -2
 
 
 def test_a_binary_file_is_not_an_xyz_file(tmp_path):
