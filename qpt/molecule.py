@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import os
 import re
@@ -272,21 +273,22 @@ def _charge_of(comment: str, given: int | None, name: str) -> int:
   0 if neither says one. Read so that an anion's file is not computed as the neutral molecule
   (SO4 with charge=-2 has an even electron count either way: nothing else would catch it)."""
   pairs = {key.lower(): value.strip('"') for key, value in _KEY_VALUE.findall(comment)}
-  whole = {}
-  for key in ("charge", "multiplicity"):
-    if key in pairs:
-      try:
-        whole[key] = float(pairs[key])
-      except ValueError:
-        whole[key] = 0.5  # not a number: as bad as a fraction
-      if not whole[key].is_integer():
-        raise InputError(f"{name}: line 2 says {key}={pairs[key]}, not a whole number")
-  if whole.get("multiplicity", 1) != 1:
+
+  def whole(key: str) -> int:
+    try:
+      value = float(pairs[key])
+    except ValueError:
+      value = math.nan
+    if not value.is_integer():
+      raise InputError(f"{name}: line 2 says {key}={pairs[key]}, not a whole number")
+    return int(value)
+
+  if "multiplicity" in pairs and whole("multiplicity") != 1:
     raise InputError(f"{name}: line 2 says multiplicity={pairs['multiplicity']}; only closed-shell "
                      "restricted Kohn-Sham (multiplicity 1) is supported")
-  if "charge" not in whole:
+  if "charge" not in pairs:
     return 0 if given is None else given
-  said = int(whole["charge"])
+  said = whole("charge")
   if given is not None and given != said:
     raise InputError(f"{name}: line 2 says charge={said}, but charge {given} was given")
   return said
