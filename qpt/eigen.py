@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qpt.errors import InputError
 from qpt.precision import full_float32
@@ -25,6 +26,8 @@ def to_orthonormal(problem: DFTProblem, h: jax.Array) -> jax.Array:
   x = problem.orthogonalizer
   if jnp.shape(h) != x.shape:  # static: checked while tracing, free in the compiled program
     raise InputError(f"H has shape {jnp.shape(h)}; this problem's is {x.shape} (its padded n_ao)")
+  if not isinstance(h, jax.core.Tracer) and not np.isfinite(np.asarray(h)).all():
+    raise InputError("H has non-finite entries")  # a value given, not traced: the energy was NaN
   return x.T @ jnp.asarray(h, problem.dtype) @ x
 
 

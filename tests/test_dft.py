@@ -228,6 +228,18 @@ def test_a_hamiltonian_of_another_shape_is_one_input_error():
       loss(problem, np.zeros((7, 7), np.float32))
 
 
+def test_a_hamiltonian_with_nans_is_one_input_error_and_traced_ones_are_not_checked():
+  """A NaN in a given H came back as a NaN energy. Traced (jit, grad) it cannot be looked at: a
+  training step's non-finite loss is caught by the step instead."""
+  problem = qpt.build_problem(qpt.molecules.get("water"), basis="sto-3g", grid_level=0)
+  bad = np.asarray(problem.overlap).copy()
+  bad[0, 1] = np.nan
+  for loss in (qpt.dft.loss_energy_delta, qpt.dft.loss_energy):
+    with pytest.raises(qpt.InputError, match="H has non-finite entries"):
+      loss(problem, bad)
+  assert np.isnan(jax.jit(qpt.dft.loss_energy_delta)(problem, bad))
+
+
 def test_pyscf_mole_is_accepted():
   mole = qpt.molecules.get("water").to_pyscf("sto-3g")
   problem = qpt.build_problem(mole, xc="lda,vwn", dtype="float64")
