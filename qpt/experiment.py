@@ -42,6 +42,7 @@ from qpt.train import (LABELLED_LOSSES, TrainState, conformer_loss, init_state, 
 VALIDATION_SEED_OFFSET = 500_009
 HELD_OUT_SEED_OFFSET = 1_000_003
 HOT_SEED_OFFSET = 1_500_007  # the test conformers drawn at eval.hot_temperature
+EVALUATION_TIMEOUT_MS = 24 * 3600 * 1000  # how long other processes wait for process 0's final one
 
 
 def run(config, progress: bool = True) -> dict | None:
@@ -373,11 +374,17 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
   if stop:  # every process: a scheduler reads each one's exit code
     raise Stopped(f"{signal.Signals(stop).name} at step {step + 1} of {config.train.steps}: "
                   f"checkpointed in {saver.directory}; run the same command again to resume", stop)
-  if backend.is_primary and config.eval.n_conformers:
-    return final_evaluation(config, trainer.network, params, conformer_sources, workdir)
-  if backend.is_primary:
-    print(_where_it_is(workdir))
-  return None
+  # The other processes wait for process 0's evaluation: at exit, JAX's distributed shutdown
+  # waits 5 minutes for a process that is late, then aborts every process — process 0 in the
+  # middle of an evaluation that takes longer (measured, with a shorter timeout: exit code 134).
+  try:
+    if backend.is_primary and config.eval.n_conformers:
+      return final_evaluation(config, trainer.network, params, conformer_sources, workdir)
+    if backend.is_primary:
+      print(_where_it_is(workdir))
+    return None
+  finally:
+    backend.barrier("evaluated", EVALUATION_TIMEOUT_MS)
 
 
 @functools.cache

@@ -154,21 +154,20 @@ class Backend:
     return (f"{self.name}: {self.mesh.devices.size} devices (data {self.mesh.shape[DATA]} × model "
             f"{self.model_size}), process {self.process_index} of {self.process_count}")
 
-  def barrier(self, name: str) -> None:
+  def barrier(self, name: str, timeout_ms: int = BARRIER_TIMEOUT_MS) -> None:
     """Waits until every process of a multi-process run gets here (a no-op with one process).
 
     Why not a device collective: processes that reach a collective far apart in time fail. The
     first collective over a set of devices creates its gloo (CPU) communicator, whose rendezvous
     gives up after 30 s — and one process may compile a program or validate for longer than that
     while the others wait (seen: `Connect timeout` at the first step of a 2-process run on a busy
-    machine). The distributed runtime's keyed barrier waits as long as BARRIER_TIMEOUT_MS. Every
-    process calls the same barriers in the same order, so their running numbers agree.
+    machine). The distributed runtime's keyed barrier waits `timeout_ms` (BARRIER_TIMEOUT_MS).
+    Every process calls the same barriers in the same order, so their running numbers agree.
     """
     if self.process_count == 1:
       return
     self._barriers += 1
-    distributed.global_state.client.wait_at_barrier(f"qpt/{name}/{self._barriers}",
-                                                    BARRIER_TIMEOUT_MS)
+    distributed.global_state.client.wait_at_barrier(f"qpt/{name}/{self._barriers}", timeout_ms)
 
   # ---- policy ------------------------------------------------------------------------------------
 

@@ -113,3 +113,22 @@ def test_a_checkpoint_restores_on_another_layout(runs, tmp_path, written_on, dev
   assert_same_trajectory(losses(runs / written_on), losses(workdir))
   with open(workdir / "config.json") as f:
     assert f"(data {devices // model} × model {model})" in json.load(f)["backend"]
+
+
+def test_process_0s_final_evaluation_may_outlast_jaxs_shutdown_timeout(tmp_path):
+  """The other processes waited for process 0 in JAX's distributed shutdown, which gives a late
+  process 5 minutes and then aborts every process: an evaluation that took longer was cut off,
+  exit code 134 and C++ stack dumps. Here that timeout is 2 s (a sitecustomize on PYTHONPATH)
+  and process 0's evaluation (PySCF's labels of 20 conformers, their scores) takes longer."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(
+      "import functools\nimport jax\n"
+      "jax.distributed.initialize = functools.partial(jax.distributed.initialize,\n"
+      "                                               shutdown_timeout_seconds=2)\n")
+  env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")])))
+  command = launch_command(2, *md17_command(*tiny_run(tmp_path / "run", "--config.train.steps=2",
+                                                      "--config.eval.n_conformers=20")))
+  result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert json.loads((tmp_path / "run" / "eval.json").read_text())["n_conformers"] == 20
