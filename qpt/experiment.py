@@ -374,15 +374,24 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
   if stop:  # every process: a scheduler reads each one's exit code
     raise Stopped(f"{signal.Signals(stop).name} at step {step + 1} of {config.train.steps}: "
                   f"checkpointed in {saver.directory}; run the same command again to resume", stop)
-  # The other processes wait for process 0's evaluation: at exit, JAX's distributed shutdown
-  # waits 5 minutes for a process that is late, then aborts every process — process 0 in the
-  # middle of an evaluation that takes longer (measured, with a shorter timeout: exit code 134).
-  try:
-    if backend.is_primary and config.eval.n_conformers:
+
+  def finish() -> dict | None:
+    if config.eval.n_conformers:
       return final_evaluation(config, trainer.network, params, conformer_sources, workdir)
-    if backend.is_primary:
-      print(_where_it_is(workdir))
+    print(_where_it_is(workdir))
     return None
+
+  return _on_process_0(backend, finish)
+
+
+def _on_process_0(backend: backends.Backend, work: Callable[[], dict | None]) -> dict | None:
+  """`work()` (a final evaluation) on process 0 only, while the other processes wait for it.
+
+  They must wait: at exit, JAX's distributed shutdown gives a process that is late 5 minutes and
+  then aborts every process — process 0 in the middle of an evaluation that takes longer (exit
+  code 134, the evaluation lost; tests/backends/test_data_parallel.py shortens the timeout)."""
+  try:
+    return work() if backend.is_primary else None
   finally:
     backend.barrier("evaluated", EVALUATION_TIMEOUT_MS)
 
@@ -463,10 +472,12 @@ def _where_it_is(workdir: str, evaluation: str = "") -> str:
           f"checkpoints {workdir}/checkpoints")
 
 
-def evaluate_checkpoint(config) -> dict:
-  """mode=eval: the final evaluation of the latest parameters in `init_from` or else `workdir`."""
+def evaluate_checkpoint(config) -> dict | None:
+  """mode=eval: the final evaluation of the latest parameters in `init_from` or else `workdir`,
+  on process 0 of a multi-process run (each process evaluated and wrote the same files); None on
+  the others."""
   run_config.check(config)
-  backends.create(config)  # the device precision of the config, as in training
+  backend = backends.create(config)  # the device precision of the config, as in training
   workdir = os.path.abspath(config.workdir)
   make_directory(workdir)
   source, field = (config.init_from, "init_from") if config.init_from else (workdir, "workdir")
@@ -478,7 +489,8 @@ def evaluate_checkpoint(config) -> dict:
   conformer_sources = sources(config, workdir)
   example = build_problem(frame.canonical_molecule(conformer_sources.test(0)), level(config))
   params = checkpoint.load_params(source, abstract_params(network, example), field)
-  return final_evaluation(config, network, params, conformer_sources, workdir)
+  return _on_process_0(
+      backend, lambda: final_evaluation(config, network, params, conformer_sources, workdir))
 
 
 # ---- bookkeeping --------------------------------------------------------------------------------

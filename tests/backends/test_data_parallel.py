@@ -132,3 +132,10 @@ def test_process_0s_final_evaluation_may_outlast_jaxs_shutdown_timeout(tmp_path)
   result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   assert json.loads((tmp_path / "run" / "eval.json").read_text())["n_conformers"] == 20
+  # mode=eval likewise: process 0 evaluates (every process did, and wrote the same files).
+  (tmp_path / "run" / "eval.json").unlink()
+  result = subprocess.run([*command, "--config.mode=eval"], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert result.stdout.count("held-out water, 20 conformers") == 1
+  assert json.loads((tmp_path / "run" / "eval.json").read_text())["n_conformers"] == 20
