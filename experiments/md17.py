@@ -9,6 +9,7 @@ and a checkpoint, with one line on stderr and the exit code of that signal (143,
 training's steps (labelling, the final evaluation, mode=eval) they end the run at once, likewise.
 """
 
+import errno
 import functools
 import os
 import signal
@@ -110,7 +111,18 @@ def run(config) -> int:
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except OSError as e:  # the machine's, not the run's: a full disk, a quota, a read-only mount
+    if e.errno not in _THE_MACHINES:
+      raise
+    print(f"error: {e.filename or 'writing'}: {e.strerror}; make room and run the same command "
+          "again to resume from the last checkpoint", file=sys.stderr)
+    return 1
   return 0
+
+
+# Failures of the file system that no code of QPT causes, wherever the run writes (metrics, plots,
+# labels, caches; checkpoints name theirs already): one line, not a traceback from where it hit.
+_THE_MACHINES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def _exit_on_signal(workdir: str, signum: int, frame) -> None:

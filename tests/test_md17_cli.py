@@ -131,6 +131,28 @@ def test_a_signal_outside_the_training_steps_is_one_line_and_its_exit_code(tmp_p
   assert not (tmp_path / "run" / "eval.json").exists()
 
 
+def test_a_full_disk_where_the_run_writes_its_plot_is_one_line(tmp_path):
+  """A write outside the checkpoints failing for the machine's reason (here the training-curves
+  PNG, on a disk made full by patching matplotlib's savefig through a sitecustomize) was a
+  traceback from where it hit."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(
+      "import errno, os\nimport matplotlib.figure\n"
+      "def savefig(self, path, *args, **kwargs):\n"
+      "  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))\n"
+      "matplotlib.figure.Figure.savefig = savefig\n")
+  env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")])))
+  result = md17("--config.basis=sto-3g", "--config.grid_level=1", "--config.xc=lda,vwn",
+                "--config.data.workers=0", "--config.train.batch_size=2", "--config.train.steps=1",
+                "--config.eval.every=0", "--config.eval.n_conformers=0",
+                f"--config.workdir={tmp_path / 'run'}", env=env)
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.splitlines() == [
+      f"error: {tmp_path / 'run' / 'training_curves.png'}: No space left on device; make room and "
+      "run the same command again to resume from the last checkpoint"]
+
+
 def save_another_models_checkpoint(workdir, embedding: int | None = 128):
   """A checkpoint in `workdir` of what a run with a narrower element embedding would have saved
   (zero parameters; `embedding` None: the water config's own model at STO-3G, grid level 0)."""
