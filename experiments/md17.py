@@ -9,7 +9,6 @@ and a checkpoint, with one line on stderr and the exit code of that signal (143,
 training's steps (labelling, the final evaluation, mode=eval) they end the run at once, likewise.
 """
 
-import errno
 import functools
 import os
 import signal
@@ -98,7 +97,7 @@ def run(config) -> int:
   """The run `config` asks for; its exit code (bad input: one line on stderr and 2)."""
   import qpt  # the run's modules, once the config is known to be readable
   from qpt import experiment
-  from qpt.errors import Stopped, TrainingError
+  from qpt.errors import MACHINE_ERRNOS, Stopped, TrainingError
 
   try:
     experiment.run(config, progress=not flags.FLAGS.quiet)
@@ -112,17 +111,12 @@ def run(config) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # the machine's, not the run's: a full disk, a quota, a read-only mount
-    if e.errno not in _THE_MACHINES:
+    if e.errno not in MACHINE_ERRNOS:
       raise
     print(f"error: {e.filename or 'writing'}: {e.strerror}; make room and run the same command "
           "again to resume from the last checkpoint", file=sys.stderr)
     return 1
   return 0
-
-
-# Failures of the file system that no code of QPT causes, wherever the run writes (metrics, plots,
-# labels, caches; checkpoints name theirs already): one line, not a traceback from where it hit.
-_THE_MACHINES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def _exit_on_signal(workdir: str, signum: int, frame) -> None:

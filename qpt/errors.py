@@ -1,6 +1,11 @@
 """The one exception type users see for bad input, and the checks every entry point shares."""
 
+import errno
 import os
+
+# Failures of the file system that no code of QPT causes: a full disk, a quota, a read-only mount,
+# an I/O error. Entry points print them as one line, not as a traceback from wherever they hit.
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 class InputError(ValueError):

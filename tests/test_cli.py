@@ -2,6 +2,8 @@
 with --charge applied to either."""
 
 import argparse
+import errno
+import os
 
 import pytest
 
@@ -56,3 +58,17 @@ def test_an_xyz_files_own_charge_is_read_and_a_different_charge_flag_refused(tmp
   with pytest.raises(qpt.InputError, match="sulfate.xyz: line 2 says charge=-2, but charge 0"):
     parse("--xyz", str(path), "--charge", "0")
   assert parse("--molecule", "water").charge == 0
+
+
+def test_a_write_the_machine_refuses_is_one_line_and_a_bug_still_a_traceback(capsys):
+  """tools/label.py --out on a full disk raised from numpy's savez, after PySCF's work."""
+  def full(args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "labels.npz")
+
+  def missing(args):
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "QPT's own file")
+
+  assert cli.run_and_print(full, argparse.Namespace(json=False), str) is None
+  assert capsys.readouterr().err == "error: labels.npz: No space left on device\n"
+  with pytest.raises(FileNotFoundError):
+    cli.run_and_print(missing, argparse.Namespace(json=False), str)
