@@ -113,8 +113,8 @@ def run(config) -> int:
   except OSError as e:  # the machine's, not the run's: a full disk, a quota, a read-only mount
     if e.errno not in MACHINE_ERRNOS:
       raise
-    print(f"error: {e.filename or 'writing'}: {e.strerror}; make room and run the same command "
-          "again to resume from the last checkpoint", file=sys.stderr)
+    print(f"error: {e.filename or os.path.abspath(config.workdir)}: {e.strerror}; make room and "
+          "run the same command again to resume from the last checkpoint", file=sys.stderr)
     return 1
   return 0
 

@@ -97,7 +97,7 @@ from bench import (common, economics, energy, model_scaling, pipeline, scaling,
 
 import qpt
 from qpt import cli
-from qpt.errors import make_directory
+from qpt.errors import MACHINE_ERRNOS, make_directory
 
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
@@ -135,13 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (getattr(args, "child", 0) or getattr(args, "case", None)):
       make_directory(args.out)  # before the measurements: they can take an hour
     rows = command.run(args)
+    if getattr(args, "child", 0) or getattr(args, "case", None):  # for a parent process: no files
+      print(json.dumps(rows))
+      return 0
+    path, png = common.write_results(args.command, rows, command.plot, args.out, args.append)
   except qpt.InputError as e:
     print(f"benchmark.py {args.command}: error: {e}", file=sys.stderr)
     return 2
-  if getattr(args, "child", 0) or getattr(args, "case", None):  # for a parent process: no files
-    print(json.dumps(rows))
-    return 0
-  path, png = common.write_results(args.command, rows, command.plot, args.out, args.append)
+  except OSError as e:
+    if e.errno not in MACHINE_ERRNOS:
+      raise
+    print(f"benchmark.py {args.command}: error: {e.filename or args.out}: {e.strerror}",
+          file=sys.stderr)
+    return 2
   if args.json:
     print(json.dumps(rows, indent=1))
   else:
