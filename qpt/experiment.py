@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import signal
+import types
 from typing import Callable
 
 import haiku as hk
@@ -310,6 +311,8 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
     meta = saver.meta(resume_step)
     run_config.check_resumable(meta["config"], flat)
     stream_state = meta["stream"]
+    if backend.is_primary:
+      _say_if_the_schedule_moves(meta["config"], config, resume_step)
   elif config.init_from:  # fails now, not minutes of labels later
     manager_dir, _ = checkpoint.locate(config.init_from, "init_from")
     run_config.check_model_matches(os.path.dirname(manager_dir), flat)
@@ -382,6 +385,21 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
     return None
 
   return _on_process_0(backend, finish)
+
+
+def _say_if_the_schedule_moves(saved_flat: dict, config, step: int) -> None:
+  """One line when train.steps differs from the checkpointed run's: the learning-rate schedule is
+  made for the new total, so the rate at the next step jumps (a finished water run extended from
+  3,500 to 4,000 steps: 1.0e-5 → 2.2e-4), and the trajectory is not that of a run that had the new
+  total from the start."""
+  before = saved_flat.get("train.steps", config.train.steps)
+  if before == config.train.steps:
+    return
+  old = make_optimizer(types.SimpleNamespace(**{**config.train.to_dict(), "steps": before}))[1]
+  new = make_optimizer(config.train)[1]
+  print(f"resuming at step {step} with train.steps {before} → {config.train.steps}: the learning "
+        f"rate's schedule is made for {config.train.steps} steps ({float(old(step)):.2g} → "
+        f"{float(new(step)):.2g} at step {step + 1})")
 
 
 def _on_process_0(backend: backends.Backend, work: Callable[[], dict | None]) -> dict | None:

@@ -19,9 +19,11 @@ from qpt.files import written_whole
 from qpt.level import LEARNT_FOR, Level
 
 MODES = ("train", "eval")
-# Fields that may differ when resuming: they change neither the trajectory nor its meaning.
-# The device layout is among them: a checkpoint restores on any mesh (the trajectory then agrees
-# to float32 rounding; bitwise on the same devices, or with backend.layout_independent).
+# Fields that may differ when resuming: they change neither the trajectory nor its meaning, but
+# for train.steps, which extends (or ends) a run: its learning-rate schedule is made for the new
+# total, which the run says when it resumes (`experiment`). The device layout is among them: a
+# checkpoint restores on any mesh (the trajectory then agrees to float32 rounding; bitwise on the
+# same devices, or with backend.layout_independent).
 RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
                      "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation", "eval.per_molecule",
                      "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",

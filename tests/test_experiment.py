@@ -14,6 +14,7 @@ import pytest
 import qpt
 from experiments.configs import md17
 from qpt import backends, checkpoint, conformers, evaluate, experiment, labels, run_config
+from qpt.train import make_optimizer
 from tests import pyscf_reference as ref
 
 
@@ -91,16 +92,25 @@ def test_resuming_with_another_level_of_theory_is_refused(tmp_path):
     experiment.train(changed, progress=False)
 
 
-def test_a_run_past_the_steps_asked_for_is_refused_not_scored_as_the_shorter_one(tmp_path):
+def test_a_run_past_the_steps_asked_for_is_refused_not_scored_as_the_shorter_one(tmp_path,
+                                                                                 capsys):
   """train.steps=2 in a workdir at step 4 scored step 4's model and wrote train.steps=2 over its
-  config.json; the same command again (a finished run) and more steps go on."""
+  config.json; the same command again (a finished run) and more steps go on, the latter saying
+  that the learning rate's schedule is made for the new total (it jumps at the next step)."""
   experiment.train(small_config(tmp_path, 4), progress=False)
   with pytest.raises(qpt.InputError, match="holds a run at step 4, past train.steps=2: raise"):
     experiment.train(small_config(tmp_path, 2), progress=False)
   assert run_config.saved(tmp_path).train.steps == 4
   experiment.train(small_config(tmp_path, 4), progress=False)
-  experiment.train(small_config(tmp_path, 6), progress=False)
+  assert "schedule" not in capsys.readouterr().out
+  longer = small_config(tmp_path, 6)
+  experiment.train(longer, progress=False)
+  rates = [float(make_optimizer(small_config(tmp_path, n).train)[1](4)) for n in (4, 6)]
+  assert (f"resuming at step 4 with train.steps 4 → 6: the learning rate's schedule is made for 6 "
+          f"steps ({rates[0]:.2g} → {rates[1]:.2g} at step 5)") in capsys.readouterr().out
+  assert rates[1] > 2 * rates[0]  # at the end of its decay the 4-step schedule is far lower
   assert [r["step"] for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+  assert records(tmp_path)[4]["lr"] == pytest.approx(rates[1])
 
 
 def test_a_second_run_in_a_busy_workdir_is_refused_and_a_killed_ones_lock_is_gone(tmp_path):
