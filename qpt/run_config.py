@@ -54,6 +54,8 @@ def check(config) -> None:
   """One-line InputError for a config that cannot run, before anything is computed or written."""
   if config.mode not in MODES:
     raise InputError(f"mode={config.mode!r}: choose one of {', '.join(MODES)}")
+  if not str(config.workdir).strip():  # it would be the current directory
+    raise InputError("workdir is empty: name the run's directory (was a shell variable unset?)")
   train.conformer_loss(config.loss, config.iterations, config.mixing,
                       config.self_consistency_weight)  # loss, mixing, weight
   model.model_config(config.model.size)

@@ -86,6 +86,8 @@ def test_qm9_script_runs_its_config_as_the_readme_says(tmp_path):
     ({"eval.per_molecule": 0}, ["eval.per_molecule=0"]),
     ({"data.workers": -1}, ["data.workers=-1"]),  # named as the config names it, not as data.py
     ({"data.prefetch": -2}, ["data.prefetch=-2"]),
+    # `--config.workdir=$WORKDIR` with WORKDIR unset trained into the current directory
+    (dict(workdir=""), ["workdir is empty"]), (dict(workdir="  "), ["workdir is empty"]),
 ])
 def test_bad_config_values_are_one_line_input_errors(overrides, words):
   """What md17.py prints for these (test_bad_configs shows the path from check to stderr)."""
