@@ -31,6 +31,8 @@ class Stopped(TrainingError):
 
 def check_writable(path: str | os.PathLike) -> None:
   """InputError unless a file can be created at `path`: checked before hours of work, not after."""
+  if not os.fspath(path).strip():  # an unset shell variable; the rename failed after the work
+    raise InputError("an empty file name: name the file to write")
   if os.path.isdir(path):
     raise InputError(f"{path}: a directory; give the name of a file to write")
   directory = os.path.dirname(os.path.abspath(path))
@@ -41,6 +43,8 @@ def check_writable(path: str | os.PathLike) -> None:
 def make_directory(path: str | os.PathLike) -> None:
   """`os.makedirs(path, exist_ok=True)`, or an InputError naming `path` (a file in the way, no
   permission)."""
+  if not os.fspath(path).strip():
+    raise InputError("an empty directory name: name the directory to write in")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
