@@ -86,8 +86,10 @@ def build_problem(molecule: Molecule | gto.Mole, basis: str | Level | None = Non
 def molecule_and_level(molecule: Molecule | gto.Mole, basis: str | Level | None = None,
                        xc: str | None = None, grid_level: int | None = None,
                        eri: str | None = None, dtype: str | None = None,
-                       level: Level | None = None) -> tuple[Molecule, Level]:
-  """A `Molecule` and a `Level` from `build_problem`'s arguments (a Mole's basis if none given)."""
+                       level: Level | None = None,
+                       defaults: Level = Level()) -> tuple[Molecule, Level]:
+  """A `Molecule` and a `Level` from `build_problem`'s arguments (a Mole's basis if none given);
+  fields not given are those of `defaults`."""
   if isinstance(basis, Level):
     basis, level = None, basis
   if isinstance(molecule, gto.Mole):
@@ -104,7 +106,7 @@ def molecule_and_level(molecule: Molecule | gto.Mole, basis: str | Level | None 
   given = {k: v for k, v in dict(basis=basis, xc=xc, grid_level=grid_level, eri=eri,
                                  dtype=dtype).items() if v is not None}
   if level is None:
-    return molecule, Level(**given)
+    return molecule, dataclasses.replace(defaults, **given)  # validated and normalised by Level
   if given:
     raise InputError(f"give the level of theory once: level= or {', '.join(given)}, not both")
   return molecule, level

@@ -118,18 +118,19 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
     refine: DIIS SCF steps from D(H) on the device (float32, the loss's energy code); 0 = none.
   """
   refine = dft.check_refine(refine)  # before the build: bad input fails at once
-  if isinstance(params, TrainedModel):
-    trained, params = params, params.params
-    if trained.level is not None:
-      level = _at_trained_level(trained, molecule, basis, xc, grid_level, eri, dtype, level)
-      basis = xc = grid_level = eri = dtype = None
-    elif level is None and not isinstance(basis, Level) and (basis is None or xc is None):
-      # Level()'s defaults may not be what it learnt
+  trained = params if isinstance(params, TrainedModel) else None
+  if trained:
+    params = trained.params
+    if (trained.level is None and level is None and not isinstance(basis, Level)
+        and (basis is None or xc is None)):  # Level()'s defaults may not be what it learnt
       raise InputError(f"{trained.source} has no config.json to say what level its model was "
                        "trained for: give level= (or basis= and xc=)")
   if model is None:
     model = make_model(config_from_params(params))
-  molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level)
+  molecule, level = molecule_and_level(molecule, basis, xc, grid_level, eri, dtype, level,
+                                       defaults=trained.level if trained and trained.level else Level())
+  if trained and trained.level:
+    _check_learnt(trained, level)
   canonical, rotation, _ = frame.to_canonical(molecule)
   problem = build_problem(canonical, level)
   check_supported(problem)
@@ -149,30 +150,15 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
                     refine_steps=refine)
 
 
-def _at_trained_level(trained: TrainedModel, molecule, basis, xc, grid_level, eri, dtype,
-                      level: Level | None) -> Level:
-  """The level to predict a trained model at: its run's, with the fields given replaced (a pyscf
-  Mole's basis counts as given); another basis or functional than it learnt is a one-line
-  InputError."""
-  if isinstance(basis, Level):
-    basis, level = None, basis
-  if isinstance(molecule, gto.Mole) and isinstance(molecule.basis, str) and basis is None \
-      and level is None:
-    basis = molecule.basis  # the matrices must fit the Mole's own basis too
-  given = {k: v for k, v in dict(basis=basis, xc=xc, grid_level=grid_level, eri=eri,
-                                 dtype=dtype).items() if v is not None}
-  if level is not None:
-    if given:
-      raise InputError(f"give the level of theory once: level= or {', '.join(given)}, not both")
-    given = dataclasses.asdict(level)
-  wanted = dataclasses.replace(trained.level, **given)  # validated and normalised by Level
-  differ = [k for k in LEARNT_FOR if getattr(wanted, k) != getattr(trained.level, k)]
+def _check_learnt(trained: TrainedModel, level: Level) -> None:
+  """A one-line InputError if `level` has another basis or functional than the model learnt (a
+  pyscf Mole's own basis included): there it is out of its domain."""
+  differ = [k for k in LEARNT_FOR if getattr(level, k) != getattr(trained.level, k)]
   if differ:
     theirs = ", ".join(f"{k}={getattr(trained.level, k)!r}" for k in differ)
-    ours = ", ".join(f"{k}={getattr(wanted, k)!r}" for k in differ)
+    ours = ", ".join(f"{k}={getattr(level, k)!r}" for k in differ)
     raise InputError(f"the model of {trained.source} was trained for {theirs}, not {ours}: "
                      f"predict at its level (fine-tune it for another with init_from)")
-  return wanted
 
 
 def to_pyscf_dm0(prediction: Prediction) -> np.ndarray:
