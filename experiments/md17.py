@@ -97,7 +97,7 @@ def run(config) -> int:
   """The run `config` asks for; its exit code (bad input: one line on stderr and 2)."""
   import qpt  # the run's modules, once the config is known to be readable
   from qpt import experiment
-  from qpt.errors import MACHINE_ERRNOS, Stopped, TrainingError
+  from qpt.errors import Stopped, TrainingError, machine_refusal
 
   try:
     experiment.run(config, progress=not flags.FLAGS.quiet)
@@ -111,10 +111,8 @@ def run(config) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # the machine's, not the run's: a full disk, a quota, a read-only mount
-    if e.errno not in MACHINE_ERRNOS:
-      raise
-    print(f"error: {e.filename or os.path.abspath(config.workdir)}: {e.strerror}; make room and "
-          "run the same command again to resume from the last checkpoint", file=sys.stderr)
+    print(f"error: {machine_refusal(e, os.path.abspath(config.workdir))}; make room and run the "
+          "same command again to resume from the last checkpoint", file=sys.stderr)
     return 1
   return 0
 

@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 from qpt import molecules
-from qpt.errors import MACHINE_ERRNOS, InputError
+from qpt.errors import InputError, machine_refusal
 from qpt.molecule import Molecule
 
 
@@ -45,7 +45,7 @@ def molecule_from_arguments(args: argparse.Namespace) -> Molecule:
 def run_and_print(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,
                   summary: Callable[[dict], str]) -> dict | None:
   """`run(args)`, printed as one JSON object (`args.json`) or as `summary` of it; None after a bad
-  input or a write the machine refused (`errors.MACHINE_ERRNOS`), which is one line on stderr
+  input or a write the machine refused (`errors.machine_refusal`), which is one line on stderr
   ("error: ...") for the caller to exit with code 2."""
   try:
     out = run(args)
@@ -53,9 +53,7 @@ def run_and_print(run: Callable[[argparse.Namespace], dict], args: argparse.Name
     print(f"error: {e}", file=sys.stderr)
     return None
   except OSError as e:
-    if e.errno not in MACHINE_ERRNOS:
-      raise
-    print(f"error: {e.filename or 'writing'}: {e.strerror}", file=sys.stderr)
+    print(f"error: {machine_refusal(e, 'writing')}", file=sys.stderr)
     return None
   print(json.dumps(out) if args.json else summary(out))
   return out

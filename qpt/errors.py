@@ -8,6 +8,15 @@ import os
 MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
+def machine_refusal(error: OSError, where: str) -> str:
+  """"<file>: <the system's reason>" for an error of `MACHINE_ERRNOS` (`where` names the place
+  when the error names no file: one written through an open file); any other is re-raised, a bug
+  to see whole."""
+  if error.errno not in MACHINE_ERRNOS:
+    raise error
+  return f"{error.filename or where}: {error.strerror}"
+
+
 class InputError(ValueError):
   """Bad user input: an unknown element, a malformed file, an unsupported option.
 

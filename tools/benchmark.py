@@ -97,7 +97,7 @@ from bench import (common, economics, energy, model_scaling, pipeline, scaling,
 
 import qpt
 from qpt import cli
-from qpt.errors import MACHINE_ERRNOS, make_directory
+from qpt.errors import machine_refusal, make_directory
 
 COMMANDS = {"energy": energy.COMMAND, "scaling": scaling.COMMAND,
             "throughput": pipeline.THROUGHPUT, "inference": pipeline.INFERENCE,
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmark.py {args.command}: error: {e}", file=sys.stderr)
     return 2
   except OSError as e:
-    if e.errno not in MACHINE_ERRNOS:
-      raise
-    print(f"benchmark.py {args.command}: error: {e.filename or args.out}: {e.strerror}",
-          file=sys.stderr)
+    print(f"benchmark.py {args.command}: error: {machine_refusal(e, args.out)}", file=sys.stderr)
     return 2
   if args.json:
     print(json.dumps(rows, indent=1))
