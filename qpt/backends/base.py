@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 from typing import Any, Callable
 
 import jax
@@ -167,7 +168,8 @@ class Backend:
     if self.process_count == 1:
       return
     self._barriers += 1
-    distributed.global_state.client.wait_at_barrier(f"qpt/{name}/{self._barriers}", timeout_ms)
+    key = f"qpt/{name}/{self._barriers}"
+    _while_signals_run(lambda: distributed.global_state.client.wait_at_barrier(key, timeout_ms))
 
   # ---- policy ------------------------------------------------------------------------------------
 
@@ -504,3 +506,25 @@ def _primitives(jaxpr) -> set[str]:
         if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
           names |= _primitives(sub)
   return names
+
+
+def _while_signals_run(wait: Callable[[], None]) -> None:
+  """wait() on a thread of its own while the calling thread sleeps in short steps, so that a
+  signal's Python handler runs at once. Python runs handlers on the main thread between
+  bytecodes: one blocked in the C++ barrier heard SIGTERM only when the barrier failed, after
+  process 0 had exited, and then aborted with JAX's C++ error lines (tests/test_md17_cli.py's
+  multi-process SIGTERM test). wait()'s exception, a barrier's timeout, is raised here."""
+  failure = []
+
+  def run():
+    try:
+      wait()
+    except BaseException as e:  # re-raised on the caller's thread
+      failure.append(e)
+
+  waiter = threading.Thread(target=run, name="qpt-barrier", daemon=True)
+  waiter.start()
+  while waiter.is_alive():
+    waiter.join(timeout=0.2)
+  if failure:
+    raise failure[0]

@@ -139,3 +139,50 @@ def test_process_0s_final_evaluation_may_outlast_jaxs_shutdown_timeout(tmp_path)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   assert result.stdout.count("held-out water, 20 conformers") == 1
   assert json.loads((tmp_path / "run" / "eval.json").read_text())["n_conformers"] == 20
+
+
+def test_a_signal_stops_processes_waiting_for_process_0s_evaluation_in_one_line(tmp_path):
+  """SIGTERM to a multi-process run while process 0 evaluates (as a scheduler's cancel sends it to
+  every process). The others wait for it in the distributed runtime's barrier, a C++ call in
+  which Python could not run their signal handler: they heard the signal only once process 0 had
+  exited and the barrier failed, and printed JAX's C++ error lines first. Here process 0's
+  evaluation takes 5 minutes (a sitecustomize on PYTHONPATH) and each process marks when it
+  reaches the barrier; every process must stop at once, with the one line of md17.py."""
+  site, marks = tmp_path / "site", tmp_path / "marks"
+  site.mkdir()
+  marks.mkdir()
+  (site / "sitecustomize.py").write_text(
+      "import os\n"
+      "if 'QPT_PROCESS_ID' in os.environ:\n"
+      "  import time\n"
+      "  from qpt.backends import base\n"
+      "  barrier = base.Backend.barrier\n"
+      "  def marked(self, name, *args):\n"
+      "    if name == 'evaluated':\n"
+      "      index = os.environ['QPT_PROCESS_ID']\n"
+      f"      open(os.path.join({str(marks)!r}, index), 'w').close()\n"
+      "      if index == '0':\n"
+      "        time.sleep(300)  # an evaluation\n"
+      "    return barrier(self, name, *args)\n"
+      "  base.Backend.barrier = marked\n")
+  env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")])))
+  command = launch_command(2, *md17_command(*tiny_run(tmp_path / "run", "--config.train.steps=2",
+                                                      "--config.backend.cpu_devices=2")))
+  launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=ROOT, env=env)
+  try:
+    deadline = time.monotonic() + 300
+    while len(os.listdir(marks)) < 2 and launcher.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert sorted(os.listdir(marks)) == ["0", "1"], launcher.communicate(timeout=60)[0][-3000:]
+    time.sleep(1)  # process 1 inside the runtime's wait
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=30)  # not after the runtime notices process 0 gone
+  finally:
+    launcher.kill()
+  assert launcher.returncode == 128 + signal.SIGTERM, output[-3000:]
+  # What is left besides gloo's connection lines and process 0's "metrics …, curves …" line.
+  lines = [line for line in output.splitlines()
+           if "[Gloo]" not in line and not line.startswith("metrics ")]
+  stopped = "stopped: SIGTERM outside the training steps"
+  assert [line.removeprefix("[1] ").startswith(stopped) for line in lines] == [True, True], lines
