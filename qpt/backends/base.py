@@ -512,8 +512,9 @@ def _while_signals_run(wait: Callable[[], None]) -> None:
   """wait() on a thread of its own while the calling thread sleeps in short steps, so that a
   signal's Python handler runs at once. Python runs handlers on the main thread between
   bytecodes: one blocked in the C++ barrier heard SIGTERM only when the barrier failed, after
-  process 0 had exited, and then aborted with JAX's C++ error lines (tests/test_md17_cli.py's
-  multi-process SIGTERM test). wait()'s exception, a barrier's timeout, is raised here."""
+  process 0 had exited, and then aborted with JAX's C++ error lines
+  (tests/backends/test_data_parallel.py). wait()'s exception, a barrier's timeout, is raised
+  here."""
   failure = []
 
   def run():
