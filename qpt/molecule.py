@@ -39,6 +39,18 @@ def _has_core_potential(basis: str, symbol: str) -> bool:
   return bool(gto.basis.load_ecp(basis, symbol))
 
 
+@functools.lru_cache(maxsize=None)
+def _defines(basis: str, symbol: str) -> bool:
+  """Whether PySCF loads `basis` (a name or a file) for element `symbol`."""
+  try:
+    with warnings.catch_warnings():  # PySCF's advice to install basis-set-exchange
+      warnings.simplefilter("ignore")
+      gto.basis.load(basis, symbol)
+  except Exception:  # PySCF raises BasisNotFoundError, KeyError or RuntimeError by case
+    return False
+  return True
+
+
 def _atomic_number(symbol: str, where: str) -> int:
   """'C', 'c', 'Cl', '6' → atomic number; anything else is an InputError."""
   text = str(symbol).strip()
@@ -234,12 +246,11 @@ class Molecule:
   def to_pyscf(self, basis: str) -> gto.Mole:
     """A built `pyscf.gto.Mole` in Bohr, with a one-line error if `basis` lacks an element."""
     for symbol in sorted(set(self.symbols)):
-      try:
-        with warnings.catch_warnings():  # PySCF's advice to install basis-set-exchange
-          warnings.simplefilter("ignore")
-          gto.basis.load(basis, symbol)
-      except Exception:  # PySCF raises BasisNotFoundError, KeyError or RuntimeError by case
-        raise InputError(f"{self.name}: basis {basis!r} is not defined for element {symbol}") from None
+      if not _defines(basis, symbol):
+        if not any(_defines(basis, s) for s in elements.ELEMENTS[1:_MAX_Z + 1]):  # a typo
+          raise InputError(f"unknown basis set {basis!r}: PySCF has no basis of that name for any "
+                           "element (and it is no basis file)")
+        raise InputError(f"{self.name}: basis {basis!r} is not defined for element {symbol}")
       # def2-* from Rb on, lanl2dz, …: such a basis holds only the valence functions, meant for a
       # core potential. Used all-electron it gives a wrong energy without any warning.
       if _has_core_potential(basis, symbol):

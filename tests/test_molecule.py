@@ -96,6 +96,8 @@ def test_a_whole_charge_of_any_numeric_type_is_kept(charge):
     (lambda: qpt.molecules.get("caffeine"), "unknown built-in molecule 'caffeine'"),
     (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("6-31g"),
      "basis '6-31g' is not defined for element I"),
+    # a misspelt name was "basis 'def2-svpp' is not defined for element H"
+    (lambda: qpt.molecules.get("water").to_pyscf("def2-svpp"), "unknown basis set 'def2-svpp'"),
     (lambda: qpt.Molecule(["I", "I"], [[0, 0, 0], [0, 0, 2.7]]).to_pyscf("def2-svp"),
      "basis 'def2-svp' describes I with an effective core potential"),
     (lambda: qpt.Molecule.from_pyscf(gto.M(atom="O 0 0 0; H 0 0 1", spin=1)), "spin 1"),
