@@ -65,6 +65,7 @@ class Sources:
   validation: Callable[[int], Molecule]
   test: Callable[[int], Molecule]
   hot: Callable[[int], Molecule] | None = None
+  elements: tuple[int, ...] = ()  # atomic numbers of the training molecules' elements
 
 
 def sources(config, workdir: str) -> Sources:
@@ -82,13 +83,40 @@ def sources(config, workdir: str) -> Sources:
                          f"{sizes[key]}")
     indices = conformers.split(len(trajectory), sizes, seed=config.data.split_seed)
     frames = {k: conformers.FrameSampler(trajectory, indices[k], seed=config.seed) for k in sizes}
-    return Sources(frames["train"], frames["validation"], frames["test"])
+    return Sources(frames["train"], frames["validation"], frames["test"],
+                   elements=_elements([trajectory.atomic_numbers]))
   cache = os.path.join(workdir, "cache")  # the Hessian, computed once per workdir
   thermal = lambda offset, kelvin=config.data.temperature: conformers.ThermalSampler(
       molecules.get(config.molecule), kelvin, seed=config.seed + offset, cache_dir=cache)
   hot = config.eval.hot_temperature
   return Sources(thermal(0), thermal(VALIDATION_SEED_OFFSET), thermal(HELD_OUT_SEED_OFFSET),
-                 thermal(HOT_SEED_OFFSET, hot) if hot else None)
+                 thermal(HOT_SEED_OFFSET, hot) if hot else None,
+                 elements=_elements([molecules.get(config.molecule).atomic_numbers]))
+
+
+def _trained_elements(config, workdir: str, conformer_sources: Sources,
+                      resuming: bool) -> list[int] | None:
+  """The elements (atomic numbers) the model will have trained on: the training molecules', and
+  those a resumed run or the run it is fine-tuned from (init_from) recorded. None where one of
+  those did not record them (it predates the record): then nobody knows."""
+  found = list(conformer_sources.elements)
+  before = [workdir] if resuming else []
+  if config.init_from:
+    try:
+      before.append(os.path.dirname(checkpoint.locate(config.init_from, "init_from")[0]))
+    except InputError:  # resuming: its parameters came from there once, and are in the record
+      pass
+  for source in before:
+    elements = run_config.trained_elements(source)
+    if elements is None:
+      return None
+    found += elements
+  return found
+
+
+def _elements(atomic_numbers) -> tuple[int, ...]:
+  """The distinct atomic numbers of some molecules' (each an array of them), ascending."""
+  return tuple(sorted({int(z) for zs in atomic_numbers for z in zs}))
 
 
 def molecule_split(config) -> dict[str, list[Molecule]]:
@@ -119,7 +147,8 @@ def _molecule_set_sources(config) -> Sources:
                                                   config.seed),
                  held_out("validation", VALIDATION_SEED_OFFSET),
                  held_out("test", HELD_OUT_SEED_OFFSET),
-                 held_out("test", HOT_SEED_OFFSET, hot) if hot else None)
+                 held_out("test", HOT_SEED_OFFSET, hot) if hot else None,
+                 elements=_elements(m.atomic_numbers for m in split["train"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,11 +345,12 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
   elif config.init_from:  # fails now, not minutes of labels later
     manager_dir, _ = checkpoint.locate(config.init_from, "init_from")
     run_config.check_model_matches(os.path.dirname(manager_dir), flat)
+  conformer_sources = sources(config, workdir)
   if backend.is_primary:
-    run_config.record(workdir, config, backend.describe())
+    run_config.record(workdir, config, backend.describe(),
+                      _trained_elements(config, workdir, conformer_sources, resume_step is not None))
 
   trainer = make_trainer(config, backend)
-  conformer_sources = sources(config, workdir)
   stream = make_stream(config, conformer_sources.train, backend, stream_state)
   with (stream, _StopOnSignal() as signals, metrics_log.StepWatch() as watch,
         backend.training_loop()):

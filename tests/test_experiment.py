@@ -271,7 +271,7 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   # Zero-shot: tools/scf.py on an unseen molecule, started from the model's prediction, reaches
   # the SCF that MINAO's start reaches (the same energy), and reports both cycle counts.
   from tools import scf
-  unseen = split["test"][0]
+  unseen = split["validation"][0]  # CH4: its elements trained on, itself never
   xyz = tmp_path / "unseen.xyz"
   xyz.write_text(unseen.xyz_text())
   out = scf.run(scf.parse_args(["--xyz", str(xyz), "--basis", c.basis, "--xc", c.xc,
@@ -327,6 +327,19 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   with pytest.raises(qpt.InputError, match="no config.json to say what level its model was"):
     qpt.predict(orphan, unseen, basis=c.basis)
   assert qpt.predict(orphan, unseen, experiment.level(c)).energy == ours.energy
+  # The test split's NH3 has N, which no train molecule has: the model's N embedding is as
+  # initialised (water's model put ethanol 2.3 Ha above its SCF). predict and tools/scf.py refuse
+  # it; bare parameters predict it anyway, and a checkpoint without config.json cannot tell.
+  assert trained.elements == experiment.sources(c, str(tmp_path)).elements == (1, 6, 8)
+  ammonia = split["test"][0]
+  assert ammonia.symbols[0] == "N"
+  with pytest.raises(qpt.InputError, match=r"qm9 never trained on N \(its molecules had H, C, O\)"):
+    qpt.predict(trained, ammonia)
+  xyz.write_text(ammonia.xyz_text())
+  with pytest.raises(qpt.InputError, match="never trained on N"):
+    scf.run(scf.parse_args(["--xyz", str(xyz), "--init-from", str(tmp_path / "qm9")]))
+  qpt.predict(trained.params, ammonia, experiment.level(c))
+  assert orphan.elements is None and qpt.predict(orphan, ammonia, experiment.level(c))
   # tools/benchmark.py transfer: water (left out of the set) fine-tuned from it and from scratch,
   # at the pre-trained run's level and model; fine-tuning starts from its parameters with a fresh
   # optimizer (warm-up from 0: step 1 moves nothing), the target is scratch's final MAE.
@@ -351,6 +364,9 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   assert scratch["reached"] and scratch["step"] == 1 and scratch["pretrain_seconds"] == 0
   assert tuned["reached"] == (last_mae["finetuned"] <= last_mae["scratch"])
   assert tuned["pretrain_seconds"] == records(tmp_path / "qm9")[-1]["seconds"] > 0
+  # Fine-tuned on water (H, O), the model has still trained on the pre-training's C.
+  assert qpt.load_model(str(tmp_path / "transfer" / "water_finetuned")).elements == (1, 6, 8)
+  assert qpt.load_model(str(tmp_path / "transfer" / "water_scratch")).elements == (1, 8)
 
 
 def test_the_qm9_configs_do_not_inherit_waters_own_tuning():
