@@ -492,8 +492,13 @@ def final_evaluation(config, network, params, conformer_sources: Sources, workdi
              f"{m['eps_occ_mae_uha_refined_minao']:.1f} µHa, energy "
              f"{m['energy_mae_uha_refined']:.1f} | {m['energy_mae_uha_refined_minao']:.1f} µHa "
              f"({m['refine_time_ratio']:.2f} of a PySCF SCF's time)\n") if n else ""
-  what = (f"unseen molecules of {config.data.molecule_set} ({m['n_molecules']} molecules, "
-          f"mean over them)" if "n_molecules" in m else config.molecule)
+  if "n_molecules" in m:
+    what = (f"unseen molecules of {config.data.molecule_set} ({m['n_molecules']} molecules, "
+            "mean over them)")
+  elif config.data.md17_file:  # its molecule may be another than config.molecule, left unused
+    what = f"frames of {os.path.basename(config.data.md17_file)}"
+  else:
+    what = config.molecule
   print(f"held-out {what}, {m['n_conformers']} conformers (model | MINAO baseline):\n"
         f"  energy MAE of E[D(H_pred)], k = 0  {m['energy_mae_uha']:10.1f} | "
         f"{m['energy_mae_uha_minao']:10.1f} µHa\n"

@@ -201,6 +201,24 @@ def test_md17_files_give_disjoint_train_validation_and_test_frames(tmp_path):
   assert isinstance(s.train, conformers.FrameSampler)
 
 
+def test_an_md17_files_run_is_named_and_recorded_by_its_frames_not_config_molecule(tmp_path,
+                                                                                   capsys):
+  """With data.md17_file, config.molecule is left unused: the final evaluation called water's
+  frames 'held-out uracil' (md17.py:uracil with a water file), and the elements the model trained
+  on are the file's."""
+  water = qpt.molecules.get("water")
+  frames = water.positions_angstrom + 0.02 * np.random.default_rng(0).standard_normal((8, 3, 3))
+  np.savez(tmp_path / "h2o.npz", R=frames, z=water.atomic_numbers)
+  c = small_config(tmp_path / "run", 1)
+  c.molecule, c.data.md17_file = "uracil", str(tmp_path / "h2o.npz")
+  c.data.md17_split = dict(train=4, validation=2, test=2)
+  c.eval.n_validation, c.eval.n_conformers, c.eval.refine_steps = 0, 2, 0
+  c.eval.hot_temperature = 0.0
+  experiment.train(c, progress=False)
+  assert "held-out frames of h2o.npz, 2 conformers" in capsys.readouterr().out
+  assert qpt.load_model(c.workdir).elements == (1, 8)
+
+
 def test_fields_added_since_a_checkpoint_block_its_resumption_only_if_they_change_it():
   saved = {"xc": "b3lyp5", "train.steps": 100}
   run_config.check_resumable(saved, {"xc": "b3lyp5", "train.steps": 200, "data.pad_to": []})
