@@ -178,5 +178,5 @@ def test_a_limit_that_leaves_nothing_names_the_limit():
     ms.read_qm9pack(QM9PACK, ms.SizeLimit(max_heavy_atoms=1, max_n_ao=3, basis="sto-3g"))
   with pytest.raises(qpt.InputError, match="max_electrons=-1"):
     ms.SizeLimit(max_electrons=-1)
-  with pytest.raises(qpt.InputError, match="basis 'no-such-basis' is not defined for element"):
+  with pytest.raises(qpt.InputError, match="unknown basis set 'no-such-basis'"):
     ms.read_qm9pack(QM9PACK, ms.SizeLimit(max_n_ao=10, basis="no-such-basis"))
