@@ -97,21 +97,17 @@ def sources(config, workdir: str) -> Sources:
 def _trained_elements(config, workdir: str, conformer_sources: Sources,
                       resuming: bool) -> list[int] | None:
   """The elements (atomic numbers) the model will have trained on: the training molecules', and
-  those a resumed run or the run it is fine-tuned from (init_from) recorded. None where one of
-  those did not record them (it predates the record): then nobody knows."""
-  found = list(conformer_sources.elements)
-  before = [workdir] if resuming else []
-  if config.init_from:
-    try:
-      before.append(os.path.dirname(checkpoint.locate(config.init_from, "init_from")[0]))
-    except InputError:  # resuming: its parameters came from there once, and are in the record
-      pass
-  for source in before:
-    elements = run_config.trained_elements(source)
-    if elements is None:
-      return None
-    found += elements
-  return found
+  those that the run it resumes recorded (the run it was fine-tuned from included) or else the run
+  it is fine-tuned from (init_from). None where that run did not record them (it predates the
+  record): then nobody knows."""
+  if resuming:
+    before = workdir
+  elif config.init_from:
+    before = os.path.dirname(checkpoint.locate(config.init_from, "init_from")[0])
+  else:
+    return list(conformer_sources.elements)
+  elements = run_config.trained_elements(before)
+  return None if elements is None else [*conformer_sources.elements, *elements]
 
 
 def _elements(atomic_numbers) -> tuple[int, ...]:
@@ -347,8 +343,8 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
     run_config.check_model_matches(os.path.dirname(manager_dir), flat)
   conformer_sources = sources(config, workdir)
   if backend.is_primary:
-    run_config.record(workdir, config, backend.describe(),
-                      _trained_elements(config, workdir, conformer_sources, resume_step is not None))
+    elements = _trained_elements(config, workdir, conformer_sources, resume_step is not None)
+    run_config.record(workdir, config, backend.describe(), elements)
 
   trainer = make_trainer(config, backend)
   stream = make_stream(config, conformer_sources.train, backend, stream_state)

@@ -119,8 +119,9 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
     basis, xc, grid_level, eri, dtype, level: the level of theory, as in `build_problem`. For a
       `TrainedModel`, unset fields are its run's and another basis or xc is a one-line InputError;
       grid_level, eri and dtype may differ. So is a molecule with an element the model never
-      trained on (`TrainedModel.elements`); to predict anyway, give its bare parameters. For bare parameters, a Mole's basis is used if none is
-      given: give the level the model was trained at.
+      trained on (`TrainedModel.elements`); to predict anyway, give its bare parameters. For
+      bare parameters, a Mole's basis is used if none is given: give the level the model was
+      trained at.
     model: the Haiku transform; default: the QPT whose shapes `params` have.
     refine: DIIS SCF steps from D(H) on the device (float32, the loss's energy code); 0 = none.
   """
