@@ -6,7 +6,8 @@
   python tools/scf.py --xyz new.xyz --init-from workdir/qm9      # zero-shot: start from a model
 
 With `--init-from WORKDIR` (a training run's workdir) the SCF is at that model's basis and
-functional unless given (another is refused), and starts from the density of its predicted
+functional unless given (another is refused, and so is a molecule with an element the model
+never trained on), and starts from the density of its predicted
 Hamiltonian, D(H_pred), and once more from MINAO's: `iterations` against
 `iterations_minao` (and both energies) say how many cycles the model saved on this molecule.
 
@@ -56,7 +57,8 @@ def _run(args) -> dict:
   problem = qpt.build_problem(mol, theory)
   extra, density0 = {}, None
   if trained:
-    prediction = qpt.predict(trained, mol, level=theory)  # refuses another basis or xc
+    # refuses another basis or xc, or an element the model never trained on
+    prediction = qpt.predict(trained, mol, level=theory)
     density0 = prediction.density  # the lab frame and PySCF's AO order, as `problem`'s
     minao = qpt.dft.scf(problem, max_iterations=args.max_iterations)
     extra = dict(init_from=args.init_from, iterations_minao=minao.iterations,
