@@ -25,7 +25,8 @@ MODES = ("train", "eval")
 # checkpoint restores on any mesh (the trajectory then agrees to float32 rounding; bitwise on the
 # same devices, or with backend.layout_independent).
 RESUMABLE_CHANGES = ("workdir", "mode", "init_from", "train.steps", "log_every", "checkpoint.every",
-                     "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation", "eval.per_molecule",
+                     "checkpoint.keep", "eval.every", "eval.n_conformers", "eval.n_validation",
+                     "eval.per_molecule", "eval.refine_steps", "eval.hot_temperature",
                      "data.workers", "data.prefetch", "backend.name", "backend.cpu_devices",
                      "backend.emulate", "backend.coordinator_address", "backend.num_processes",
                      "backend.process_id", "backend.layout_independent", "mesh.data",

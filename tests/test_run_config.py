@@ -92,3 +92,14 @@ def test_a_negative_count_is_named(key, value, message):
   (config[section] if section else config)[field] = value
   with pytest.raises(qpt.InputError, match=message):
     run_config.check(config)
+
+
+def test_the_final_evaluations_settings_may_change_on_resumption():
+  """They change nothing training computes: a run trained with eval.hot_temperature=0 that then
+  wanted its 1000 K set scored was sent to another workdir, to train again from scratch."""
+  saved = run_config.flatten(md17.get_config("water").to_dict())
+  saved.update({"eval.hot_temperature": 0.0, "eval.refine_steps": 2})
+  wanted = {**saved, "eval.hot_temperature": 1000.0, "eval.refine_steps": 0}
+  run_config.check_resumable(saved, wanted)
+  with pytest.raises(qpt.InputError, match="data.temperature=500.0, this config has 1000.0"):
+    run_config.check_resumable(saved, {**wanted, "data.temperature": 1000.0})
