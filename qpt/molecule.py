@@ -209,6 +209,9 @@ class Molecule:
     if mole.spin != 0:
       raise InputError(f"pyscf Mole has spin {mole.spin}; only closed-shell restricted Kohn-Sham "
                        "is supported")
+    if mole.has_ecp():  # its atom_charges() are then Z less the core's: O would be read as C
+      raise InputError(f"pyscf Mole uses an effective core potential for "
+                       f"{', '.join(sorted(mole._ecp))}; QPT is all-electron only")
     charges = mole.atom_charges()
     if np.any(charges == 0):
       i = int(np.flatnonzero(charges == 0)[0])

@@ -109,6 +109,10 @@ def test_a_whole_charge_of_any_numeric_type_is_kept(charge):
      "atom 3 (GHOST-H) is a ghost atom"),
     (lambda: qpt.Molecule.from_pyscf(gto.M(atom="H 0 0 0; H 0 0 0.74", nucmod="G")),
      "finite nuclear model"),
+    # was "a finite nuclear model": PySCF marks an ECP atom's nucleus so, and its charge is 6
+    (lambda: qpt.Molecule.from_pyscf(gto.M(atom="O 0 0 0; H 0 0.76 0.59; H 0 -0.76 0.59",
+                                           basis="def2-svp", ecp={"O": "crenbl"})),
+     "pyscf Mole uses an effective core potential for O; QPT is all-electron only"),
 ])
 def test_bad_input_is_one_line(make, fragment):
   with pytest.raises(qpt.InputError) as info:
