@@ -65,7 +65,7 @@ class Sources:
   validation: Callable[[int], Molecule]
   test: Callable[[int], Molecule]
   hot: Callable[[int], Molecule] | None = None
-  elements: tuple[int, ...] = ()  # atomic numbers of the training molecules' elements
+  trained_on: run_config.TrainedOn | None = None  # the training molecules' elements and charges
 
 
 def sources(config, workdir: str) -> Sources:
@@ -84,35 +84,30 @@ def sources(config, workdir: str) -> Sources:
     indices = conformers.split(len(trajectory), sizes, seed=config.data.split_seed)
     frames = {k: conformers.FrameSampler(trajectory, indices[k], seed=config.seed) for k in sizes}
     return Sources(frames["train"], frames["validation"], frames["test"],
-                   elements=_elements([trajectory.atomic_numbers]))
+                   trained_on=run_config.TrainedOn(  # MD17's frames are neutral
+                       tuple(sorted(set(trajectory.atomic_numbers.tolist()))), (0,)))
   cache = os.path.join(workdir, "cache")  # the Hessian, computed once per workdir
   thermal = lambda offset, kelvin=config.data.temperature: conformers.ThermalSampler(
       molecules.get(config.molecule), kelvin, seed=config.seed + offset, cache_dir=cache)
   hot = config.eval.hot_temperature
   return Sources(thermal(0), thermal(VALIDATION_SEED_OFFSET), thermal(HELD_OUT_SEED_OFFSET),
                  thermal(HOT_SEED_OFFSET, hot) if hot else None,
-                 elements=_elements([molecules.get(config.molecule).atomic_numbers]))
+                 trained_on=run_config.TrainedOn.of([molecules.get(config.molecule)]))
 
 
-def _trained_elements(config, workdir: str, conformer_sources: Sources,
-                      resuming: bool) -> list[int] | None:
-  """The elements (atomic numbers) the model will have trained on: the training molecules', and
-  those that the run it resumes recorded (the run it was fine-tuned from included) or else the run
-  it is fine-tuned from (init_from). None where that run did not record them (it predates the
-  record): then nobody knows."""
+def _trained_on(config, workdir: str, conformer_sources: Sources,
+                resuming: bool) -> run_config.TrainedOn | None:
+  """What the model will have trained on: the training molecules, and what the run it resumes
+  recorded (the run it was fine-tuned from included) or else the run it is fine-tuned from
+  (init_from). None where that run did not record it (it predates the record): nobody knows."""
   if resuming:
-    before = workdir
+    before = run_config.trained_on(workdir)
   elif config.init_from:
-    before = os.path.dirname(checkpoint.locate(config.init_from, "init_from")[0])
+    before = run_config.trained_on(
+        os.path.dirname(checkpoint.locate(config.init_from, "init_from")[0]))
   else:
-    return list(conformer_sources.elements)
-  elements = run_config.trained_elements(before)
-  return None if elements is None else [*conformer_sources.elements, *elements]
-
-
-def _elements(atomic_numbers) -> tuple[int, ...]:
-  """The distinct atomic numbers of some molecules' (each an array of them), ascending."""
-  return tuple(sorted({int(z) for zs in atomic_numbers for z in zs}))
+    return conformer_sources.trained_on
+  return None if before is None else conformer_sources.trained_on | before
 
 
 def molecule_split(config) -> dict[str, list[Molecule]]:
@@ -144,7 +139,7 @@ def _molecule_set_sources(config) -> Sources:
                  held_out("validation", VALIDATION_SEED_OFFSET),
                  held_out("test", HELD_OUT_SEED_OFFSET),
                  held_out("test", HOT_SEED_OFFSET, hot) if hot else None,
-                 elements=_elements(m.atomic_numbers for m in split["train"]))
+                 trained_on=run_config.TrainedOn.of(split["train"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,8 +338,8 @@ def _train(config, backend: backends.Backend, workdir: str, progress: bool) -> d
     run_config.check_model_matches(os.path.dirname(manager_dir), flat)
   conformer_sources = sources(config, workdir)
   if backend.is_primary:
-    elements = _trained_elements(config, workdir, conformer_sources, resume_step is not None)
-    run_config.record(workdir, config, backend.describe(), elements)
+    trained_on = _trained_on(config, workdir, conformer_sources, resume_step is not None)
+    run_config.record(workdir, config, backend.describe(), trained_on)
 
   trainer = make_trainer(config, backend)
   stream = make_stream(config, conformer_sources.train, backend, stream_state)

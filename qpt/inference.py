@@ -70,29 +70,28 @@ class TrainedModel:
     level: the level the run was evaluated at (its config's basis, xc, grid_level, eri, dtype);
       None for a checkpoint without its run's config.json (then `predict` needs a level).
     source: the workdir or checkpoint directory they were read from.
-    elements: atomic numbers of the elements its model trained on (`run_config.trained_elements`:
-      its run's molecules and a pre-trained run's); None where its config.json does not say.
+    trained_on: the elements and charges of the molecules its model trained on (its run's and a
+      pre-trained run's, `run_config.TrainedOn`); None where its config.json does not say.
   """
 
   params: hk.Params
   level: Level | None
   source: str
-  elements: tuple[int, ...] | None = None
+  trained_on: run_config.TrainedOn | None = None
 
 
 def load_model(path: str) -> TrainedModel:
   """A trained model from a workdir (its latest checkpoint) or one checkpoint directory
   (.../checkpoints/<step>), with the level of theory its run recorded: `predict` uses that level
-  and refuses another basis or functional, or a molecule with an element it never trained on, at
-  which the model is out of its domain."""
+  and refuses another basis or functional, or a molecule with an element or a charge it never
+  trained on, at which the model is out of its domain."""
   params = checkpoint.load_params(path)
   run = os.path.dirname(checkpoint.locate(path)[0])
   try:
     level = Level.from_config(run_config.saved(run))
   except (InputError, KeyError):  # a checkpoint copied without its run's config.json
     level = None
-  elements = run_config.trained_elements(run)
-  return TrainedModel(params, level, path, None if elements is None else tuple(elements))
+  return TrainedModel(params, level, path, run_config.trained_on(run))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -118,8 +117,9 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
     molecule: a `Molecule` or a `pyscf.gto.Mole`.
     basis, xc, grid_level, eri, dtype, level: the level of theory, as in `build_problem`. For a
       `TrainedModel`, unset fields are its run's and another basis or xc is a one-line InputError;
-      grid_level, eri and dtype may differ. So is a molecule with an element the model never
-      trained on (`TrainedModel.elements`); to predict anyway, give its bare parameters. For
+      grid_level, eri and dtype may differ. So is a molecule with an element or a total charge
+      the model never trained on (`TrainedModel.trained_on`); to predict anyway, give its bare
+      parameters. For
       bare parameters, a Mole's basis is used if none is given: give the level the model was
       trained at.
     model: the Haiku transform; default: the QPT whose shapes `params` have.
@@ -139,8 +139,8 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
                                        defaults=trained.level if trained and trained.level else Level())
   if trained and trained.level:
     _check_learnt(trained, level)
-  if trained and trained.elements is not None:
-    _check_elements(trained, molecule)
+  if trained and trained.trained_on is not None:
+    _check_trained_on(trained, molecule)
   canonical, rotation, _ = frame.to_canonical(molecule)
   problem = build_problem(canonical, level)
   check_supported(problem)
@@ -171,15 +171,22 @@ def _check_learnt(trained: TrainedModel, level: Level) -> None:
                      f"predict at its level (fine-tune it for another with init_from)")
 
 
-def _check_elements(trained: TrainedModel, molecule: Molecule) -> None:
-  """A one-line InputError if `molecule` has an element the model never trained on: its
-  embedding is as initialised (water's model predicted ethanol 2.3 Ha above its SCF)."""
-  unseen = sorted(set(molecule.atomic_numbers.tolist()) - set(trained.elements))
+def _check_trained_on(trained: TrainedModel, molecule: Molecule) -> None:
+  """A one-line InputError if `molecule` has an element or a total charge that the model never
+  trained on (`run_config.TrainedOn`: water's model put ethanol 2.3 Ha above its SCF)."""
+  seen = trained.trained_on
+  unseen = sorted(set(molecule.atomic_numbers.tolist()) - set(seen.elements))
   if unseen:
     names = lambda zs: ", ".join(ELEMENTS[z] for z in zs)
-    raise InputError(f"the model of {trained.source} never trained on {names(unseen)} (its "
-                     f"molecules had {names(trained.elements)}): fine-tune it with init_from on "
-                     f"molecules that have them, or give qpt.predict its .params to predict anyway")
+    what = f"{names(unseen)} (its molecules had {names(seen.elements)})"
+  elif molecule.charge not in seen.charges:
+    what = (f"a molecule of charge {molecule.charge:+d} (its molecules had charge "
+            f"{', '.join(f'{c:+d}' if c else '0' for c in seen.charges)})")
+  else:
+    return
+  raise InputError(f"the model of {trained.source} never trained on {what}: fine-tune it with "
+                   "init_from on such molecules, or give qpt.predict its .params to predict "
+                   "anyway")
 
 
 def to_pyscf_dm0(prediction: Prediction) -> np.ndarray:

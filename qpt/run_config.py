@@ -6,10 +6,12 @@ config, flattened to "section.field" keys, in workdir/config.json and in every c
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
 import os
+from typing import Iterable
 
 import ml_collections
 
@@ -17,6 +19,7 @@ from qpt import dft, model, molecules, train
 from qpt.errors import InputError
 from qpt.files import written_whole
 from qpt.level import LEARNT_FOR, Level
+from qpt.molecule import Molecule
 
 MODES = ("train", "eval")
 # Fields that may differ when resuming: they change neither the trajectory nor its meaning, but
@@ -100,28 +103,47 @@ def unflatten(flat: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-def record(workdir: str, config, backend_description: str, elements: list[int] | None) -> None:
-  """Writes workdir/config.json: the resolved config, package versions, the devices and the
-  elements (atomic numbers) of the molecules the model has trained on (`trained_elements`; None:
-  not known)."""
-  elements = None if elements is None else sorted(set(elements))
+@dataclasses.dataclass(frozen=True)
+class TrainedOn:
+  """What a model's training molecules covered: their elements (atomic numbers) and their total
+  charges, each ascending. Outside it the model is out of its domain: it reads an element through
+  an embedding that only training moves, and has no input for the charge. Water's model put
+  ethanol 2.3 Ha and H₃O⁺ 46 mHa above their SCFs, with no word (docs/results.md §5)."""
+
+  elements: tuple[int, ...]
+  charges: tuple[int, ...]
+
+  @classmethod
+  def of(cls, molecules: Iterable[Molecule]) -> TrainedOn:
+    molecules = list(molecules)
+    return cls(tuple(sorted({int(z) for m in molecules for z in m.atomic_numbers})),
+               tuple(sorted({int(m.charge) for m in molecules})))
+
+  def __or__(self, other: TrainedOn) -> TrainedOn:
+    return TrainedOn(tuple(sorted({*self.elements, *other.elements})),
+                     tuple(sorted({*self.charges, *other.charges})))
+
+
+def record(workdir: str, config, backend_description: str, trained_on: TrainedOn | None) -> None:
+  """Writes workdir/config.json: the resolved config, package versions, the devices and what the
+  model has trained on (`TrainedOn`; None: not known)."""
   with written_whole(os.path.join(workdir, "config.json")) as temporary, open(temporary, "w") as f:
     json.dump(dict(config=flatten(config.to_dict()), versions=versions(),
-                   backend=backend_description, trained_elements=elements), f, indent=1)
+                   backend=backend_description,
+                   trained_on=trained_on and dataclasses.asdict(trained_on)), f, indent=1)
 
 
-def trained_elements(workdir: str) -> list[int] | None:
-  """The atomic numbers of the elements a run in `workdir` trained its model on (its own
-  molecules and those of the run it was fine-tuned from), or None where config.json does not say
-  (no config.json, or one written before QPT recorded them). An element outside them reaches the
-  model through an embedding that training never moved: water's model predicted ethanol 2.3 Ha
-  above its SCF, a worse start for PySCF than MINAO's (11 cycles against 9)."""
+def trained_on(workdir: str) -> TrainedOn | None:
+  """What the model of a run in `workdir` has trained on (its own molecules, and those of the run
+  it was fine-tuned from), or None where config.json does not say (none, or one written before
+  QPT recorded it)."""
   try:
     with open(os.path.join(workdir, "config.json")) as f:
-      elements = json.load(f).get("trained_elements")
-  except (OSError, ValueError, AttributeError):
+      found = json.load(f).get("trained_on")
+    return None if found is None else TrainedOn(*(tuple(int(v) for v in found[k])
+                                                 for k in ("elements", "charges")))
+  except (OSError, ValueError, AttributeError, KeyError, TypeError):
     return None
-  return None if elements is None else [int(z) for z in elements]
 
 
 def saved(workdir: str) -> ml_collections.ConfigDict:

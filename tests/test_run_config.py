@@ -24,33 +24,35 @@ def test_a_recorded_config_reads_back_as_the_run_had_it(tmp_path):
   config = md17.get_config("uracil")
   config.data.md17_split.test = 7
   config.data.pad_to = (8, 4096, 16, 4)
-  run_config.record(str(tmp_path), config, "cpu: 1 device", [8, 1, 6, 1])
+  run_config.record(str(tmp_path), config, "cpu: 1 device", run_config.TrainedOn((1, 6, 8), (0,)))
   saved = run_config.saved(str(tmp_path))
   assert run_config.flatten(saved.to_dict()) == run_config.flatten(config.to_dict())
   assert experiment.level(saved) == experiment.level(config)
-  assert run_config.trained_elements(str(tmp_path)) == [1, 6, 8]
+  assert run_config.trained_on(str(tmp_path)) == run_config.TrainedOn((1, 6, 8), (0,))
 
 
-def test_the_elements_a_model_trained_on_add_up_and_unknown_stays_unknown(tmp_path):
-  """A run records its molecules' elements with those of the run it resumes; a config.json written
-  before QPT recorded them says nothing, and then neither does a run that builds on it."""
+def test_what_a_model_trained_on_adds_up_and_unknown_stays_unknown(tmp_path):
+  """A run records its molecules' elements and charges with those of the run it resumes; a
+  config.json written before QPT recorded them says nothing, and then neither does a run that
+  builds on it."""
   config = md17.get_config("ethanol")
-  ethanol = experiment.sources(config, str(tmp_path))
-  assert ethanol.elements == (1, 6, 8)
-  run_config.record(str(tmp_path), md17.get_config("water"), "cpu: 1 device", [1, 8, 1])
-  assert experiment._trained_elements(config, str(tmp_path), ethanol, resuming=False) == [1, 6, 8]
-  resumed = experiment._trained_elements(config, str(tmp_path), ethanol, resuming=True)
-  assert sorted(set(resumed)) == [1, 6, 8] and run_config.trained_elements(str(tmp_path)) == [1, 8]
+  ethanol = experiment.sources(config, str(tmp_path)).trained_on
+  assert ethanol == run_config.TrainedOn.of([qpt.molecules.get("ethanol")])
+  assert ethanol == run_config.TrainedOn((1, 6, 8), (0,))
+  cation = run_config.TrainedOn((1, 8), (1,))  # say, H₃O⁺
+  run_config.record(str(tmp_path), md17.get_config("water"), "cpu: 1 device", cation)
+  sources = experiment.Sources(None, None, None, trained_on=ethanol)
+  assert experiment._trained_on(config, str(tmp_path), sources, resuming=False) == ethanol
+  assert experiment._trained_on(config, str(tmp_path), sources, resuming=True) == (
+      run_config.TrainedOn((1, 6, 8), (0, 1)))
   run_config.record(str(tmp_path), config, "cpu: 1 device", None)  # as before the record existed
-  assert run_config.trained_elements(str(tmp_path)) is None
-  assert experiment._trained_elements(config, str(tmp_path), ethanol, resuming=True) is None
-  with pytest.raises(qpt.InputError, match="no config.json"):
-    run_config.saved(str(tmp_path / "elsewhere"))
+  assert run_config.trained_on(str(tmp_path)) is None
+  assert experiment._trained_on(config, str(tmp_path), sources, resuming=True) is None
 
 
 def test_evaluating_at_another_basis_or_functional_than_trained_is_refused(tmp_path):
   """Water's def2-SVP model scored in STO-3G: 4,470 µHa instead of 1.3, into its eval.json."""
-  run_config.record(str(tmp_path), md17.get_config("water"), "cpu: 1 device", [1, 8])
+  run_config.record(str(tmp_path), md17.get_config("water"), "cpu: 1 device", None)
   wanted = md17.get_config("water")
   wanted.basis, wanted.grid_level, wanted.eri = "DEF2-SVP", 1, "df"  # the same basis; may differ
   run_config.check_level_matches(str(tmp_path), run_config.flatten(wanted.to_dict()))
