@@ -292,9 +292,10 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   unseen = split["validation"][0]  # CH4: its elements trained on, itself never
   xyz = tmp_path / "unseen.xyz"
   xyz.write_text(unseen.xyz_text())
-  out = scf.run(scf.parse_args(["--xyz", str(xyz), "--basis", c.basis, "--xc", c.xc,
-                                "--grid-level", str(c.grid_level), "--init-from",
-                                str(tmp_path / "qm9")]))
+  with threads.one_thread():  # bit for bit, for the comparison below (the load_model test's note)
+    out = scf.run(scf.parse_args(["--xyz", str(xyz), "--basis", c.basis, "--xc", c.xc,
+                                  "--grid-level", str(c.grid_level), "--init-from",
+                                  str(tmp_path / "qm9")]))
   assert out["converged"] and out["iterations"] >= 1 and out["iterations_minao"] >= 1
   assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
   out_unseen = out["energy"]
@@ -309,8 +310,9 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   assert out["energy"] == pytest.approx(out["energy_minao"], abs=1e-5)
   # Without --basis/--xc it is at the model's level; another one is refused, the functional
   # too (only another basis was, and a B3LYP model restarted a PBE SCF).
-  assert scf.run(scf.parse_args(["--xyz", str(xyz), "--grid-level", str(c.grid_level),
-                                 "--init-from", str(tmp_path / "qm9")]))["energy"] == out_unseen
+  with threads.one_thread():
+    assert scf.run(scf.parse_args(["--xyz", str(xyz), "--grid-level", str(c.grid_level),
+                                   "--init-from", str(tmp_path / "qm9")]))["energy"] == out_unseen
   for flag, value in (("--basis", "def2-svp"), ("--xc", "pbe")):
     with pytest.raises(qpt.InputError, match=f"trained for {flag[2:]}='{getattr(c, flag[2:])}'"):
       scf.run(scf.parse_args(["--xyz", str(xyz), flag, value, "--init-from",
@@ -321,8 +323,8 @@ def test_a_molecule_set_trains_on_its_train_molecules_and_scores_unseen_ones(tmp
   trained = qpt.load_model(str(tmp_path / "qm9"))
   assert trained.level == experiment.level(c)
   # On one host thread: PySCF's OpenMP sums make the host's float64 reference energy differ in
-  # its last bit from build to build (CH4 here: 8 of 40 builds on 2 threads), as training's
-  # stream workers, which run on one thread, never see it.
+  # its last bit from build to build (CH4 here: 6–8 of 40 builds on 2 threads; docs/numerics.md
+  # §9), which training's stream workers, on one thread, never see.
   with threads.one_thread():
     ours = qpt.predict(trained, unseen)
     bare = qpt.predict(qpt.load_params(str(tmp_path / "qm9")), unseen, experiment.level(c))
