@@ -116,18 +116,24 @@ def test_a_checkpoint_restores_on_another_layout(runs, tmp_path, written_on, dev
     assert f"(data {devices // model} × model {model})" in json.load(f)["backend"]
 
 
+def with_sitecustomize(tmp_path, source: str) -> dict:
+  """ENV with a sitecustomize.py of `source` first on PYTHONPATH: every Python process the test
+  starts runs it at start-up (to patch a library in the processes of a run)."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(source)
+  return dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")])))
+
+
 def test_process_0s_final_evaluation_may_outlast_jaxs_shutdown_timeout(tmp_path):
   """The other processes waited for process 0 in JAX's distributed shutdown, which gives a late
   process 5 minutes and then aborts every process: an evaluation that took longer was cut off,
   exit code 134 and C++ stack dumps. Here that timeout is 2 s (a sitecustomize on PYTHONPATH)
   and process 0's evaluation (PySCF's labels of 20 conformers, their scores) takes longer."""
-  site = tmp_path / "site"
-  site.mkdir()
-  (site / "sitecustomize.py").write_text(
-      "import functools\nimport jax\n"
+  env = with_sitecustomize(
+      tmp_path, "import functools\nimport jax\n"
       "jax.distributed.initialize = functools.partial(jax.distributed.initialize,\n"
       "                                               shutdown_timeout_seconds=2)\n")
-  env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")])))
   command = launch_command(2, *md17_command(*tiny_run(tmp_path / "run", "--config.train.steps=2",
                                                       "--config.eval.n_conformers=20")))
   result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
@@ -149,11 +155,10 @@ def test_a_signal_stops_processes_waiting_for_process_0s_evaluation_in_one_line(
   exited and the barrier failed, and printed JAX's C++ error lines first. Here process 0's
   evaluation takes 5 minutes (a sitecustomize on PYTHONPATH) and each process marks when it
   reaches the barrier; every process must stop at once, with the one line of md17.py."""
-  site, marks = tmp_path / "site", tmp_path / "marks"
-  site.mkdir()
+  marks = tmp_path / "marks"
   marks.mkdir()
-  (site / "sitecustomize.py").write_text(
-      "import os\n"
+  env = with_sitecustomize(
+      tmp_path, "import os\n"
       "if 'QPT_PROCESS_ID' in os.environ:\n"
       "  import time\n"
       "  from qpt.backends import base\n"
@@ -166,7 +171,6 @@ def test_a_signal_stops_processes_waiting_for_process_0s_evaluation_in_one_line(
       "        time.sleep(300)  # an evaluation\n"
       "    return barrier(self, name, *args)\n"
       "  base.Backend.barrier = marked\n")
-  env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")])))
   command = launch_command(2, *md17_command(*tiny_run(tmp_path / "run", "--config.train.steps=2",
                                                       "--config.backend.cpu_devices=2")))
   launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
