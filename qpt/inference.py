@@ -119,9 +119,8 @@ def predict(params: TrainedModel | hk.Params, molecule: Molecule | gto.Mole,
       `TrainedModel`, unset fields are its run's and another basis or xc is a one-line InputError;
       grid_level, eri and dtype may differ. So is a molecule with an element or a total charge
       the model never trained on (`TrainedModel.trained_on`); to predict anyway, give its bare
-      parameters. For
-      bare parameters, a Mole's basis is used if none is given: give the level the model was
-      trained at.
+      parameters. For bare parameters, a Mole's basis is used if none is given: give the level
+      the model was trained at.
     model: the Haiku transform; default: the QPT whose shapes `params` have.
     refine: DIIS SCF steps from D(H) on the device (float32, the loss's energy code); 0 = none.
   """

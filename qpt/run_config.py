@@ -114,10 +114,10 @@ class TrainedOn:
   charges: tuple[int, ...]
 
   @classmethod
-  def of(cls, molecules: Iterable[Molecule]) -> TrainedOn:
-    molecules = list(molecules)
-    return cls(tuple(sorted({int(z) for m in molecules for z in m.atomic_numbers})),
-               tuple(sorted({int(m.charge) for m in molecules})))
+  def of(cls, training: Iterable[Molecule]) -> TrainedOn:
+    training = list(training)
+    return cls(tuple(sorted({int(z) for m in training for z in m.atomic_numbers})),
+               tuple(sorted({int(m.charge) for m in training})))
 
   def __or__(self, other: TrainedOn) -> TrainedOn:
     return TrainedOn(tuple(sorted({*self.elements, *other.elements})),
