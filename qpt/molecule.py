@@ -220,8 +220,10 @@ class Molecule:
     if mole.natm and np.any(mole._atm[:, gto.NUC_MOD_OF] != gto.NUC_POINT):
       # PySCF's finite nuclei move water's B3LYP energy by ~12 µHa; QPT would silently ignore them
       raise InputError("pyscf Mole uses a finite nuclear model (nucmod); QPT's nuclei are points")
-    return cls.from_bohr(charges, mole.atom_coords(unit="Bohr"), mole.charge,
-                         name="pyscf Mole")
+    # Its electrons, not `mole.charge`: a Mole given `nelectron` keeps charge 0 (an 8-electron
+    # water was computed with 10).
+    return cls.from_bohr(charges, mole.atom_coords(unit="Bohr"),
+                         int(charges.sum()) - mole.nelectron, name="pyscf Mole")
 
   # ---- derived quantities -------------------------------------------------------------------
 

@@ -167,6 +167,16 @@ def test_a_binary_file_is_not_an_xyz_file(tmp_path):
     qpt.Molecule.from_xyz(path)
 
 
+def test_a_pyscf_moles_electrons_decide_the_charge():
+  """PySCF also takes the electron count itself (`mol.nelectron = 8`), which leaves mol.charge 0:
+  such a water was read as neutral, 10 electrons."""
+  mol = gto.M(atom="O 0 0 0; H 0 0.757 0.587; H 0 -0.757 0.587", basis="sto-3g")
+  mol.nelectron = 8
+  molecule = qpt.Molecule.from_pyscf(mol)
+  assert (molecule.charge, molecule.n_electrons) == (2, 8)
+  assert qpt.Molecule.from_pyscf(gto.M(atom="H 0 0 0; H 0 0 0.74", charge=-2)).charge == -2
+
+
 def test_atomic_numbers_stored_as_floats_are_read_as_elements():
   """Datasets often store Z as floats; 8.0 is oxygen (1.5 is an error, above)."""
   positions = [[0, 0, 0.22], [0, 1.43, -0.89], [0, -1.43, -0.89]]
