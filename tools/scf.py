@@ -6,9 +6,9 @@
   python tools/scf.py --xyz new.xyz --init-from workdir/qm9      # zero-shot: start from a model
 
 With `--init-from WORKDIR` (a training run's workdir) the SCF is at that model's basis and
-functional unless given (another is refused, and so is a molecule with an element the model
-never trained on), and starts from the density of its predicted
-Hamiltonian, D(H_pred), and once more from MINAO's: `iterations` against
+functional unless given (another is refused, and so is a molecule with an element or a total
+charge the model never trained on), and starts from the density of its predicted Hamiltonian,
+D(H_pred), and once more from MINAO's: `iterations` against
 `iterations_minao` (and both energies) say how many cycles the model saved on this molecule.
 
 Prints one JSON object (`--json`) or a short summary: energy (Hartree, float64 even in float32 mode),
@@ -57,7 +57,7 @@ def _run(args) -> dict:
   problem = qpt.build_problem(mol, theory)
   extra, density0 = {}, None
   if trained:
-    # refuses another basis or xc, or an element the model never trained on
+    # refuses another basis or xc, or an element or a charge the model never trained on
     prediction = qpt.predict(trained, mol, level=theory)
     density0 = prediction.density  # the lab frame and PySCF's AO order, as `problem`'s
     minao = qpt.dft.scf(problem, max_iterations=args.max_iterations)
