@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
   else:
     if rows:
       m = rows[0]["machine"]
-      print(f"# {m['processor']}, {m['cores']} cores, PySCF threads {m['pyscf_threads']}, "
+      cpu = f" ({m['cpu']})" if m.get("cpu") else ""
+      print(f"# {m['processor']}{cpu}, {m['cores']} cores, PySCF threads {m['pyscf_threads']}, "
             f"jax {m['jax']}, pyscf {m['pyscf']}, {rows[0]['date']}")
     common.print_table(command.columns, rows)
     print(f"# rows written to {os.path.relpath(path)}, plot to {os.path.relpath(png)}")

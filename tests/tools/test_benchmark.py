@@ -33,6 +33,20 @@ def test_energy_subcommand_writes_rows_table_and_plot(tmp_path):
   assert rows[1]["qpt_seconds"] > rows[0]["qpt_seconds"]  # k = 3 differentiates 3 more Fock builds
 
 
+def test_the_machine_record_names_the_cpus_widest_vector_instructions():
+  """The timings depend on them by ~2× (AVX-512 against AVX2): each row says which the CPU has,
+  read from /proc/cpuinfo and here checked against numpy's own run-time CPU detection."""
+  from numpy._core import _multiarray_umath  # numpy's dispatch table: no public name
+
+  cpu = common.machine()["cpu"]
+  features = getattr(_multiarray_umath, "__cpu_features__", {})
+  if not cpu or "AVX2" not in features:
+    pytest.skip("not an x86 Linux machine")
+  widest = next((isa for isa in ("AVX512F", "AVX2", "AVX") if features[isa]), "SSE")
+  assert re.fullmatch(r"family \d+ model \d+, [a-z0-9]+", cpu)
+  assert cpu.endswith(", " + widest.lower().removesuffix("f"))
+
+
 def test_device_counts_are_checked_before_any_process_starts():
   assert common.device_counts("1, 2,4,2", batch=4) == [1, 2, 4]
   for text, words in (("3,x", "write whole numbers"), ("0", "at least 1"),

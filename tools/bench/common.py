@@ -52,9 +52,12 @@ def md17_config(molecule: str):
 
 
 def machine() -> dict:
-  """Where the numbers were measured: they mean little without it."""
-  return dict(platform=platform.platform(), processor=_processor_name(), cores=os.cpu_count(),
-              pyscf_threads=lib.num_threads(), jax=jax.__version__, pyscf=pyscf.__version__)
+  """Where the numbers were measured: they mean little without it. `cpu` names the x86 family
+  and model and the widest vector instructions: the same code ran about twice as fast on a 2-core
+  EPYC with AVX-512 as on one with AVX2 only (docs/results.md §1, §11)."""
+  return dict(platform=platform.platform(), processor=_processor_name(), cpu=_cpu(),
+              cores=os.cpu_count(), pyscf_threads=lib.num_threads(), jax=jax.__version__,
+              pyscf=pyscf.__version__)
 
 
 def stamp() -> dict:
@@ -63,16 +66,34 @@ def stamp() -> dict:
               date=datetime.datetime.now().astimezone().isoformat("T", "seconds"))
 
 
-def _processor_name() -> str:
-  # platform.processor() is often just "x86_64" on Linux; the CPU model is in /proc/cpuinfo.
+def _cpuinfo() -> dict[str, str]:
+  """The first processor's fields of /proc/cpuinfo (Linux); {} elsewhere."""
+  fields = {}
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+        if not line.strip():
+          break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return fields
+
+
+def _processor_name() -> str:
+  # platform.processor() is often just "x86_64" on Linux; the CPU model is in /proc/cpuinfo.
+  return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def _cpu() -> str:
+  """E.g. "family 25 model 1, avx2": what decides XLA:CPU's kernels; "" where not known."""
+  info = _cpuinfo()
+  if "cpu family" not in info:
+    return ""
+  flags = info.get("flags", "").split()
+  vector = next((v for v in ("avx512f", "avx2", "avx") if v in flags), "sse")
+  return f"family {info['cpu family']} model {info.get('model', '?')}, {vector.removesuffix('f')}"
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
