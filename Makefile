@@ -29,9 +29,10 @@ run: $(STAMP)
 	$(PYTHON) experiments/md17.py --config experiments/configs/md17.py:water
 
 # Two workers (pytest-xdist): CI's two cores. A test file stays on one worker, so its
-# module-scoped fixtures (e.g. the multi-device runs) are computed once.
+# module-scoped fixtures (e.g. the multi-device runs) are computed once; files go out in the
+# order tests/conftest.py gives them, the slowest first.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) .jax_cache
