@@ -55,7 +55,8 @@ def machine() -> dict:
   """Where the numbers were measured: they mean little without it. `cpu` names the x86 family
   and model and the widest vector instructions: the same code ran about twice as fast on a 2-core
   EPYC with AVX-512 as on one with AVX2 only (docs/results.md §1, §11)."""
-  return dict(platform=platform.platform(), processor=_processor_name(), cpu=_cpu(),
+  info = _cpuinfo()
+  return dict(platform=platform.platform(), processor=_processor_name(info), cpu=_cpu(info),
               cores=os.cpu_count(), pyscf_threads=lib.num_threads(), jax=jax.__version__,
               pyscf=pyscf.__version__)
 
@@ -81,14 +82,14 @@ def _cpuinfo() -> dict[str, str]:
   return fields
 
 
-def _processor_name() -> str:
+def _processor_name(info: dict[str, str]) -> str:
   # platform.processor() is often just "x86_64" on Linux; the CPU model is in /proc/cpuinfo.
-  return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+  return info.get("model name") or platform.processor() or platform.machine()
 
 
-def _cpu() -> str:
-  """E.g. "family 25 model 1, avx2": what decides XLA:CPU's kernels; "" where not known."""
-  info = _cpuinfo()
+def _cpu(info: dict[str, str]) -> str:
+  """E.g. "family 25 model 1, avx2" from `_cpuinfo()`: what decides XLA:CPU's kernels; "" where
+  not known."""
   if "cpu family" not in info:
     return ""
   flags = info.get("flags", "").split()
