@@ -171,9 +171,17 @@ def load_params(path: str, like: Any = None, field: str = "") -> Any:
   `field`: the config field the path came from, for the error messages (`locate`).
   """
   manager_dir, step = locate(path, field)
-  manager = ocp.CheckpointManager(manager_dir)
+  manager = ocp.CheckpointManager(manager_dir,
+                                  item_handlers=dict(state=ocp.StandardCheckpointHandler()))
+  # Read whole onto one local device of each process, whatever mesh wrote it: without a target,
+  # orbax restores onto the saved shardings, which name the writer's devices (another topology
+  # could not read it: a pod's checkpoint on a laptop), and a multi-process run's arrays then span
+  # devices this process cannot fetch.
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = _read(manager, manager_dir, step, None)
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), saved)
   restored = _read(manager, manager_dir, step,
-                   ocp.args.Composite(state=ocp.args.StandardRestore()))
+                   ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   params = restored.state["params"]
   if like is None:
     return jax.tree.map(np.asarray, params)
@@ -195,10 +203,13 @@ def _remove_unfinished(directory: str) -> None:
 
 
 def _read(manager: ocp.CheckpointManager, directory: str, step: int, args) -> Any:
-  """`manager.restore(step, args)`, or a one-line InputError naming the checkpoint when its files
-  cannot be read (deleted or truncated after orbax finished it: a copied workdir, a full disk),
-  where orbax and TensorStore raise a traceback of ~150 lines."""
+  """`manager.restore(step, args)` (args None: the metadata of its saved state, as the arrays'
+  shapes and dtypes), or a one-line InputError naming the checkpoint when its files cannot be read
+  (deleted or truncated after orbax finished it: a copied workdir, a full disk), where orbax and
+  TensorStore raise a traceback of ~150 lines."""
   try:
+    if args is None:
+      return manager.item_metadata(step)["state"]
     return manager.restore(step, args=args)
   except InputError:
     raise
