@@ -213,8 +213,8 @@ def test_a_killed_or_stopped_run_resumes_to_a_fresh_runs_trajectory(tmp_path):
   10 s no process of it remains, and the same command then resumes it to logged losses bitwise
   those of the run that was never interrupted, each step logged once. Nothing is shared between
   the two runs, not even the sampler's Hessian: every host computation that feeds training runs on
-  one thread (`qpt.threads`), so the bits cannot depend on the thread count. A third run is stopped
-  by SIGTERM instead, and resumes to the same bits too."""
+  one thread (`qpt.threads`), so the bits cannot depend on the thread count. The resumed run is
+  stopped by SIGTERM in turn, and resumes to the same bits too."""
   tiny = ["--config.basis=sto-3g", "--config.grid_level=1", "--config.xc=lda,vwn",
           "--config.data.workers=1", "--config.data.prefetch=2", "--config.train.batch_size=2",
           "--config.train.steps=30", "--config.train.warmup_steps=1", "--config.log_every=1",
@@ -237,29 +237,23 @@ def test_a_killed_or_stopped_run_resumes_to_a_fresh_runs_trajectory(tmp_path):
   assert not alive, [(p.pid, p.name(), p.cmdline()[-2:]) for p in alive]
   steps = lambda workdir: [r["step"] for r in records(workdir)]
   assert 8 <= max(steps(killed)) < 30  # killed mid-run, with steps logged past the checkpoint
-  resumed = md17(*tiny, f"--config.workdir={killed}", env=threaded)
-  assert resumed.returncode == 0, resumed.stderr
-  assert steps(killed) == steps(tmp_path / "straight") == list(range(1, 31))
-  assert ([r["loss"] for r in records(killed)]
-          == [r["loss"] for r in records(tmp_path / "straight")])
 
-  # SIGTERM (a scheduler's preemption) stops it after a step and a checkpoint of that step, with
-  # the exit code of SIGTERM: it used to exit 0, as if training had finished.
-  stopped = tmp_path / "stopped"
-  process = subprocess.Popen(md17_command(*tiny, f"--config.workdir={stopped}"), cwd=ROOT,
-                             env=threaded, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+  # SIGTERM (a scheduler's preemption) stops the resumed run after a step and a checkpoint of that
+  # step, with the exit code of SIGTERM: it used to exit 0, as if training had finished.
+  process = subprocess.Popen(command, cwd=ROOT, env=threaded, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 240
-  while not (stopped / "checkpoints" / "8").exists() and time.monotonic() < deadline:
+  while not (killed / "checkpoints" / "16").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
   process.terminate()
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 143, stderr
   (line,) = stderr.strip().splitlines()
-  last = max(steps(stopped))
+  last = max(steps(killed))
   assert line.startswith(f"stopped: SIGTERM at step {last} of 30: checkpointed in") and last < 30
-  assert (stopped / "checkpoints" / str(last)).exists()
-  resumed = md17(*tiny, f"--config.workdir={stopped}", env=threaded)
+  assert (killed / "checkpoints" / str(last)).exists()
+  resumed = md17(*tiny, f"--config.workdir={killed}", env=threaded)
   assert resumed.returncode == 0, resumed.stderr
-  assert ([r["loss"] for r in records(stopped)]
+  assert steps(killed) == steps(tmp_path / "straight") == list(range(1, 31))
+  assert ([r["loss"] for r in records(killed)]
           == [r["loss"] for r in records(tmp_path / "straight")])
