@@ -79,8 +79,8 @@ def test_gradient_with_degenerate_occupied_orbitals(iterations, mixing):
   assert np.isfinite(grad).all()
   # float32 too: finite and close to the float64 gradient.
   problem32 = benzene_problem("float32")
-  grad32 = jax.jit(jax.grad(
-      lambda h: qpt.dft.loss_energy_delta(problem32, h, iterations, mixing)))(h.astype(np.float32))
+  grad32 = jax.jit(jax.grad(qpt.dft.loss_energy_delta, argnums=1), static_argnums=(2, 3))(
+      problem32, h.astype(np.float32), iterations, mixing)  # the problem an argument: see above
   assert np.isfinite(grad32).all()
   # float32 rounding leaves ~1–3e-5 in the gradient's Frobenius norm, at k = 0 and k = 3 alike (at
   # k = 3, near self-consistency, 0.1–0.7 % of a gradient of norm 4e-3). Its largest element is a
@@ -181,8 +181,9 @@ def test_float32_loss_and_gradient_track_float64():
   p64 = ref.problem("water", "def2-svp", "b3lyp5")
   p32 = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
   h = np.asarray(qpt.dft.fock(p64, p64.density_ref))
-  vg = lambda p, h: jax.jit(jax.value_and_grad(
-      lambda h: qpt.dft.loss_energy_delta(p, h, 3, PAPER_MIXING)))(h)
+  # The problem an argument, not a closure (directional_check says why).
+  vg = jax.jit(jax.value_and_grad(lambda p, h: qpt.dft.loss_energy_delta(p, h, 3, PAPER_MIXING),
+                                  argnums=1))
   e64, g64 = vg(p64, h)
   e32, g32 = vg(p32, h.astype(np.float32))
   assert abs(float(e32) - float(e64)) < 20e-6
@@ -197,11 +198,12 @@ def test_occupied_orbital_energy_is_the_general_energy(xc):
   problem = ref.problem("water", "def2-svp", xc, grid_level=1)
   h = np.asarray(dft.fock(problem, problem.density_ref)) + 0.05 * random_symmetric(problem, 3)
 
-  def general(h):  # the pre-occupied-orbital path: E[P(H)] minus the same norm correction
+  def general(problem, h):  # the pre-occupied-orbital path: E[P(H)] minus the same norm correction
     p, norm_energy = eigen.projector(problem, eigen.to_orthonormal(problem, h))
     return dft._delta_energy(problem, p) - norm_energy
 
-  e_general, g_general = jax.jit(jax.value_and_grad(general))(h)  # jitted: eager ops compile
+  # jitted (eager ops compile one by one), the problem an argument (directional_check says why)
+  e_general, g_general = jax.jit(jax.value_and_grad(general, argnums=1))(problem, h)
   e_loss, g_loss = jax.jit(jax.value_and_grad(dft.loss_energy_delta, argnums=1))(problem, h)
   assert problem.shapes[4] > 5  # padded occupied slots are exercised
   assert abs(float(e_loss) - float(e_general)) < 1e-10
@@ -227,11 +229,11 @@ def test_fock_of_orbitals_is_the_energys_gradient(xc):
 
   cotangent = random_symmetric(problem, 5) + np.triu(random_symmetric(problem, 6))  # not symmetric
   def vjp(fock_of):  # (Ȳ0, Ȳ1, c̄) of ⟨cotangent, F(Y0, Y1, c)⟩ at c = 0.3
-    return jax.jit(jax.grad(lambda y0, y1, c: jnp.sum(cotangent * fock_of(y0, y1, c)),
-                            argnums=(0, 1, 2)))(y0, y1, 0.3)
-  written = vjp(lambda y0, y1, c: dft._fock_of_orbitals(problem, ((c, y0), (1 - c, y1))))
-  autodiff = vjp(lambda y0, y1, c: dft._energy_and_fock(
-      problem, c * y0 @ y0.T + (1 - c) * y1 @ y1.T)[1])
+    return jax.jit(jax.grad(lambda p, y0, y1, c: jnp.sum(cotangent * fock_of(p, y0, y1, c)),
+                            argnums=(1, 2, 3)))(problem, y0, y1, 0.3)  # p: see directional_check
+  written = vjp(lambda p, y0, y1, c: dft._fock_of_orbitals(p, ((c, y0), (1 - c, y1))))
+  autodiff = vjp(lambda p, y0, y1, c: dft._energy_and_fock(
+      p, c * y0 @ y0.T + (1 - c) * y1 @ y1.T)[1])
   # Not a comparison of zeros: Ȳ0, Ȳ1 are ~4 and ~9 here, c̄ ~0.01–0.04.
   for w, a, floor in zip(written, autodiff, (0.1, 0.1, 1e-3)):
     assert np.abs(np.asarray(a)).max() > floor
