@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import qpt
-from tests import pyscf_reference as ref
+from tests import jitted, pyscf_reference as ref
 
 F64_CASES = [  # molecule, basis, xc, eri
     ("water", "def2-svp", "lda,vwn", "dense"),
@@ -110,7 +110,7 @@ def test_energy_of_pyscf_density_matches_pyscf_energy():
   problem = ref.problem("water", "def2-svp", "b3lyp5")
   n = problem.shapes[0]
   e = qpt.dft.reference_energy(problem) + float(
-      qpt.dft.delta_energy(problem, ref.padded(mf.make_rdm1(), n)))
+      jitted.delta_energy(problem, ref.padded(mf.make_rdm1(), n)))
   assert abs(e - mf.e_tot) < 1e-8
 
 
@@ -118,7 +118,7 @@ def test_fock_matrix_matches_pyscf():
   mf = ref.rks("water", "def2-svp", "pbe")
   problem = ref.problem("water", "def2-svp", "pbe")
   n, nao = problem.shapes[0], mf.mol.nao
-  f = np.asarray(qpt.dft.fock(problem, ref.padded(mf.make_rdm1(), n)))
+  f = np.asarray(jitted.fock(problem, ref.padded(mf.make_rdm1(), n)))
   np.testing.assert_allclose(f[:nao, :nao], mf.get_fock(), atol=1e-8)
   assert not f[nao:].any() and not f[:, nao:].any()
 
@@ -127,7 +127,7 @@ def test_initial_fock_is_pyscfs_fock_of_the_minao_density():
   mf = ref.rks("water", "def2-svp", "b3lyp5")  # a GGA with exact exchange: every term of F
   problem = ref.problem("water", "def2-svp", "b3lyp5")
   n, nao = problem.shapes[0], mf.mol.nao
-  h = np.asarray(qpt.dft.initial_fock(problem))
+  h = np.asarray(jitted.initial_fock(problem))
   np.testing.assert_allclose(h[:nao, :nao], mf.get_fock(dm=mf.get_init_guess(key="minao")),
                              atol=1e-8)
   assert not h[nao:].any() and not h[:, nao:].any()
@@ -255,17 +255,17 @@ def test_self_consistency_descent_on_h_reaches_the_scf_energy():
   problem = ref.problem("water", "sto-3g", "b3lyp5", dtype="float32", grid_level=1)
   scf = ref.rks("water", "sto-3g", "b3lyp5", grid_level=1)
   residual_and_grad = jax.jit(jax.value_and_grad(qpt.dft.loss_self_consistency, argnums=1))
-  h = qpt.dft.initial_fock(problem)
+  h = jitted.initial_fock(problem)
   first, _ = residual_and_grad(problem, h)
   for _ in range(100):  # step 0.2 in H' (n_real/2 undoes the loss's normalisation)
     residual, grad = residual_and_grad(problem, h)
     h = h - 0.2 * 7 / 2 * grad
-  energy = qpt.dft.reference_energy(problem) + float(qpt.dft.loss_energy_delta(problem, h))
+  energy = qpt.dft.reference_energy(problem) + float(jitted.loss_energy_delta(problem, h))
   assert energy - scf.e_tot == pytest.approx(0.0, abs=1e-5)
   assert float(residual) < 1e-5 * float(first)
   # At PySCF's converged Fock matrix the residual vanishes (to float32 and the grid's fit).
   converged = ref.padded(scf.get_fock(), problem.shapes[0])
-  assert float(qpt.dft.loss_self_consistency(problem, converged)) < 1e-8
+  assert float(jitted.loss_self_consistency(problem, converged)) < 1e-8
 
 
 def test_refine_from_h_init_converges_to_pyscf_and_zero_steps_is_the_loss():
@@ -273,9 +273,9 @@ def test_refine_from_h_init_converges_to_pyscf_and_zero_steps_is_the_loss():
   PySCF's SCF (float32: energy within 20 µHa, orbital energies within 0.1 mHa)."""
   problem = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
   mf = ref.rks("water", "def2-svp", "b3lyp5")
-  h = qpt.dft.initial_fock(problem)
+  h = jitted.initial_fock(problem)
   zero = qpt.dft.refine(problem, h, 0)
-  loss = qpt.dft.reference_energy(problem) + float(qpt.dft.loss_energy_delta(problem, h))
+  loss = qpt.dft.reference_energy(problem) + float(jitted.loss_energy_delta(problem, h))
   assert zero.iterations == 0 and zero.energy == pytest.approx(loss, abs=5e-6)
   refined = qpt.dft.refine(problem, h, 25)
   assert refined.iterations == 25 and refined.energy == pytest.approx(mf.e_tot, abs=2e-5)
@@ -295,14 +295,14 @@ def test_refined_orbital_energies_are_the_diis_estimate():
   problem = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
   mf = ref.rks("water", "def2-svp", "b3lyp5")
   occupied = mf.mo_occ > 0
-  h = qpt.dft.initial_fock(problem)
+  h = jitted.initial_fock(problem)
   n = int(np.sum(problem.ao_mask))
-  fock_of_start = np.asarray(qpt.dft.fock(problem, qpt.dft.density_matrix(problem, h)))[:n, :n]
+  fock_of_start = np.asarray(jitted.fock(problem, jitted.density_matrix(problem, h)))[:n, :n]
   np.testing.assert_allclose(qpt.dft.refine(problem, h, 0).fock[:n, :n], fock_of_start,
                              atol=1e-5)
   refined = qpt.dft.refine(problem, h, 4)
   assert np.max(np.abs(refined.mo_energy - mf.mo_energy)[occupied]) < 1e-5
   problem64 = ref.problem("water", "def2-svp", "b3lyp5", dtype="float64")
-  refined64 = qpt.dft.refine(problem64, qpt.dft.initial_fock(problem64), 4)
+  refined64 = qpt.dft.refine(problem64, jitted.initial_fock(problem64), 4)
   assert 0 < refined64.energy - mf.e_tot < 2e-5
   assert abs(refined.energy - refined64.energy) < 5e-6

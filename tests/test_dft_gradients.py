@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import qpt
-from tests import pyscf_reference as ref
+from tests import jitted, pyscf_reference as ref
 
 PAPER_MIXING = (0.0, 0.5, 0.0)  # k = 3 with mixing in the second step, as in the paper
 
@@ -62,7 +62,7 @@ def directional_check(problem, h, iterations, mixing, seeds=(0, 1), step=1e-4):
 @pytest.mark.parametrize("iterations, mixing", [(0, 0.0), (3, PAPER_MIXING)])
 def test_gradient_matches_finite_differences(iterations, mixing):
   problem = ref.problem("water", "sto-3g", "b3lyp5", grid_level=1)
-  h = np.asarray(qpt.dft.fock(problem, problem.density_ref))  # the MINAO Fock matrix
+  h = np.asarray(jitted.fock(problem, problem.density_ref))  # the MINAO Fock matrix
   h = h + 0.02 * random_symmetric(problem, 7)  # a generic H, not a special point
   directional_check(problem, h, iterations, mixing)
 
@@ -73,7 +73,7 @@ def test_gradient_with_degenerate_occupied_orbitals(iterations, mixing):
   # Hcore + J[D0] − a/2 K[D0]: exact integrals of a D6h density, so exactly D6h itself.
   x_inv = np.asarray(problem.orthogonalizer_inv)
   h = x_inv.T @ np.asarray(problem.fock_ref_nonxc_orth) @ x_inv
-  eps = np.asarray(qpt.dft.orbitals(problem, h)[0])[:21]
+  eps = np.asarray(jitted.orbitals(problem, h)[0])[:21]
   assert np.min(np.diff(eps)) < 1e-10  # really degenerate, among the occupied orbitals
   grad = directional_check(problem, h, iterations, mixing, seeds=(3,))
   assert np.isfinite(grad).all()
@@ -97,7 +97,7 @@ def test_gradient_vanishes_at_the_converged_fock_matrix():
   n = problem.shapes[0]
   grad = jax.jit(jax.grad(qpt.dft.loss_energy_delta, argnums=1))
   at_scf = np.abs(np.asarray(grad(problem, ref.padded(mf.get_fock(), n)))).max()
-  at_minao = np.abs(np.asarray(grad(problem, qpt.dft.fock(problem, problem.density_ref)))).max()
+  at_minao = np.abs(np.asarray(grad(problem, jitted.fock(problem, problem.density_ref)))).max()
   assert at_minao > 1e-2
   assert at_scf < 1e-6
 
@@ -120,7 +120,7 @@ def test_padding_has_no_effect_and_gets_no_gradient(ao_on_device):
                           ao_on_device=ao_on_device,
                           pad_to=(n + 5, g + small.xc_chunk, n_aux + 3, n_atoms + 2, n_occ + 3,
                                   n_cart + 4, n_atom_prim + 8, n_atom_cart + 4))
-  h_small = np.asarray(qpt.dft.fock(small, small.density_ref))
+  h_small = np.asarray(jitted.fock(small, small.density_ref))
   rng = np.random.default_rng(0)
   h_big = rng.standard_normal((n + 5, n + 5)) * 10  # garbage in the padding
   h_big[:n, :n] = h_small
@@ -138,13 +138,13 @@ def test_padding_has_no_effect_and_gets_no_gradient(ao_on_device):
 
 def test_loss_energy_total_is_reference_plus_delta():
   problem = ref.problem("water", "sto-3g", "b3lyp5", grid_level=1)
-  h = qpt.dft.fock(problem, problem.density_ref)
-  total = float(qpt.dft.loss_energy(problem, h))
-  delta = float(qpt.dft.loss_energy_delta(problem, h))
+  h = jitted.fock(problem, problem.density_ref)
+  total = float(jitted.loss_energy(problem, h))
+  delta = float(jitted.loss_energy_delta(problem, h))
   assert abs(total - (qpt.dft.reference_energy(problem) + delta)) < 1e-10
   # k steps from the MINAO Fock matrix lower the energy toward the SCF minimum, never below it.
   e_scf = qpt.dft.scf(problem).energy
-  e3 = qpt.dft.reference_energy(problem) + float(qpt.dft.loss_energy_delta(problem, h, 3, 0.3))
+  e3 = qpt.dft.reference_energy(problem) + float(jitted.loss_energy_delta(problem, h, 3, 0.3))
   assert e_scf - 1e-9 <= e3 < qpt.dft.reference_energy(problem) + delta
 
 
@@ -172,15 +172,15 @@ def test_xc_chunk_size_does_not_change_the_energy():
   for chunk in (1024, 4096):
     problem = qpt.build_problem(mol, basis="sto-3g", xc="b3lyp5", grid_level=1,
                                     dtype="float64", xc_chunk=chunk)
-    h = qpt.dft.fock(problem, problem.density_ref)
-    energies.append(float(qpt.dft.loss_energy_delta(problem, h)))
+    h = jitted.fock(problem, problem.density_ref)
+    energies.append(float(jitted.loss_energy_delta(problem, h)))
   assert abs(energies[0] - energies[1]) < 1e-12
 
 
 def test_float32_loss_and_gradient_track_float64():
   p64 = ref.problem("water", "def2-svp", "b3lyp5")
   p32 = ref.problem("water", "def2-svp", "b3lyp5", dtype="float32")
-  h = np.asarray(qpt.dft.fock(p64, p64.density_ref))
+  h = np.asarray(jitted.fock(p64, p64.density_ref))
   # The problem an argument, not a closure (directional_check says why).
   vg = jax.jit(jax.value_and_grad(lambda p, h: qpt.dft.loss_energy_delta(p, h, 3, PAPER_MIXING),
                                   argnums=1))
@@ -196,7 +196,7 @@ def test_occupied_orbital_energy_is_the_general_energy(xc):
   SCF solution too (float64, water/def2-SVP, n_occ padded beyond the electrons)."""
   from qpt import dft, eigen
   problem = ref.problem("water", "def2-svp", xc, grid_level=1)
-  h = np.asarray(dft.fock(problem, problem.density_ref)) + 0.05 * random_symmetric(problem, 3)
+  h = np.asarray(jitted.fock(problem, problem.density_ref)) + 0.05 * random_symmetric(problem, 3)
 
   def general(problem, h):  # the pre-occupied-orbital path: E[P(H)] minus the same norm correction
     p, norm_energy = eigen.projector(problem, eigen.to_orthonormal(problem, h))
@@ -217,7 +217,7 @@ def test_fock_of_orbitals_is_the_energys_gradient(xc):
   its hand-written VJP (the XC potential's) is that of autodiff's second derivatives of E."""
   from qpt import dft, eigen
   problem = ref.problem("water", "def2-svp", xc, grid_level=1)
-  h0 = eigen.to_orthonormal(problem, dft.fock(problem, problem.density_ref))
+  h0 = eigen.to_orthonormal(problem, jitted.fock(problem, problem.density_ref))
   y0 = eigen.occupied_orbitals(problem, h0)[0]
   y1 = eigen.occupied_orbitals(problem, h0 + 0.1 * random_symmetric(problem, 4))[0]
   density = ((0.3, y0), (0.7, y1))

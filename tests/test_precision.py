@@ -13,6 +13,7 @@ import pytest
 import qpt
 from experiments.configs import md17
 from qpt import backends, dft, evaluate, inference, model, train
+from tests import jitted
 
 LEVEL = qpt.Level("sto-3g", "b3lyp5", 0)  # a GGA hybrid: every term of the energy
 NETWORK = model.make_model(model.model_config("tiny", d_model=32, n_layers=1, n_heads=2))
@@ -58,7 +59,7 @@ def test_the_check_sees_a_default_precision_dot():
 def test_loss_and_its_gradient(k, mixing, ao_on_device):
   loss = functools.partial(dft.loss_energy_delta, iterations=k, mixing=mixing)
   p = problem(ao_on_device)
-  h = dft.initial_fock(p)
+  h = jitted.initial_fock(p)
   assert not_full_precision(jax.value_and_grad(loss, argnums=1), p, h) == []
 
 
@@ -88,7 +89,7 @@ def test_model_prediction_and_evaluation():
   assert not_full_precision(functools.partial(inference._predict_device, NETWORK), params(),
                             problem()) == []
   outputs = lambda p, h: evaluate._device_outputs(p, h, (0.5, 0.0))
-  assert not_full_precision(outputs, problem(), dft.initial_fock(problem())) == []
+  assert not_full_precision(outputs, problem(), jitted.initial_fock(problem())) == []
 
 
 def test_train_step():
