@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
 
+from qpt import backends
 from qpt.errors import InputError, TrainingError
 
 
@@ -171,15 +172,13 @@ def load_params(path: str, like: Any = None, field: str = "") -> Any:
   `field`: the config field the path came from, for the error messages (`locate`).
   """
   manager_dir, step = locate(path, field)
-  manager = ocp.CheckpointManager(manager_dir,
-                                  item_handlers=dict(state=ocp.StandardCheckpointHandler()))
+  manager = ocp.CheckpointManager(manager_dir, item_handlers=dict(
+      state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()))
   # Read whole onto one local device of each process, whatever mesh wrote it: without a target,
   # orbax restores onto the saved shardings, which name the writer's devices (another topology
   # could not read it: a pod's checkpoint on a laptop), and a multi-process run's arrays then span
   # devices this process cannot fetch.
-  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  saved = _read(manager, manager_dir, step, None)
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), saved)
+  target = backends.whole_on_one_local_device(_read(manager, manager_dir, step, None))
   restored = _read(manager, manager_dir, step,
                    ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   params = restored.state["params"]

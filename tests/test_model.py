@@ -79,6 +79,13 @@ def predict(parameters: hk.Params, p: qpt.dft.DFTProblem) -> tuple[jax.Array, ja
   return h_init, apply(parameters, p, h_init)
 
 
+def energy_and_gradient(model: hk.Transformed, parameters: hk.Params, p: qpt.dft.DFTProblem):
+  """E[D(H_θ)] − E_ref (Hartree) and its gradient w.r.t. θ, one jitted program. The problem is an
+  argument: closed over, its arrays would be the program's constants, which XLA folds slowly."""
+  loss = lambda q, p: qpt.dft.loss_energy_delta(p, qm.hamiltonian(model, q, p))
+  return jax.jit(jax.value_and_grad(loss))(parameters, p)
+
+
 def real_ao(p: qpt.dft.DFTProblem) -> int:
   return int(np.asarray(p.ao_mask).sum())
 
@@ -205,11 +212,7 @@ def test_untrained_model_predicts_h_init_and_has_a_useful_gradient():
   p = problem("water")
   h_init, w = predict(params(), p)
   assert np.linalg.norm(w) < 1e-2 * np.linalg.norm(h_init)
-
-  def loss(parameters):
-    return qpt.dft.loss_energy_delta(p, qm.hamiltonian(MODEL, parameters, p))
-
-  value, grads = jax.jit(jax.value_and_grad(loss))(params())
+  value, grads = energy_and_gradient(MODEL, params(), p)
   # Within chemical accuracy (1.6 mHa) of the MINAO-Fock energy: training starts from H_init.
   assert abs(value - jitted.loss_energy_delta(p, h_init)) < 1.6e-3
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -241,13 +244,10 @@ def test_plain_output_scale_is_the_same_model_at_init_with_the_chain_rules_gradi
   np.testing.assert_array_equal(jax.jit(plain.apply)(plain_params, p, h_init),
                                 predict(params(), p)[1])
 
-  def scale_gradient(model, parameters, name):
-    loss = lambda q: qpt.dft.loss_energy_delta(p, qm.hamiltonian(model, q, p))
-    return jax.jit(jax.grad(loss))(parameters)["~"][name]
   # θ = log(s / s0): at θ = 0, d/dθ = s0 · d/ds
-  np.testing.assert_allclose(
-      scale_gradient(MODEL, params(), "output_log_scale"),
-      CONFIG.output_scale * scale_gradient(plain, plain_params, "output_scale"), rtol=1e-4)
+  log_scale = energy_and_gradient(MODEL, params(), p)[1]["~"]["output_log_scale"]
+  scale = energy_and_gradient(plain, plain_params, p)[1]["~"]["output_scale"]
+  np.testing.assert_allclose(log_scale, CONFIG.output_scale * scale, rtol=1e-4)
 
 
 # ---- the readout's per-pair weights (pair_rank) --------------------------------------------------
@@ -279,11 +279,7 @@ def test_per_pair_readout_keeps_the_symmetries_and_learns():
   # The pair term differs from the one-weight-per-feature model's with the same other weights.
   plain = {m: v for m, v in trained_like.items() if not m.startswith("readout_pair_")}
   assert np.abs(w - np.asarray(apply(plain, q, fock_of_minao(q)))).max() > 1e-2
-
-  def loss(parameters):
-    return qpt.dft.loss_energy_delta(p, qm.hamiltonian(pair_model, parameters, p))
-
-  grads = jax.jit(jax.grad(loss))(init)
+  grads = energy_and_gradient(pair_model, init, p)[1]
   for module in ("readout_pair_query", "readout_pair_key"):
     assert np.abs(grads[module]["w"]).max() > 0 and np.all(np.isfinite(grads[module]["w"]))
   with pytest.raises(qpt.InputError, match="pair_rank"):

@@ -79,6 +79,14 @@ def float64_enabled() -> bool:
   return bool(jax.config.jax_enable_x64)
 
 
+def whole_on_one_local_device(shapes):
+  """`shapes` (a pytree of leaves with .shape and .dtype) as jax.ShapeDtypeStructs whose arrays
+  sit whole on this process's first device: a target that a checkpoint written on any mesh,
+  by any number of processes, restores into and np.asarray then reads."""
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), shapes)
+
+
 @contextlib.contextmanager
 def device_dtype(dtype: str):
   """A context in which `dtype` problems compute exactly as a run of that dtype would: float64
