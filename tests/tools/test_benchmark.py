@@ -67,10 +67,12 @@ def test_inference_restarts_pyscf_from_a_shrunk_density_error(tmp_path):
   """`inference --shrink`: PySCF restarted from D* + λ (D(H_pred) − D*). λ = 1 is the prediction
   itself (its cycles), λ = 0 PySCF's own converged density (converged at once)."""
   workdir = tmp_path / "run"
-  subprocess.run(md17_command("--config.basis=sto-3g", "--config.xc=lda,vwn", "--config.grid_level=1",
-                              "--config.data.workers=1", "--config.train.steps=3",
-                              "--config.eval.every=0", "--config.eval.n_conformers=0",
-                              f"--config.workdir={workdir}"),
+  # The run of tests/test_md17_cli.py's full-disk test: its step is compiled once for both.
+  subprocess.run(md17_command("--config.basis=sto-3g", "--config.grid_level=1",
+                              "--config.xc=lda,vwn", "--config.data.workers=0",
+                              "--config.train.batch_size=2",
+                              "--config.train.steps=1", "--config.eval.every=0",
+                              "--config.eval.n_conformers=0", f"--config.workdir={workdir}"),
                  check=True, capture_output=True, env=ENV, timeout=600)
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "inference", "--workdir",
