@@ -69,7 +69,7 @@ def trained_like_params() -> hk.Params:
 
 
 # Compiled separately, so a new padded shape or a batch recompiles the network only.
-fock_of_minao = jax.jit(lambda p: qpt.dft.fock(p, p.density_ref))
+fock_of_minao = lambda p: jitted.fock(p, p.density_ref)
 apply = jax.jit(MODEL.apply)
 
 
